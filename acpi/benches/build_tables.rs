@@ -1,0 +1,114 @@
+//! Time to validate a topology and build every table: 256 vCPUs, 64 nodes, 16 devices
+//! each linked by Generic Initiator to 8 nodes, full distance matrix and HMAT.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use tessera_acpi::{
+    build, Bdf, Cpu, GenericInitiatorLink, HmatDataType, HmatEntry, MemoryRange, NumaNode,
+    PciDevice, PciSegment, Placement, Topology, Window,
+};
+
+fn large_topology() -> Topology {
+    let nodes = 64u32;
+    let cpu_nodes = 8u32;
+    let mut t = Topology {
+        nodes: (0..nodes).map(|id| NumaNode { id }).collect(),
+        ..Default::default()
+    };
+    t.cpus = (0..256u32)
+        .map(|i| Cpu {
+            apic_id: i * 2,
+            node: Some(i % cpu_nodes),
+        })
+        .collect();
+    t.memory = (0..cpu_nodes)
+        .map(|n| MemoryRange {
+            base: u64::from(n) << 30,
+            size: 1 << 30,
+            node: Some(n),
+            enabled: true,
+            hotpluggable: false,
+            non_volatile: false,
+        })
+        .collect();
+    t.pci_segments = vec![PciSegment {
+        id: 0,
+        ecam_base: 0xe000_0000,
+        start_bus: 0,
+        end_bus: 255,
+        mmio32: Window {
+            base: 0xc000_0000,
+            size: 0x2000_0000,
+        },
+        mmio64: Some(Window {
+            base: 1 << 40,
+            size: 1 << 36,
+        }),
+        io: None,
+        node: Some(0),
+        intx_routes: Vec::new(),
+    }];
+    t.pci_devices = (0..16u8)
+        .map(|d| PciDevice {
+            id: format!("gpu{d}"),
+            bdf: Bdf::new(0, 0, d + 1, 0).unwrap(),
+        })
+        .collect();
+    for d in 0..16u32 {
+        for k in 0..8u32 {
+            t.generic_initiators.push(GenericInitiatorLink {
+                device: format!("gpu{d}"),
+                node: cpu_nodes + (d * 8 + k) % (nodes - cpu_nodes),
+            });
+        }
+    }
+    // Each device links to 8 consecutive GI nodes; pairs of devices can share nodes, so
+    // drop repeated device:node links to keep the topology valid.
+    let mut seen = std::collections::HashSet::new();
+    t.generic_initiators
+        .retain(|l| seen.insert((l.device.clone(), l.node)));
+    t.distances = Some(
+        (0..nodes)
+            .map(|i| {
+                (0..nodes)
+                    .map(|j| {
+                        if i == j {
+                            10
+                        } else {
+                            20 + ((i + j) % 40) as u8
+                        }
+                    })
+                    .collect()
+            })
+            .collect(),
+    );
+    for i in 0..nodes {
+        for m in 0..cpu_nodes {
+            t.hmat.push(HmatEntry {
+                initiator: i,
+                target: m,
+                data_type: HmatDataType::AccessLatency,
+                value: 100 + u64::from(i + m) * 10,
+            });
+            t.hmat.push(HmatEntry {
+                initiator: i,
+                target: m,
+                data_type: HmatDataType::AccessBandwidth,
+                value: 1000 * u64::from(1 + (i + m) % 50),
+            });
+        }
+    }
+    t
+}
+
+fn bench(c: &mut Criterion) {
+    let t = large_topology();
+    build(&t, Placement::default()).expect("the benchmark topology is valid");
+    c.bench_function("build 256 vCPUs, 64 nodes, 16 devices x 8 GI links", |b| {
+        b.iter(|| build(std::hint::black_box(&t), Placement::default()))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

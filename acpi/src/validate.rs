@@ -1,0 +1,390 @@
+//! Whole-topology validation, run before any byte is encoded.
+//!
+//! Produces [`Facts`]: what each node turns out to hold, which the table builders use
+//! instead of re-deriving it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::error::Error;
+use crate::topology::{Bdf, HmatDataType, Topology};
+
+/// The most NUMA nodes the tables can carry: the SLIT has one byte per node pair and a
+/// 32-bit length, so 65535² + 44 bytes is its limit.
+pub const MAX_NODES: usize = 65535;
+
+/// The most PCI segments: the DSDT names host bridges `PC00`..`PCFF`.
+pub const MAX_SEGMENTS: usize = 256;
+
+/// What a valid topology's nodes hold.
+#[derive(Debug, Default)]
+pub(crate) struct Facts {
+    /// Nodes with at least one CPU.
+    pub cpu_nodes: BTreeSet<u32>,
+    /// Nodes with at least one enabled memory range.
+    pub memory_nodes: BTreeSet<u32>,
+    /// Nodes named by at least one memory range, enabled or not (HMAT targets).
+    pub any_memory_nodes: BTreeSet<u32>,
+    /// Nodes with at least one Generic Initiator link.
+    pub gi_nodes: BTreeSet<u32>,
+    /// Device id → guest address.
+    pub devices: HashMap<String, Bdf>,
+}
+
+impl Facts {
+    /// Nodes that can be HMAT initiators: those with CPUs or Generic Initiators.
+    pub fn initiator_nodes(&self) -> BTreeSet<u32> {
+        self.cpu_nodes.union(&self.gi_nodes).copied().collect()
+    }
+}
+
+/// Checks the whole topology; the first problem found is returned.
+pub fn validate(topology: &Topology) -> Result<(), Error> {
+    check(topology).map(|_| ())
+}
+
+pub(crate) fn check(t: &Topology) -> Result<Facts, Error> {
+    let mut facts = Facts::default();
+    let node_count = check_nodes(t)?;
+    let numa = node_count > 0;
+    let node_ref = |field: String, node: Option<u32>| -> Result<Option<u32>, Error> {
+        match node {
+            Some(n) if (n as usize) < node_count => Ok(Some(n)),
+            Some(n) => Err(Error::UnknownNode { field, node: n }),
+            None if numa => Err(Error::MissingNode { field }),
+            None => Ok(None),
+        }
+    };
+
+    if t.cpus.is_empty() {
+        return Err(Error::NoCpus);
+    }
+    let mut apic_ids: HashMap<u32, usize> = HashMap::new();
+    for (index, cpu) in t.cpus.iter().enumerate() {
+        if cpu.apic_id == u32::MAX {
+            return Err(Error::BroadcastApicId { index });
+        }
+        if let Some(&first) = apic_ids.get(&cpu.apic_id) {
+            return Err(Error::DuplicateApicId {
+                index,
+                first,
+                apic_id: cpu.apic_id,
+            });
+        }
+        apic_ids.insert(cpu.apic_id, index);
+        if let Some(n) = node_ref(format!("cpus[{index}].node"), cpu.node)? {
+            facts.cpu_nodes.insert(n);
+        }
+    }
+
+    check_memory(t)?;
+    for (index, range) in t.memory.iter().enumerate() {
+        if let Some(n) = node_ref(format!("memory[{index}].node"), range.node)? {
+            facts.any_memory_nodes.insert(n);
+            if range.enabled && !range.hotpluggable {
+                facts.memory_nodes.insert(n);
+            }
+        }
+    }
+
+    check_segments(t, node_count)?;
+    facts.devices = check_devices(t)?;
+
+    let mut links: HashMap<(&str, u32), usize> = HashMap::new();
+    for (index, link) in t.generic_initiators.iter().enumerate() {
+        if !facts.devices.contains_key(&link.device) {
+            return Err(Error::UnknownDevice {
+                index,
+                device: link.device.clone(),
+            });
+        }
+        if (link.node as usize) >= node_count {
+            return Err(Error::UnknownNode {
+                field: format!("generic_initiators[{index}].node"),
+                node: link.node,
+            });
+        }
+        if let Some(&first) = links.get(&(link.device.as_str(), link.node)) {
+            return Err(Error::DuplicateLink {
+                index,
+                first,
+                device: link.device.clone(),
+                node: link.node,
+            });
+        }
+        links.insert((link.device.as_str(), link.node), index);
+        facts.gi_nodes.insert(link.node);
+    }
+
+    check_distances(t, node_count)?;
+    check_hmat(t, &facts)?;
+    check_platform(t)?;
+    Ok(facts)
+}
+
+fn check_nodes(t: &Topology) -> Result<usize, Error> {
+    let count = t.nodes.len();
+    if count > MAX_NODES {
+        return Err(Error::TooManyNodes {
+            count,
+            max: MAX_NODES,
+        });
+    }
+    let mut seen = BTreeSet::new();
+    for (index, node) in t.nodes.iter().enumerate() {
+        if !seen.insert(node.id) {
+            return Err(Error::DuplicateNode { index, id: node.id });
+        }
+    }
+    // With unique ids, contiguity from 0 means the largest id is count - 1.
+    if let Some(missing) = (0..count as u32).find(|id| !seen.contains(id)) {
+        return Err(Error::NodeIdGap { missing });
+    }
+    Ok(count)
+}
+
+fn check_memory(t: &Topology) -> Result<(), Error> {
+    let mut spans = Vec::with_capacity(t.memory.len());
+    for (index, r) in t.memory.iter().enumerate() {
+        let end =
+            r.base
+                .checked_add(r.size)
+                .filter(|_| r.size > 0)
+                .ok_or(Error::BadMemoryRange {
+                    index,
+                    base: r.base,
+                    size: r.size,
+                })?;
+        spans.push((r.base, end, index));
+    }
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        if let [(_, end_a, a), (base_b, end_b, b)] = pair {
+            if base_b < end_a {
+                return Err(Error::OverlappingMemory {
+                    index: *b,
+                    other: *a,
+                    base: *base_b,
+                    end: *end_b,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_segments(t: &Topology, node_count: usize) -> Result<(), Error> {
+    if t.pci_segments.len() > MAX_SEGMENTS {
+        return Err(Error::TooManySegments {
+            count: t.pci_segments.len(),
+            max: MAX_SEGMENTS,
+        });
+    }
+    let mut ids = BTreeSet::new();
+    for (index, s) in t.pci_segments.iter().enumerate() {
+        let bad = |what: String| Error::BadSegment { index, what };
+        if !ids.insert(s.id) {
+            return Err(Error::DuplicateSegment { index, id: s.id });
+        }
+        if s.start_bus > s.end_bus {
+            return Err(bad(format!(
+                "end_bus: {} is below start_bus {}",
+                s.end_bus, s.start_bus
+            )));
+        }
+        if s.ecam_base % (1 << 20) != 0 {
+            return Err(bad(format!(
+                "ecam_base: {:#x} is not 1 MiB aligned",
+                s.ecam_base
+            )));
+        }
+        let ecam_end = (u64::from(s.end_bus) + 1) << 20;
+        if s.ecam_base.checked_add(ecam_end).is_none() {
+            return Err(bad(format!(
+                "ecam_base: {:#x} leaves no room for buses up to {}",
+                s.ecam_base, s.end_bus
+            )));
+        }
+        match s.mmio32.last() {
+            Some(last) if last <= u64::from(u32::MAX) => {}
+            _ => {
+                return Err(bad(format!(
+                    "mmio32: window {:#x}+{:#x} must be non-empty and below 4 GiB",
+                    s.mmio32.base, s.mmio32.size
+                )))
+            }
+        }
+        if let Some(w) = s.mmio64 {
+            if w.last().is_none() {
+                return Err(bad(format!(
+                    "mmio64: window {:#x}+{:#x} is empty or overflows",
+                    w.base, w.size
+                )));
+            }
+        }
+        if let Some(w) = s.io {
+            match w.last() {
+                Some(last) if last <= 0xffff => {}
+                _ => {
+                    return Err(bad(format!(
+                        "io: window {:#x}+{:#x} must be non-empty and within 0..=0xffff",
+                        w.base, w.size
+                    )))
+                }
+            }
+        }
+        if let Some(n) = s.node {
+            if n as usize >= node_count {
+                return Err(Error::UnknownNode {
+                    field: format!("pci_segments[{index}].node"),
+                    node: n,
+                });
+            }
+        }
+        let mut routes = BTreeSet::new();
+        for (r, route) in s.intx_routes.iter().enumerate() {
+            if route.device > 31 {
+                return Err(bad(format!(
+                    "intx_routes[{r}].device: {} is above 31",
+                    route.device
+                )));
+            }
+            if !routes.insert((route.device, route.pin.index())) {
+                return Err(bad(format!(
+                    "intx_routes[{r}]: device {} pin {:?} is routed twice",
+                    route.device, route.pin
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_devices(t: &Topology) -> Result<HashMap<String, Bdf>, Error> {
+    let mut by_id: HashMap<String, Bdf> = HashMap::new();
+    let mut by_bdf: BTreeMap<Bdf, &str> = BTreeMap::new();
+    for (index, d) in t.pci_devices.iter().enumerate() {
+        if d.id.is_empty() {
+            return Err(Error::EmptyDeviceId { index });
+        }
+        if let Some(first) = by_id.get(&d.id) {
+            return Err(Error::DeviceAtTwoBdfs {
+                index,
+                id: d.id.clone(),
+                first_bdf: *first,
+            });
+        }
+        if let Some(other) = by_bdf.get(&d.bdf) {
+            return Err(Error::BdfTaken {
+                index,
+                bdf: d.bdf,
+                other: (*other).to_string(),
+            });
+        }
+        // Without declared segments the caller describes someone else's PCI tree
+        // (e.g. tables handed to another VMM), so only check what is declared.
+        if !t.pci_segments.is_empty()
+            && !t
+                .pci_segments
+                .iter()
+                .any(|s| s.id == d.bdf.segment && (s.start_bus..=s.end_bus).contains(&d.bdf.bus))
+        {
+            return Err(Error::DeviceOutsideSegments { index, bdf: d.bdf });
+        }
+        by_id.insert(d.id.clone(), d.bdf);
+        by_bdf.insert(d.bdf, &d.id);
+    }
+    Ok(by_id)
+}
+
+fn check_distances(t: &Topology, node_count: usize) -> Result<(), Error> {
+    let Some(matrix) = &t.distances else {
+        return Ok(());
+    };
+    if node_count == 0 {
+        return Err(Error::DistancesWithoutNodes);
+    }
+    if matrix.len() != node_count {
+        return Err(Error::DistanceShape {
+            expected: node_count,
+            what: format!("got {} rows", matrix.len()),
+        });
+    }
+    for (from, row) in matrix.iter().enumerate() {
+        if row.len() != node_count {
+            return Err(Error::DistanceShape {
+                expected: node_count,
+                what: format!("row {from} has {} entries", row.len()),
+            });
+        }
+        for (to, &value) in row.iter().enumerate() {
+            if from == to && value != 10 {
+                return Err(Error::DistanceDiagonal { node: from, value });
+            }
+            if from != to && !(11..=254).contains(&value) {
+                return Err(Error::DistanceRange { from, to, value });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_hmat(t: &Topology, facts: &Facts) -> Result<(), Error> {
+    let initiators = facts.initiator_nodes();
+    let mut seen: HashMap<(u32, u32, HmatDataType), usize> = HashMap::new();
+    for (index, e) in t.hmat.iter().enumerate() {
+        let bad = |what: String| Error::BadHmatEntry { index, what };
+        if (e.initiator as usize) >= t.nodes.len() {
+            return Err(Error::UnknownNode {
+                field: format!("hmat[{index}].initiator"),
+                node: e.initiator,
+            });
+        }
+        if (e.target as usize) >= t.nodes.len() {
+            return Err(Error::UnknownNode {
+                field: format!("hmat[{index}].target"),
+                node: e.target,
+            });
+        }
+        if !initiators.contains(&e.initiator) {
+            return Err(bad(format!(
+                "initiator: node {} has neither CPUs nor Generic Initiators",
+                e.initiator
+            )));
+        }
+        if !facts.any_memory_nodes.contains(&e.target) {
+            return Err(bad(format!("target: node {} has no memory", e.target)));
+        }
+        if e.value == 0 {
+            return Err(bad("value: must be non-zero".into()));
+        }
+        if let Some(first) = seen.insert((e.initiator, e.target, e.data_type), index) {
+            return Err(bad(format!(
+                "data_type: node {} → node {} {:?} is already given by hmat[{first}]",
+                e.initiator, e.target, e.data_type
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_platform(t: &Topology) -> Result<(), Error> {
+    let p = &t.platform;
+    if p.oem_id.is_empty() || p.oem_id.len() > 6 || !p.oem_id.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err(Error::BadPlatform {
+            what: format!(
+                "oem_id: `{}` must be 1 to 6 printable ASCII characters",
+                p.oem_id
+            ),
+        });
+    }
+    let mut ids = BTreeSet::new();
+    for (i, io) in p.ioapics.iter().enumerate() {
+        if !ids.insert(io.id) {
+            return Err(Error::BadPlatform {
+                what: format!("ioapics[{i}].id: I/O APIC id {} is used twice", io.id),
+            });
+        }
+    }
+    Ok(())
+}
