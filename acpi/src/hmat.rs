@@ -41,24 +41,7 @@ pub(crate) fn build(t: &Topology, facts: &Facts) -> Result<Option<Vec<u8>>, Erro
         }
     }
 
-    let mut by_type: BTreeMap<HmatDataType, Vec<(u32, u32, u64)>> = BTreeMap::new();
-    for e in &t.hmat {
-        let value = if e.data_type.is_latency() {
-            // Latencies are given in ns; the table's base unit is picoseconds.
-            e.value
-                .checked_mul(1000)
-                .ok_or_else(|| range_error(e.data_type, e.value, e.value))?
-        } else {
-            e.value
-        };
-        by_type
-            .entry(e.data_type)
-            .or_default()
-            .push((e.initiator, e.target, value));
-    }
-
-    for (data_type, values) in by_type {
-        let base = base_unit(data_type, &values)?;
+    for (data_type, (base, values)) in encoded_values(t)? {
         let mut sllbi = SystemLocality::new(
             LocalityType::Memory,
             data_type_code(data_type),
@@ -90,6 +73,34 @@ pub(crate) fn build(t: &Topology, facts: &Facts) -> Result<Option<Vec<u8>>, Erro
     let mut out = Vec::new();
     hmat.to_aml_bytes(&mut out);
     finish_table(out, HMAT_REVISION).map(Some)
+}
+
+/// One data type's values in table units: the base unit, and (initiator, target, value)
+/// with latencies in picoseconds and bandwidths in MB/s, each a multiple of the base.
+type Encoded = (u64, Vec<(u32, u32, u64)>);
+
+/// Groups the topology's HMAT values by data type and picks each type's base unit;
+/// fails when a type's values cannot share one (validation runs this too).
+pub(crate) fn encoded_values(t: &Topology) -> Result<BTreeMap<HmatDataType, Encoded>, Error> {
+    let mut by_type: BTreeMap<HmatDataType, Vec<(u32, u32, u64)>> = BTreeMap::new();
+    for e in &t.hmat {
+        let value = if e.data_type.is_latency() {
+            // Latencies are given in ns; the table's base unit is picoseconds.
+            e.value
+                .checked_mul(1000)
+                .ok_or_else(|| range_error(e.data_type, e.value, e.value))?
+        } else {
+            e.value
+        };
+        by_type
+            .entry(e.data_type)
+            .or_default()
+            .push((e.initiator, e.target, value));
+    }
+    by_type
+        .into_iter()
+        .map(|(data_type, values)| Ok((data_type, (base_unit(data_type, &values)?, values))))
+        .collect()
 }
 
 /// Arguments for `SystemLocality::set_entry_value` that land on row-major position

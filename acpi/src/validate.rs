@@ -364,7 +364,8 @@ fn check_hmat(t: &Topology, facts: &Facts) -> Result<(), Error> {
             )));
         }
     }
-    Ok(())
+    // Each data type's values must share one base unit with 16-bit entries.
+    crate::hmat::encoded_values(t).map(|_| ())
 }
 
 fn check_platform(t: &Topology) -> Result<(), Error> {
