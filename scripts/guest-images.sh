@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Build (once, cached) the Linux judge's guest images:
+#   $TESSERA_CACHE/judge/vmlinuz            Debian 12's cloud kernel (not installed on the host)
+#   $TESSERA_CACHE/judge/config             that kernel's config-* file
+#   $TESSERA_CACHE/judge/kernel-package     "name version" of the .deb it came from
+#   $TESSERA_CACHE/judge/initramfs.cpio.gz  busybox-static + scripts/judge-init.sh as /init
+# TESSERA_CACHE defaults to ~/.cache/tessera. Set TESSERA_JUDGE_REFRESH=1 to fetch the
+# kernel again. Logs go to stderr; the last stdout line is the judge directory.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+init_script=$here/judge-init.sh
+out=${TESSERA_CACHE:-$HOME/.cache/tessera}/judge
+mkdir -p "$out"
+# Test binaries may run this concurrently: one builder at a time.
+exec 9>"$out/.lock"
+flock 9
+
+log() { echo "guest-images: $*" >&2; }
+
+sudo_if_needed() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+work=$(mktemp -d)
+chmod 0755 "$work"
+trap 'rm -rf "$work"' EXIT
+
+# --- kernel -----------------------------------------------------------------------
+have_kernel() {
+    [ -s "$out/vmlinuz" ] && [ -s "$out/config" ] && [ -s "$out/kernel-package" ]
+}
+
+if [ "${TESSERA_JUDGE_REFRESH:-0}" = 1 ] || ! have_kernel; then
+    meta=linux-image-cloud-amd64
+    candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
+    if [ -z "$(candidate "$meta")" ] || [ "$(candidate "$meta")" = "(none)" ]; then
+        log "no candidate for $meta, running apt-get update"
+        sudo_if_needed apt-get update -qq
+    fi
+    pkg=$(apt-cache depends "$meta=$(candidate "$meta")" \
+        | awk '$1 == "Depends:" && $2 ~ /^linux-image-.*-cloud-amd64$/ { print $2; exit }')
+    [ -n "$pkg" ] || { log "cannot resolve the kernel package $meta depends on"; exit 1; }
+    version=$(candidate "$pkg")
+    log "fetching $pkg $version"
+    mkdir -p "$work/deb"
+    # apt's download sandbox user must be able to write here.
+    chmod 0777 "$work/deb"
+    (cd "$work/deb" && apt-get download -q "$pkg" >&2)
+    dpkg-deb -x "$work"/deb/"$pkg"_*.deb "$work/root"
+    cp "$work"/root/boot/vmlinuz-* "$out/vmlinuz.tmp"
+    cp "$work"/root/boot/config-* "$out/config.tmp"
+    mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+    mv "$out/config.tmp" "$out/config"
+    echo "$pkg $version" >"$out/kernel-package"
+fi
+
+# --- initramfs ----------------------------------------------------------------------
+[ -x /bin/busybox ] && dpkg -S /bin/busybox 2>/dev/null | grep -q '^busybox-static:' \
+    || { log "installing busybox-static"; sudo_if_needed apt-get install -y -qq busybox-static >&2; }
+command -v cpio >/dev/null || { log "installing cpio"; sudo_if_needed apt-get install -y -qq cpio >&2; }
+
+# Everything that goes into the image, plus the recipe below (this script).
+key=$(cat "$init_script" /bin/busybox "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
+if [ ! -s "$out/initramfs.cpio.gz" ] || [ "$(cat "$out/initramfs.key" 2>/dev/null)" != "$key" ]; then
+    log "building initramfs ($key)"
+    root=$work/initramfs
+    mkdir -p "$root"/{bin,dev,proc,sys,tmp}
+    cp /bin/busybox "$root/bin/busybox"
+    for applet in $(/bin/busybox --list); do
+        [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+    done
+    ln -s bin "$root/sbin"
+    install -m 0755 "$init_script" "$root/init"
+    (cd "$root" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \
+        | cpio --null --create --format=newc --owner=0:0 --quiet --reproducible) \
+        | gzip -9n >"$out/initramfs.cpio.gz.tmp"
+    mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+    echo "$key" >"$out/initramfs.key"
+fi
+
+log "kernel: $(cat "$out/kernel-package")"
+echo "$out"

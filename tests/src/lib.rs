@@ -1,0 +1,8 @@
+//! Test harnesses shared by Tessera's integration and end-to-end tests.
+//!
+//! Each harness drives a judge that no one here wrote: ACPICA's `iasl`/`acpiexec`
+//! for table bytes, and a real Linux kernel for what a guest makes of them.
+
+pub mod acpica;
+pub mod linux_judge;
+pub mod topologies;
