@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs everything Tessera's build, tests and demo need on Debian 12, then fetches
+# and caches the guest images. Idempotent; run as root (or with sudo available).
+#
+# Rust is not installed from Debian (bookworm's 1.63 is too old): a toolchain of
+# 1.85 or newer must be on PATH (rustup); this script says so if it is not.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# Debian packages, with the command each provides that we check for.
+packages=(
+    acpica-tools:iasl            # iasl / acpiexec: the ACPI table judges
+    acpica-tools:acpiexec
+    qemu-system-x86:qemu-system-x86_64  # the Linux judge VM, and later the nested test host
+    busybox-static:busybox       # the judge initramfs
+    cpio:cpio
+    util-linux:flock
+)
+
+log() { echo "setup: $*" >&2; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for entry in "${packages[@]}"; do
+    pkg=${entry%%:*}
+    cmd=${entry#*:}
+    # busybox must be the static build: the initramfs has no libc.
+    if [ "$pkg" = busybox-static ]; then
+        dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" \
+            || missing+=("$pkg")
+    elif ! command -v "$cmd" >/dev/null 2>&1; then
+        missing+=("$pkg")
+    fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    # shellcheck disable=SC2207
+    missing=($(printf '%s\n' "${missing[@]}" | sort -u))
+    log "installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    log "cargo not found: install a Rust toolchain >= 1.85 (https://rustup.rs) and re-run"
+    exit 1
+fi
+rustc_minor=$(rustc --version | sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p')
+if [ -z "$rustc_minor" ] || [ "$rustc_minor" -lt 85 ]; then
+    log "rustc $(rustc --version) is too old: Tessera needs 1.85 or newer"
+    exit 1
+fi
+
+# The Linux judge's kernel and initramfs, cached under ${TESSERA_CACHE:-~/.cache/tessera}.
+"$here/guest-images.sh" >/dev/null
+log "ready"
