@@ -30,6 +30,19 @@ pub(crate) fn build(t: &Topology, facts: &Facts) -> Result<Option<Vec<u8>>, Erro
     }
     let initiators: Vec<u32> = facts.initiator_nodes().into_iter().collect();
     let targets: Vec<u32> = facts.any_memory_nodes.iter().copied().collect();
+    // Node → position in the initiator and target lists.
+    let mut initiator_pos: Vec<Option<usize>> = vec![None; t.nodes.len()];
+    for (i, &n) in initiators.iter().enumerate() {
+        if let Some(c) = initiator_pos.get_mut(n as usize) {
+            *c = Some(i);
+        }
+    }
+    let mut target_pos: Vec<Option<usize>> = vec![None; t.nodes.len()];
+    for (j, &n) in targets.iter().enumerate() {
+        if let Some(r) = target_pos.get_mut(n as usize) {
+            *r = Some(j);
+        }
+    }
 
     let mut hmat = HMAT::new(crate::oem_id(t), OEM_TABLE_ID, OEM_REVISION);
     for &target in &targets {
@@ -41,7 +54,8 @@ pub(crate) fn build(t: &Topology, facts: &Facts) -> Result<Option<Vec<u8>>, Erro
         }
     }
 
-    for (data_type, (base, values)) in encoded_values(t)? {
+    for (&data_type, (base, values)) in &facts.hmat {
+        let base = *base;
         let mut sllbi = SystemLocality::new(
             LocalityType::Memory,
             data_type_code(data_type),
@@ -58,13 +72,21 @@ pub(crate) fn build(t: &Topology, facts: &Facts) -> Result<Option<Vec<u8>>, Erro
         }
         // Every entry is written: 0 ("not provided") where the topology says nothing,
         // instead of the crate's default 0xFFFF ("unreachable").
-        let given: BTreeMap<(u32, u32), u64> =
-            values.iter().map(|&(i, j, v)| ((i, j), v / base)).collect();
-        for (i, &init) in initiators.iter().enumerate() {
-            for (j, &targ) in targets.iter().enumerate() {
-                let entry = given.get(&(init, targ)).copied().unwrap_or(0);
+        let mut entries = vec![0u16; initiators.len() * targets.len()];
+        for &(init, targ, value) in values {
+            let i = initiator_pos.get(init as usize).copied().flatten();
+            let j = target_pos.get(targ as usize).copied().flatten();
+            if let (Some(i), Some(j)) = (i, j) {
+                if let Some(e) = entries.get_mut(i * targets.len() + j) {
+                    // base_unit() guarantees value / base <= 0xFFFE.
+                    *e = (value / base) as u16;
+                }
+            }
+        }
+        for (i, chunk) in entries.chunks(targets.len().max(1)).enumerate() {
+            for (j, &entry) in chunk.iter().enumerate() {
                 let (a, b) = entry_position(i, j, initiators.len(), targets.len());
-                sllbi.set_entry_value(a, b, entry as u16);
+                sllbi.set_entry_value(a, b, entry);
             }
         }
         hmat.add_system_locality(sllbi);
@@ -77,7 +99,7 @@ pub(crate) fn build(t: &Topology, facts: &Facts) -> Result<Option<Vec<u8>>, Erro
 
 /// One data type's values in table units: the base unit, and (initiator, target, value)
 /// with latencies in picoseconds and bandwidths in MB/s, each a multiple of the base.
-type Encoded = (u64, Vec<(u32, u32, u64)>);
+pub(crate) type Encoded = (u64, Vec<(u32, u32, u64)>);
 
 /// Groups the topology's HMAT values by data type and picks each type's base unit;
 /// fails when a type's values cannot share one (validation runs this too).

@@ -26,8 +26,8 @@ pub(crate) struct Facts {
     pub any_memory_nodes: BTreeSet<u32>,
     /// Nodes with at least one Generic Initiator link.
     pub gi_nodes: BTreeSet<u32>,
-    /// Device id → guest address.
-    pub devices: HashMap<String, Bdf>,
+    /// HMAT values grouped by data type, in table units.
+    pub hmat: BTreeMap<HmatDataType, crate::hmat::Encoded>,
 }
 
 impl Facts {
@@ -58,19 +58,17 @@ pub(crate) fn check(t: &Topology) -> Result<Facts, Error> {
     if t.cpus.is_empty() {
         return Err(Error::NoCpus);
     }
-    let mut apic_ids: HashMap<u32, usize> = HashMap::new();
+    if let Some((first, index)) = first_duplicate(t.cpus.iter().map(|c| c.apic_id)) {
+        return Err(Error::DuplicateApicId {
+            index,
+            first,
+            apic_id: t.cpus.get(index).map_or(0, |c| c.apic_id),
+        });
+    }
     for (index, cpu) in t.cpus.iter().enumerate() {
         if cpu.apic_id == u32::MAX {
             return Err(Error::BroadcastApicId { index });
         }
-        if let Some(&first) = apic_ids.get(&cpu.apic_id) {
-            return Err(Error::DuplicateApicId {
-                index,
-                first,
-                apic_id: cpu.apic_id,
-            });
-        }
-        apic_ids.insert(cpu.apic_id, index);
         if let Some(n) = node_ref(format!("cpus[{index}].node"), cpu.node)? {
             facts.cpu_nodes.insert(n);
         }
@@ -87,36 +85,37 @@ pub(crate) fn check(t: &Topology) -> Result<Facts, Error> {
     }
 
     check_segments(t, node_count)?;
-    facts.devices = check_devices(t)?;
+    let devices = check_devices(t)?;
 
-    let mut links: HashMap<(&str, u32), usize> = HashMap::new();
+    let mut link_keys = Vec::with_capacity(t.generic_initiators.len());
     for (index, link) in t.generic_initiators.iter().enumerate() {
-        if !facts.devices.contains_key(&link.device) {
+        let Some(&device) = devices.get(link.device.as_str()) else {
             return Err(Error::UnknownDevice {
                 index,
                 device: link.device.clone(),
             });
-        }
+        };
         if (link.node as usize) >= node_count {
             return Err(Error::UnknownNode {
                 field: format!("generic_initiators[{index}].node"),
                 node: link.node,
             });
         }
-        if let Some(&first) = links.get(&(link.device.as_str(), link.node)) {
-            return Err(Error::DuplicateLink {
-                index,
-                first,
-                device: link.device.clone(),
-                node: link.node,
-            });
-        }
-        links.insert((link.device.as_str(), link.node), index);
+        link_keys.push((device, link.node));
         facts.gi_nodes.insert(link.node);
+    }
+    if let Some((first, index)) = first_duplicate(link_keys.into_iter()) {
+        let link = t.generic_initiators.get(index);
+        return Err(Error::DuplicateLink {
+            index,
+            first,
+            device: link.map(|l| l.device.clone()).unwrap_or_default(),
+            node: link.map_or(0, |l| l.node),
+        });
     }
 
     check_distances(t, node_count)?;
-    check_hmat(t, &facts)?;
+    facts.hmat = check_hmat(t, &facts)?;
     check_platform(t)?;
     Ok(facts)
 }
@@ -259,18 +258,19 @@ fn check_segments(t: &Topology, node_count: usize) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_devices(t: &Topology) -> Result<HashMap<String, Bdf>, Error> {
-    let mut by_id: HashMap<String, Bdf> = HashMap::new();
+/// Returns device id → index in `pci_devices`.
+fn check_devices(t: &Topology) -> Result<HashMap<&str, usize>, Error> {
+    let mut by_id: HashMap<&str, usize> = HashMap::with_capacity(t.pci_devices.len());
     let mut by_bdf: BTreeMap<Bdf, &str> = BTreeMap::new();
     for (index, d) in t.pci_devices.iter().enumerate() {
         if d.id.is_empty() {
             return Err(Error::EmptyDeviceId { index });
         }
-        if let Some(first) = by_id.get(&d.id) {
+        if let Some(first) = by_id.get(d.id.as_str()) {
             return Err(Error::DeviceAtTwoBdfs {
                 index,
                 id: d.id.clone(),
-                first_bdf: *first,
+                first_bdf: t.pci_devices.get(*first).map_or(d.bdf, |f| f.bdf),
             });
         }
         if let Some(other) = by_bdf.get(&d.bdf) {
@@ -290,7 +290,7 @@ fn check_devices(t: &Topology) -> Result<HashMap<String, Bdf>, Error> {
         {
             return Err(Error::DeviceOutsideSegments { index, bdf: d.bdf });
         }
-        by_id.insert(d.id.clone(), d.bdf);
+        by_id.insert(d.id.as_str(), index);
         by_bdf.insert(d.bdf, &d.id);
     }
     Ok(by_id)
@@ -328,9 +328,11 @@ fn check_distances(t: &Topology, node_count: usize) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_hmat(t: &Topology, facts: &Facts) -> Result<(), Error> {
+fn check_hmat(
+    t: &Topology,
+    facts: &Facts,
+) -> Result<BTreeMap<HmatDataType, crate::hmat::Encoded>, Error> {
     let initiators = facts.initiator_nodes();
-    let mut seen: HashMap<(u32, u32, HmatDataType), usize> = HashMap::new();
     for (index, e) in t.hmat.iter().enumerate() {
         let bad = |what: String| Error::BadHmatEntry { index, what };
         if (e.initiator as usize) >= t.nodes.len() {
@@ -357,15 +359,37 @@ fn check_hmat(t: &Topology, facts: &Facts) -> Result<(), Error> {
         if e.value == 0 {
             return Err(bad("value: must be non-zero".into()));
         }
-        if let Some(first) = seen.insert((e.initiator, e.target, e.data_type), index) {
-            return Err(bad(format!(
+    }
+    if let Some((first, index)) =
+        first_duplicate(t.hmat.iter().map(|e| (e.initiator, e.target, e.data_type)))
+    {
+        let e = t.hmat.get(index);
+        return Err(Error::BadHmatEntry {
+            index,
+            what: format!(
                 "data_type: node {} → node {} {:?} is already given by hmat[{first}]",
-                e.initiator, e.target, e.data_type
-            )));
-        }
+                e.map_or(0, |e| e.initiator),
+                e.map_or(0, |e| e.target),
+                e.map(|e| e.data_type),
+            ),
+        });
     }
     // Each data type's values must share one base unit with 16-bit entries.
-    crate::hmat::encoded_values(t).map(|_| ())
+    crate::hmat::encoded_values(t)
+}
+
+/// The earliest repeat in input order: `(first index, repeating index)`. Sorting instead
+/// of hashing keeps validation of large topologies cheap.
+fn first_duplicate<K: Ord>(keys: impl Iterator<Item = K>) -> Option<(usize, usize)> {
+    let mut keyed: Vec<(K, usize)> = keys.enumerate().map(|(i, k)| (k, i)).collect();
+    keyed.sort_unstable();
+    keyed
+        .windows(2)
+        .filter_map(|w| match w {
+            [(a, first), (b, second)] if a == b => Some((*first, *second)),
+            _ => None,
+        })
+        .min_by_key(|&(_, second)| second)
 }
 
 fn check_platform(t: &Topology) -> Result<(), Error> {
