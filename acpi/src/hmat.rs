@@ -29,7 +29,7 @@ pub(crate) fn build(t: &Topology, facts: &Facts) -> Result<Option<Vec<u8>>, Erro
         return Ok(None);
     }
     let initiators: Vec<u32> = facts.initiator_nodes().into_iter().collect();
-    let targets: Vec<u32> = facts.any_memory_nodes.iter().copied().collect();
+    let targets: Vec<u32> = facts.memory_nodes.iter().copied().collect();
     // Node → position in the initiator and target lists.
     let mut initiator_pos: Vec<Option<usize>> = vec![None; t.nodes.len()];
     for (i, &n) in initiators.iter().enumerate() {

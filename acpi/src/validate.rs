@@ -20,10 +20,8 @@ pub const MAX_SEGMENTS: usize = 256;
 pub(crate) struct Facts {
     /// Nodes with at least one CPU.
     pub cpu_nodes: BTreeSet<u32>,
-    /// Nodes with at least one enabled memory range.
-    pub memory_nodes: BTreeSet<u32>,
     /// Nodes named by at least one memory range, enabled or not (HMAT targets).
-    pub any_memory_nodes: BTreeSet<u32>,
+    pub memory_nodes: BTreeSet<u32>,
     /// Nodes with at least one Generic Initiator link.
     pub gi_nodes: BTreeSet<u32>,
     /// HMAT values grouped by data type, in table units.
@@ -46,13 +44,15 @@ pub(crate) fn check(t: &Topology) -> Result<Facts, Error> {
     let mut facts = Facts::default();
     let node_count = check_nodes(t)?;
     let numa = node_count > 0;
-    let node_ref = |field: String, node: Option<u32>| -> Result<Option<u32>, Error> {
-        match node {
-            Some(n) if (n as usize) < node_count => Ok(Some(n)),
-            Some(n) => Err(Error::UnknownNode { field, node: n }),
-            None if numa => Err(Error::MissingNode { field }),
-            None => Ok(None),
-        }
+    // The field path is only formatted when there is an error to report.
+    let node_ref = |field: &dyn Fn() -> String, node: Option<u32>| match node {
+        Some(n) if (n as usize) < node_count => Ok(Some(n)),
+        Some(n) => Err(Error::UnknownNode {
+            field: field(),
+            node: n,
+        }),
+        None if numa => Err(Error::MissingNode { field: field() }),
+        None => Ok(None),
     };
 
     if t.cpus.is_empty() {
@@ -69,18 +69,15 @@ pub(crate) fn check(t: &Topology) -> Result<Facts, Error> {
         if cpu.apic_id == u32::MAX {
             return Err(Error::BroadcastApicId { index });
         }
-        if let Some(n) = node_ref(format!("cpus[{index}].node"), cpu.node)? {
+        if let Some(n) = node_ref(&|| format!("cpus[{index}].node"), cpu.node)? {
             facts.cpu_nodes.insert(n);
         }
     }
 
     check_memory(t)?;
     for (index, range) in t.memory.iter().enumerate() {
-        if let Some(n) = node_ref(format!("memory[{index}].node"), range.node)? {
-            facts.any_memory_nodes.insert(n);
-            if range.enabled && !range.hotpluggable {
-                facts.memory_nodes.insert(n);
-            }
+        if let Some(n) = node_ref(&|| format!("memory[{index}].node"), range.node)? {
+            facts.memory_nodes.insert(n);
         }
     }
 
@@ -353,7 +350,7 @@ fn check_hmat(
                 e.initiator
             )));
         }
-        if !facts.any_memory_nodes.contains(&e.target) {
+        if !facts.memory_nodes.contains(&e.target) {
             return Err(bad(format!("target: node {} has no memory", e.target)));
         }
         if e.value == 0 {
