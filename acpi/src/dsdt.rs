@@ -48,15 +48,16 @@ pub(crate) fn build(t: &Topology) -> Result<Vec<u8>, Error> {
         )
         .to_aml_bytes(&mut body);
     }
-    Device::new(
-        Path::new("\\_SB_.PWRB"),
-        vec![
-            &Name::new(Path::new("_HID"), &EISAName::new("PNP0C0C")),
-            &Name::new(Path::new("_UID"), &ZERO),
-        ],
-    )
-    .to_aml_bytes(&mut body);
+    // The power button exists only where the GED can signal it.
     if let Some(ged) = t.platform.ged {
+        Device::new(
+            Path::new("\\_SB_.PWRB"),
+            vec![
+                &Name::new(Path::new("_HID"), &EISAName::new("PNP0C0C")),
+                &Name::new(Path::new("_UID"), &ZERO),
+            ],
+        )
+        .to_aml_bytes(&mut body);
         let irq = Interrupt::new(true, true, false, false, ged.gsi);
         let crs = ResourceTemplate::new(vec![&irq]);
         let gdat = Path::new("GDAT");

@@ -217,6 +217,18 @@ pub enum Error {
         /// What is wrong, starting with the field name.
         what: String,
     },
+    /// Two guest physical address claims overlap (RAM, ECAM, MMIO windows, platform MMIO).
+    #[error("{field}: {base:#x}..{end:#x} overlaps {other}")]
+    AddressOverlap {
+        /// The later claim, as a field path.
+        field: String,
+        /// The claim it overlaps, as a field path.
+        other: String,
+        /// Base of `field`.
+        base: u64,
+        /// End (exclusive) of `field`.
+        end: u64,
+    },
     /// A table grew past the 4 GiB its 32-bit length field can describe.
     #[error(
         "{signature}: the table would be {len} bytes, more than its 32-bit length can describe"
@@ -270,6 +282,7 @@ impl Error {
                 let name = what.split(':').next().unwrap_or_default();
                 format!("platform.{name}")
             }
+            Error::AddressOverlap { field, .. } => field.clone(),
             Error::TableTooLarge { .. } => "".into(),
         }
     }

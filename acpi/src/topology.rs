@@ -150,7 +150,8 @@ pub struct IntxRoute {
     pub device: u8,
     /// Interrupt pin.
     pub pin: IntxPin,
-    /// Global system interrupt (IOAPIC input) the pin is wired to; level, active high.
+    /// Global system interrupt (IOAPIC input) the pin is wired to. A `_PRT` entry that names
+    /// a GSI directly makes it level-triggered, active-low: the device model must match.
     pub gsi: u32,
 }
 

@@ -111,6 +111,7 @@ pub(crate) fn check(t: &Topology) -> Result<Facts, Error> {
         });
     }
 
+    check_address_map(t)?;
     check_distances(t, node_count)?;
     facts.hmat = check_hmat(t, &facts)?;
     check_platform(t)?;
@@ -256,6 +257,60 @@ fn check_segments(t: &Topology, node_count: usize) -> Result<(), Error> {
 }
 
 /// Returns device id → index in `pci_devices`.
+/// Memory ranges, ECAM and MMIO windows and platform MMIO must not overlap: the guest
+/// would see RAM and devices at the same address. (Port I/O windows are a separate
+/// space, and memory ranges were already checked against each other.)
+fn check_address_map(t: &Topology) -> Result<(), Error> {
+    let mut claims: Vec<(u64, u64, String)> = Vec::new();
+    let mut claim = |base: u64, size: u64, field: &dyn Fn() -> String| {
+        if let Some(end) = base.checked_add(size) {
+            claims.push((base, end, field()));
+        }
+    };
+    for (i, r) in t.memory.iter().enumerate() {
+        claim(r.base, r.size, &|| format!("memory[{i}]"));
+    }
+    for (i, s) in t.pci_segments.iter().enumerate() {
+        let first_bus = s.ecam_base + (u64::from(s.start_bus) << 20);
+        let buses = u64::from(s.end_bus - s.start_bus) + 1;
+        claim(first_bus, buses << 20, &|| {
+            format!("pci_segments[{i}].ecam_base")
+        });
+        claim(s.mmio32.base, s.mmio32.size, &|| {
+            format!("pci_segments[{i}].mmio32")
+        });
+        if let Some(w) = s.mmio64 {
+            claim(w.base, w.size, &|| format!("pci_segments[{i}].mmio64"));
+        }
+    }
+    let p = &t.platform;
+    claim(u64::from(p.lapic_address), 0x1000, &|| {
+        "platform.lapic_address".into()
+    });
+    for (i, io) in p.ioapics.iter().enumerate() {
+        claim(u64::from(io.address), 0x1000, &|| {
+            format!("platform.ioapics[{i}].address")
+        });
+    }
+    if let Some(ged) = p.ged {
+        claim(ged.mmio_base, 4, &|| "platform.ged.mmio_base".into());
+    }
+    claims.sort_unstable_by_key(|c| (c.0, c.1));
+    for pair in claims.windows(2) {
+        if let [(_, end_a, a), (base_b, end_b, b)] = pair {
+            if base_b < end_a {
+                return Err(Error::AddressOverlap {
+                    field: b.clone(),
+                    other: a.clone(),
+                    base: *base_b,
+                    end: *end_b,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_devices(t: &Topology) -> Result<HashMap<&str, usize>, Error> {
     let mut by_id: HashMap<&str, usize> = HashMap::with_capacity(t.pci_devices.len());
     let mut by_bdf: BTreeMap<Bdf, &str> = BTreeMap::new();

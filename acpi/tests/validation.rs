@@ -351,3 +351,41 @@ fn unknown_json_fields_are_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("above 31"), "{err}");
 }
+
+#[test]
+fn address_claims_must_not_overlap() {
+    let segment = || tessera_acpi::PciSegment {
+        id: 0,
+        ecam_base: 0xb000_0000,
+        start_bus: 0,
+        end_bus: 0xff,
+        mmio32: tessera_acpi::Window {
+            base: 0xc000_0000,
+            size: 0x3ec0_0000,
+        },
+        mmio64: None,
+        io: None,
+        node: None,
+        intx_routes: vec![],
+    };
+    let mut t = good();
+    t.pci_segments = vec![segment()];
+    validate(&t).unwrap();
+
+    // RAM reaching into the ECAM window.
+    t.memory[1].size = 0xb000_1000 - (256 << 20);
+    let e = refused(&t);
+    assert_eq!(e.field(), "pci_segments[0].ecam_base", "{e}");
+    assert!(e.to_string().contains("overlaps memory[1]"), "{e}");
+
+    // An MMIO window over the I/O APIC.
+    let mut t = good();
+    t.pci_segments = vec![segment()];
+    t.pci_segments[0].mmio32.size += 0x1000;
+    let e = refused(&t);
+    assert_eq!(e.field(), "platform.ioapics[0].address", "{e}");
+    assert!(
+        e.to_string().contains("overlaps pci_segments[0].mmio32"),
+        "{e}"
+    );
+}

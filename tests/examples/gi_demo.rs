@@ -10,7 +10,6 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use tessera_acpi::{build, Placement};
-use tessera_tests::linux_judge::{boot, JudgeVm};
 use tessera_tests::topologies;
 
 fn main() -> Result<()> {
@@ -33,29 +32,8 @@ fn main() -> Result<()> {
     }
     println!();
 
-    let dir = tempfile::tempdir()?;
-    let mut files = Vec::new();
-    for sig in ["SRAT", "SLIT", "HMAT"] {
-        if let Some(table) = tables.get(sig) {
-            let path = dir.path().join(format!("{sig}.dat"));
-            std::fs::write(&path, &table.bytes)?;
-            files.push(path);
-        }
-    }
-    let mut extra_args: Vec<String> =
-        vec!["-vga".into(), "none".into(), "-nic".into(), "none".into()];
-    for slot in &case.device_slots {
-        extra_args.push("-device".into());
-        extra_args.push(format!("pci-testdev,addr={slot:#x}"));
-    }
     println!("Booting Debian's cloud kernel with these tables (QEMU, TCG)...");
-    let r = boot(&JudgeVm {
-        cpus: case.cpus,
-        memory_mib: case.memory_mib,
-        acpi_tables: files,
-        extra_args,
-    })
-    .context("booting the guest")?;
+    let r = case.boot_in_linux().context("booting the guest")?;
 
     println!("\nWhat the guest's Linux reports (/sys/devices/system/node):");
     let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");

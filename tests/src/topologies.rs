@@ -4,9 +4,10 @@
 //! RAM from address 0 (QEMU's map with `-m` ≤ 2 GiB), APIC ids 0..n as QEMU assigns,
 //! and Generic Initiator devices at free slots on bus 0 (`-device pci-testdev,addr=N`).
 
+use crate::linux_judge::{boot, GuestReport, JudgeError, JudgeVm};
 use tessera_acpi::{
-    Bdf, Cpu, GenericInitiatorLink, HmatDataType, HmatEntry, IntxPin, IntxRoute, MemoryRange,
-    NumaNode, PciDevice, PciSegment, Topology, Window,
+    build, Bdf, Cpu, GenericInitiatorLink, HmatDataType, HmatEntry, IntxPin, IntxRoute,
+    MemoryRange, NumaNode, PciDevice, PciSegment, Placement, Topology, Window,
 };
 
 const MIB: u64 = 1 << 20;
@@ -21,8 +22,51 @@ pub struct Case {
     pub cpus: u32,
     /// RAM QEMU must have, in MiB; the topology's ranges cover exactly `[0, memory_mib)`.
     pub memory_mib: u64,
-    /// Bus-0 slots where QEMU must put a PCI device for the GI links.
-    pub device_slots: Vec<u8>,
+    /// QEMU `-device` arguments that put a PCI device at each BDF the GI links name.
+    pub qemu_devices: Vec<String>,
+}
+
+/// Why a case could not be judged by Linux.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseError {
+    /// The topology was refused.
+    #[error("building the tables: {0}")]
+    Build(#[from] tessera_acpi::Error),
+    /// The tables could not be written for QEMU.
+    #[error("writing the tables: {0}")]
+    Io(#[from] std::io::Error),
+    /// The judge VM failed.
+    #[error(transparent)]
+    Judge(#[from] JudgeError),
+}
+
+impl Case {
+    /// Boots the Linux judge with this case's SRAT, SLIT and HMAT (`-acpitable`) and a
+    /// PCI device wherever a GI link needs one, and returns what the guest reported.
+    pub fn boot_in_linux(&self) -> Result<GuestReport, CaseError> {
+        let tables = build(&self.topology, Placement::default())?;
+        let dir = tempfile::tempdir()?;
+        let mut acpi_tables = Vec::new();
+        for sig in ["SRAT", "SLIT", "HMAT"] {
+            if let Some(table) = tables.get(sig) {
+                let path = dir.path().join(format!("{sig}.dat"));
+                std::fs::write(&path, &table.bytes)?;
+                acpi_tables.push(path);
+            }
+        }
+        // No VGA or NIC: they would take bus-0 slots the cases use.
+        let mut extra_args: Vec<String> = ["-vga", "none", "-nic", "none"].map(String::from).into();
+        for device in &self.qemu_devices {
+            extra_args.push("-device".into());
+            extra_args.push(device.clone());
+        }
+        Ok(boot(&JudgeVm {
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            acpi_tables,
+            extra_args,
+        })?)
+    }
 }
 
 fn nodes(n: u32) -> Vec<NumaNode> {
@@ -40,16 +84,33 @@ fn ram(base_mib: u64, size_mib: u64, node: u32) -> MemoryRange {
     }
 }
 
-fn device_at_slot(id: &str, slot: u8) -> PciDevice {
+fn device_at(id: &str, bus: u8, device: u8) -> PciDevice {
     PciDevice {
         id: id.to_string(),
         bdf: Bdf {
             segment: 0,
-            bus: 0,
-            device: slot,
+            bus,
+            device,
             function: 0,
         },
     }
+}
+
+/// QEMU devices for GPUs at `0000:0N:00.0`, N = 1..=count: device 0, function 0 (NVIDIA's
+/// driver only accepts GI handles with devfn 0), each behind its own root port at slot
+/// 2 + N of bus 0. Firmware numbers the root ports' buses 1..=count in slot order.
+fn gpus_behind_root_ports(count: u8) -> Vec<String> {
+    (1..=count)
+        .flat_map(|n| {
+            [
+                format!(
+                    "pcie-root-port,id=rp{n},bus=pcie.0,chassis={n},addr={:#x}",
+                    2 + n
+                ),
+                format!("pci-testdev,bus=rp{n},addr=0x0"),
+            ]
+        })
+        .collect()
 }
 
 fn links(device: &str, nodes: std::ops::Range<u32>) -> Vec<GenericInitiatorLink> {
@@ -135,12 +196,13 @@ pub fn one_node() -> Case {
         },
         cpus: 1,
         memory_mib: 512,
-        device_slots: vec![],
+        qemu_devices: vec![],
     }
 }
 
 /// The seed's shape: 2 CPU nodes with memory, plus 16 CPU-less, memory-less nodes,
-/// 8 linked by Generic Initiator to each of 2 devices (MIG on a 2-GPU Grace Hopper).
+/// 8 linked by Generic Initiator to each of 2 devices at 01:00.0 and 02:00.0 (MIG on a
+/// 2-GPU Grace Hopper).
 /// Distances 10/20 between CPU nodes, 30 to and between GI nodes; HMAT latency and
 /// bandwidth from every initiator, GI nodes included, to both memory nodes.
 pub fn seed_shape() -> Case {
@@ -158,7 +220,7 @@ pub fn seed_shape() -> Case {
         nodes: nodes(18),
         memory: vec![ram(0, 256, 0), ram(256, 256, 1)],
         pci_segments: vec![segment0()],
-        pci_devices: vec![device_at_slot("gpu0", 3), device_at_slot("gpu1", 4)],
+        pci_devices: vec![device_at("gpu0", 1, 0), device_at("gpu1", 2, 0)],
         generic_initiators: [links("gpu0", 2..10), links("gpu1", 10..18)].concat(),
         distances: Some(distances(18, 2, 20, 30)),
         ..Default::default()
@@ -199,7 +261,7 @@ pub fn seed_shape() -> Case {
         topology: t,
         cpus: 2,
         memory_mib: 512,
-        device_slots: vec![3, 4],
+        qemu_devices: gpus_behind_root_ports(2),
     }
 }
 
@@ -226,7 +288,7 @@ pub fn sixty_four_nodes() -> Case {
         ],
         pci_segments: vec![segment0()],
         pci_devices: (0..4u8)
-            .map(|d| device_at_slot(&format!("gpu{d}"), 3 + d))
+            .map(|d| device_at(&format!("gpu{d}"), d + 1, 0))
             .collect(),
         generic_initiators: (0..4u32)
             .flat_map(|d| links(&format!("gpu{d}"), 2 + d * 15..2 + (d + 1) * 15))
@@ -251,7 +313,7 @@ pub fn sixty_four_nodes() -> Case {
         topology: t,
         cpus: 2,
         memory_mib: 576,
-        device_slots: vec![3, 4, 5, 6],
+        qemu_devices: gpus_behind_root_ports(4),
     }
 }
 
@@ -274,7 +336,7 @@ pub fn x2apic_255() -> Case {
         },
         cpus: 255,
         memory_mib: 2048,
-        device_slots: vec![],
+        qemu_devices: vec![],
     }
 }
 
@@ -301,7 +363,7 @@ pub fn non_numa() -> Case {
         },
         cpus: 4,
         memory_mib: 1024,
-        device_slots: vec![],
+        qemu_devices: vec![],
     }
 }
 

@@ -179,6 +179,14 @@ fn two_segments_with_devices_at_devfn_0_pass_acpica() {
     seg1.id = 1;
     seg1.ecam_base = 0xa000_0000;
     seg1.end_bus = 0x0f;
+    seg1.mmio32 = tessera_acpi::Window {
+        base: 0xa100_0000,
+        size: 0x0f00_0000,
+    };
+    seg1.mmio64 = Some(tessera_acpi::Window {
+        base: 0x100_0000_0000,
+        size: 0x10_0000_0000,
+    });
     seg1.io = None;
     seg1.node = Some(1);
     case.topology.pci_segments.push(seg1);

@@ -16,8 +16,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use tessera_acpi::{build, linux_node_numbering, Placement};
-use tessera_tests::linux_judge::{boot, GuestReport, JudgeVm};
+use tessera_acpi::linux_node_numbering;
+use tessera_tests::linux_judge::GuestReport;
 use tessera_tests::topologies::{self, Case};
 
 fn range(r: std::ops::Range<u32>) -> Vec<u32> {
@@ -35,31 +35,23 @@ fn judge(case: &Case) -> GuestReport {
         .filter_map(|(pxm, node)| node.map(|n| (pxm, n)))
         .collect();
 
-    let tables = build(t, Placement::default()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut files = Vec::new();
-    for sig in ["SRAT", "SLIT", "HMAT"] {
-        if let Some(table) = tables.get(sig) {
-            let path = dir.path().join(format!("{sig}.dat"));
-            std::fs::write(&path, &table.bytes).unwrap();
-            files.push(path);
-        }
-    }
-    let mut extra_args: Vec<String> =
-        vec!["-vga".into(), "none".into(), "-nic".into(), "none".into()];
-    for slot in &case.device_slots {
-        extra_args.push("-device".into());
-        extra_args.push(format!("pci-testdev,addr={slot:#x}"));
-    }
-    let vm = JudgeVm {
-        cpus: case.cpus,
-        memory_mib: case.memory_mib,
-        acpi_tables: files,
-        extra_args,
-    };
     let start = Instant::now();
-    let report = boot(&vm).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let report = case
+        .boot_in_linux()
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     eprintln!("{}: judge boot took {:.1?}", case.name, start.elapsed());
+
+    // Every BDF a GI link names is a real device in the guest.
+    for link in &t.generic_initiators {
+        let d = t.pci_devices.iter().find(|d| d.id == link.device).unwrap();
+        assert!(
+            report.pci_numa.contains_key(&d.bdf.to_string()),
+            "{}: no device at {} in the guest: {:?}",
+            case.name,
+            d.bdf,
+            report.pci_numa.keys()
+        );
+    }
 
     let mut expected_nodes: Vec<u32> = numbering.values().copied().collect();
     expected_nodes.sort_unstable();
@@ -212,7 +204,7 @@ fn linux_numbers_nodes_as_predicted_when_a_memory_only_node_comes_first() {
             node: 2,
         });
     t.distances = Some(vec![vec![10, 20, 30], vec![20, 10, 40], vec![30, 40, 10]]);
-    case.device_slots = vec![3];
+    case.qemu_devices = vec!["pci-testdev,addr=0x3".into()];
     assert_eq!(
         linux_node_numbering(&case.topology),
         vec![(0, Some(0)), (1, Some(2)), (2, Some(1))]
