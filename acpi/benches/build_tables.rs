@@ -24,7 +24,8 @@ fn large_topology() -> Topology {
         .collect();
     t.memory = (0..cpu_nodes)
         .map(|n| MemoryRange {
-            base: u64::from(n) << 30,
+            // Above 4 GiB, clear of the 32-bit MMIO window and platform MMIO.
+            base: (4 + u64::from(n)) << 30,
             size: 1 << 30,
             node: Some(n),
             enabled: true,
