@@ -9,6 +9,7 @@ use acpi_tables::aml::{
     FieldLockRule, FieldUpdateRule, If, Interrupt, Local, Method, Name, NotEqual, Notify, OpRegion,
     OpRegionSpace, Package, Path, ResourceTemplate, Store, IO, ZERO,
 };
+use acpi_tables::sdt::Sdt;
 use acpi_tables::{Aml, AmlSink};
 
 use crate::error::Error;
@@ -97,32 +98,17 @@ pub(crate) fn build(t: &Topology) -> Result<Vec<u8>, Error> {
     )
     .to_aml_bytes(&mut body);
 
-    let mut out = Vec::with_capacity(36 + body.len());
-    DsdtHeader {
-        oem_id: crate::oem_id(t),
-    }
-    .to_aml_bytes(&mut out);
-    out.extend_from_slice(&body);
-    finish_table(out, DSDT_REVISION)
-}
-
-/// The 36-byte header; [`finish_table`] fills in length and checksum.
-struct DsdtHeader {
-    oem_id: [u8; 6],
-}
-
-impl Aml for DsdtHeader {
-    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
-        sink.vec(b"DSDT");
-        sink.dword(0);
-        sink.byte(DSDT_REVISION);
-        sink.byte(0);
-        sink.vec(&self.oem_id);
-        sink.vec(&OEM_TABLE_ID);
-        sink.dword(OEM_REVISION);
-        sink.vec(&acpi_tables::CREATOR_ID);
-        sink.vec(&acpi_tables::CREATOR_REVISION);
-    }
+    // Sdt keeps its length in step with what is appended; finish_table sets the checksum.
+    let mut dsdt = Sdt::new(
+        *b"DSDT",
+        36,
+        DSDT_REVISION,
+        crate::oem_id(t),
+        OEM_TABLE_ID,
+        OEM_REVISION,
+    );
+    dsdt.append_slice(&body);
+    finish_table(dsdt.as_slice().to_vec(), DSDT_REVISION)
 }
 
 /// A 4-character ACPI name with a two-hex-digit suffix: `PC` + `0A` → `PC0A`.
