@@ -16,6 +16,7 @@ packages=(
     busybox-static:busybox       # the judge initramfs
     cpio:cpio
     util-linux:flock
+    coreutils:timeout
 )
 
 log() { echo "setup: $*" >&2; }
@@ -51,6 +52,8 @@ if [ -z "$rustc_minor" ] || [ "$rustc_minor" -lt 85 ]; then
     exit 1
 fi
 
-# The Linux judge's kernel and initramfs, cached under ${TESSERA_CACHE:-~/.cache/tessera}.
+# Guest images, cached under ${TESSERA_CACHE:-~/.cache/tessera}: the Linux judge's
+# kernel and initramfs, and the nested test host's L1 kernel, modules and initramfs.
 "$here/guest-images.sh" >/dev/null
+"$here/nested-host.sh" build >/dev/null
 log "ready"

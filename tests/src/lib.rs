@@ -1,8 +1,10 @@
 //! Test harnesses shared by Tessera's integration and end-to-end tests.
 //!
 //! Each harness drives a judge that no one here wrote: ACPICA's `iasl`/`acpiexec`
-//! for table bytes, and a real Linux kernel for what a guest makes of them.
+//! for table bytes, and a real Linux kernel for what a guest makes of them, booted
+//! directly under QEMU (`linux_judge`) or as L2 inside the nested test host (`nested`).
 
 pub mod acpica;
 pub mod linux_judge;
+pub mod nested;
 pub mod topologies;

@@ -1,0 +1,113 @@
+//! The nested test host from Rust: boots L1 (QEMU TCG with emulated SVM, an IOMMU, an
+//! NVMe and an edu device, the host's / shared read-only) through
+//! `scripts/nested-host.sh`, runs a shell script there and returns its status and L1's
+//! console, where whatever L2 printed also lands.
+//!
+//! In L1 the script runs under busybox `sh` with `/dev/kvm` ready; `in-host CMD` runs a
+//! host binary (our VMM, QEMU) chrooted into the shared /. Host paths are visible in L1
+//! under `/host`, and the script's path is one of them.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Why a nested run did not produce a script status.
+#[derive(Debug, thiserror::Error)]
+pub enum NestedError {
+    /// Writing the script or starting the runner failed.
+    #[error("I/O error while {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// L1 ran out of time (`TESSERA_NESTED_TIMEOUT_SECS`) and was killed.
+    #[error("L1 timed out; last output:\n{tail}")]
+    Timeout {
+        /// The end of L1's console and the runner's log.
+        tail: String,
+    },
+    /// L1 never reported the script's status: it failed to boot or set up.
+    #[error("L1 reported no script status (runner exit {code:?}); last output:\n{tail}")]
+    NoStatus {
+        /// The runner's exit code.
+        code: Option<i32>,
+        /// The end of L1's console and the runner's log.
+        tail: String,
+    },
+}
+
+/// A finished run of a script in L1.
+#[derive(Debug)]
+pub struct NestedRun {
+    /// The script's exit status.
+    pub status: i32,
+    /// L1's console: the script's output, and L2's serial output if it started a guest.
+    pub console: String,
+}
+
+/// Seconds one L1 run may take unless `TESSERA_NESTED_TIMEOUT_SECS` says otherwise;
+/// a healthy run of the slowest test takes about 20 s.
+const DEFAULT_TIMEOUT_SECS: &str = "240";
+
+/// Runs `script` (shell, busybox `sh`) in a fresh L1, with `qemu_args` added to L1's
+/// QEMU command line.
+///
+/// An L1 that stalls is retried once, saying so on stderr: SVM emulated under TCG on a
+/// loaded 2-core machine has been seen to hang once in dozens of runs. A script that
+/// fails, or an L1 that reports no status, is never retried.
+pub fn run(script: &str, qemu_args: &[&str]) -> Result<NestedRun, NestedError> {
+    match run_once(script, qemu_args) {
+        Err(NestedError::Timeout { tail }) => {
+            eprintln!("nested: L1 timed out, retrying once; its last output was:\n{tail}");
+            run_once(script, qemu_args)
+        }
+        other => other,
+    }
+}
+
+fn run_once(script: &str, qemu_args: &[&str]) -> Result<NestedRun, NestedError> {
+    // The host's /tmp is visible in L1 as /host/tmp.
+    let mut file = tempfile::Builder::new()
+        .prefix("tessera-l1-")
+        .suffix(".sh")
+        .tempfile_in("/tmp")
+        .map_err(|source| NestedError::Io {
+            context: "creating the L1 script",
+            source,
+        })?;
+    file.write_all(script.as_bytes())
+        .map_err(|source| NestedError::Io {
+            context: "writing the L1 script",
+            source,
+        })?;
+    let runner = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/nested-host.sh");
+    let timeout = std::env::var("TESSERA_NESTED_TIMEOUT_SECS")
+        .unwrap_or_else(|_| DEFAULT_TIMEOUT_SECS.to_string());
+    let out = Command::new(runner)
+        .env("TESSERA_NESTED_TIMEOUT_SECS", timeout)
+        .arg("run")
+        .arg(file.path())
+        .args(qemu_args)
+        .output()
+        .map_err(|source| NestedError::Io {
+            context: "running scripts/nested-host.sh",
+            source,
+        })?;
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let tail = || {
+        let log = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = console.lines().chain(log.lines()).collect();
+        let skip = lines.len().saturating_sub(60);
+        lines.into_iter().skip(skip).collect::<Vec<_>>().join("\n")
+    };
+    // The runner's own codes: 124 timed out, 125 no status; it knows which it saw.
+    let reported = console.contains("TESSERA-NESTED-EXIT=");
+    match out.status.code() {
+        Some(status) if reported => Ok(NestedRun { status, console }),
+        Some(124) => Err(NestedError::Timeout { tail: tail() }),
+        code => Err(NestedError::NoStatus { code, tail: tail() }),
+    }
+}
