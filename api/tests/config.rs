@@ -1,0 +1,227 @@
+//! The configuration reads Cloud Hypervisor's JSON, adds GI links in QEMU's and
+//! libvirt's forms, and refuses bad input with the field that is wrong.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use tessera_api::config::{parse_node_set, ConsoleMode, VmConfig};
+
+/// The seed's shape: 2 CPU nodes with a zone each, 8 GI nodes on one device.
+const SEED: &str = r#"{
+  "cpus": {"boot_vcpus": 2, "max_vcpus": 2},
+  "memory": {"size": 0, "zones": [{"id": "m0", "size": 268435456}, {"id": "m1", "size": 268435456}]},
+  "payload": {"kernel": "/boot/vmlinuz", "cmdline": "console=ttyS0"},
+  "serial": {"mode": "Tty"},
+  "devices": [{"path": "/sys/bus/pci/devices/0000:00:04.0", "id": "gpu0"}],
+  "numa": [
+    {"guest_numa_id": 0, "cpus": [0], "memory_zones": ["m0"], "distances": [{"destination": 1, "distance": 20}]},
+    {"guest_numa_id": 1, "cpus": [1], "memory_zones": ["m1"], "distances": [{"destination": 0, "distance": 20}]},
+    {"guest_numa_id": 2}, {"guest_numa_id": 3}, {"guest_numa_id": 4}, {"guest_numa_id": 5},
+    {"guest_numa_id": 6}, {"guest_numa_id": 7}, {"guest_numa_id": 8},
+    {"guest_numa_id": 9, "device_id": "gpu0"}
+  ],
+  "generic_initiators": [
+    {"id": "gi0", "device": "gpu0", "node": 2},
+    {"device": "gpu0", "nodes": "3-8"}
+  ]
+}"#;
+
+fn seed() -> VmConfig {
+    serde_json::from_str(SEED).unwrap()
+}
+
+fn refused(c: &VmConfig) -> (String, String) {
+    let e = c.validate().unwrap_err();
+    (e.field, e.message)
+}
+
+#[test]
+fn the_seed_config_is_valid_and_round_trips() {
+    let c = seed();
+    c.validate().unwrap();
+    assert_eq!(c.serial.mode, ConsoleMode::Tty);
+    assert_eq!(
+        c.generic_initiators[1].node_list("x").unwrap(),
+        (3..=8).collect::<Vec<_>>()
+    );
+    let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+}
+
+#[test]
+fn unknown_fields_are_named() {
+    let e = serde_json::from_str::<VmConfig>(r#"{"payload": {}, "disks": []}"#).unwrap_err();
+    assert!(e.to_string().contains("unknown field `disks`"), "{e}");
+    let e = serde_json::from_str::<VmConfig>(r#"{"payload": {"firmware": "x"}}"#).unwrap_err();
+    assert!(e.to_string().contains("unknown field `firmware`"), "{e}");
+}
+
+#[test]
+fn a_kernel_is_required() {
+    let mut c = seed();
+    c.payload.kernel = None;
+    assert_eq!(refused(&c).0, "payload.kernel");
+}
+
+#[test]
+fn vcpu_counts() {
+    let mut c = seed();
+    c.cpus.boot_vcpus = 0;
+    assert_eq!(refused(&c).0, "cpus.boot_vcpus");
+    let mut c = seed();
+    c.cpus.max_vcpus = 1;
+    let (field, message) = refused(&c);
+    assert_eq!(field, "cpus.max_vcpus");
+    assert_eq!(message, "1 is below boot_vcpus 2");
+}
+
+#[test]
+fn a_node_naming_a_missing_zone() {
+    let mut c = seed();
+    c.numa[1].memory_zones = vec!["m9".into()];
+    assert_eq!(
+        refused(&c),
+        (
+            "numa[1].memory_zones[0]".into(),
+            "no memory zone is called `m9`".into()
+        )
+    );
+}
+
+#[test]
+fn a_zone_in_two_nodes_or_in_none() {
+    let mut c = seed();
+    c.numa[1].memory_zones = vec!["m0".into()];
+    assert_eq!(refused(&c).1, "zone `m0` is already in numa[0]");
+    let mut c = seed();
+    c.numa[1].memory_zones.clear();
+    assert_eq!(
+        refused(&c),
+        ("numa".into(), "memory zone `m1` is in no node".into())
+    );
+}
+
+#[test]
+fn size_and_zones_together() {
+    let mut c = seed();
+    c.memory.size = 1 << 30;
+    assert_eq!(refused(&c).0, "memory.size");
+}
+
+#[test]
+fn cpus_in_nodes() {
+    let mut c = seed();
+    c.numa[1].cpus = vec![0];
+    assert_eq!(
+        refused(&c),
+        (
+            "numa[1].cpus[0]".into(),
+            "vCPU 0 is already in numa[0]".into()
+        )
+    );
+    let mut c = seed();
+    c.numa[1].cpus = vec![5];
+    assert_eq!(refused(&c).1, "vCPU 5 does not exist (max_vcpus is 2)");
+    let mut c = seed();
+    c.numa[1].cpus.clear();
+    assert_eq!(
+        refused(&c).1,
+        "vCPU 1 is in no node; with NUMA nodes every vCPU needs one"
+    );
+}
+
+#[test]
+fn node_ids_and_distances() {
+    let mut c = seed();
+    c.numa[3].guest_numa_id = 2;
+    assert_eq!(
+        refused(&c),
+        (
+            "numa[3].guest_numa_id".into(),
+            "node 2 is declared twice".into()
+        )
+    );
+    let mut c = seed();
+    c.numa[9].guest_numa_id = 12;
+    assert!(refused(&c).1.contains("node 9 is missing"));
+    let mut c = seed();
+    c.numa[0].distances[0].distance = 255;
+    assert_eq!(refused(&c).0, "numa[0].distances[0]");
+    let mut c = seed();
+    c.numa[0].distances[0].destination = 40;
+    assert_eq!(refused(&c).1, "node 40 does not exist");
+}
+
+#[test]
+fn gi_links_to_missing_devices_or_nodes_or_twice() {
+    let mut c = seed();
+    c.generic_initiators[0].device = "gpu9".into();
+    assert_eq!(
+        refused(&c),
+        (
+            "generic_initiators[0].device".into(),
+            "no device has id `gpu9`".into()
+        )
+    );
+    let mut c = seed();
+    c.generic_initiators[1].nodes = Some("3-10".into());
+    assert_eq!(
+        refused(&c),
+        (
+            "generic_initiators[1]".into(),
+            "node 10 does not exist".into()
+        )
+    );
+    let mut c = seed();
+    c.generic_initiators[1].nodes = Some("2-4".into());
+    assert_eq!(refused(&c).1, "`gpu0` is already linked to node 2");
+    let mut c = seed();
+    c.numa[9].device_id = Some("gpu0".into());
+    c.generic_initiators[1].nodes = Some("3-9".into());
+    assert_eq!(refused(&c).0, "numa[9].device_id");
+    let mut c = seed();
+    c.generic_initiators[0].nodes = Some("3".into());
+    assert_eq!(refused(&c).1, "give `node` or `nodes`, not both");
+    let mut c = seed();
+    c.generic_initiators[0].node = None;
+    assert_eq!(refused(&c).1, "needs `node` or `nodes`");
+    let mut c = seed();
+    c.generic_initiators[1].nodes = Some("3-x".into());
+    assert_eq!(refused(&c).0, "generic_initiators[1].nodes");
+}
+
+#[test]
+fn devices_ids_and_placement() {
+    let mut c = seed();
+    c.devices.push(c.devices[0].clone());
+    assert_eq!(
+        refused(&c),
+        (
+            "devices[1].id".into(),
+            "`gpu0` is already devices[0]".into()
+        )
+    );
+    let mut c = seed();
+    c.devices[0].pci_segment = Some(1);
+    assert_eq!(refused(&c).0, "devices[0].pci_segment");
+    c.platform.num_pci_segments = 2;
+    c.devices[0].pci_device_id = Some(0);
+    c.validate().unwrap();
+    c.devices[0].pci_segment = Some(0);
+    assert_eq!(refused(&c).0, "devices[0].pci_device_id");
+}
+
+#[test]
+fn console_modes_need_their_targets() {
+    let mut c = seed();
+    c.serial.mode = ConsoleMode::File;
+    assert_eq!(refused(&c).0, "serial.file");
+}
+
+#[test]
+fn node_sets() {
+    assert_eq!(parse_node_set("2-4,7,9-9").unwrap(), vec![2, 3, 4, 7, 9]);
+    assert_eq!(parse_node_set("5").unwrap(), vec![5]);
+    for bad in ["", "4-2", "a", "1,,2", "0-70000"] {
+        assert!(parse_node_set(bad).is_err(), "{bad}");
+    }
+}
