@@ -1,0 +1,411 @@
+//! The guest physical address map.
+//!
+//! ```text
+//! 0            .. 3 GiB         RAM (low)
+//! 3 GiB        .. 3.5 GiB       PCI 32-bit MMIO windows, split evenly between segments
+//! 3.5 GiB      .. 3.75 GiB      ECAM, 1 MiB (bus 0) per segment
+//! 0xfec0_0000                   I/O APIC
+//! 0xfed0_1000                   GED event register
+//! 0xfee0_0000                   local APIC
+//! 4 GiB        .. RAM end       RAM (high)
+//! 1 GiB-aligned after RAM       PCI 64-bit MMIO windows, one per segment, up to the
+//!                               guest's physical address width
+//! ```
+//! RAM zones are laid out in order from 0, a zone crossing 3 GiB continuing at 4 GiB,
+//! so each zone is one or two ranges. The same zones always give the same addresses.
+
+/// Start of the 32-bit hole below 4 GiB.
+pub const MEM_32BIT_GAP_START: u64 = 0xc000_0000;
+/// End of the 32-bit hole.
+pub const MEM_32BIT_GAP_END: u64 = 1 << 32;
+/// Total of the segments' 32-bit MMIO windows.
+pub const MMIO32_START: u64 = MEM_32BIT_GAP_START;
+/// Size of all 32-bit MMIO windows together.
+pub const MMIO32_SIZE: u64 = 0x2000_0000;
+/// ECAM base; segment `n`'s bus 0 is at `ECAM_START + n MiB`.
+pub const ECAM_START: u64 = 0xe000_0000;
+/// ECAM bytes per segment: one bus (a root bus without bridges).
+pub const ECAM_SIZE_PER_SEGMENT: u64 = 1 << 20;
+/// The most PCI segments the ECAM area holds.
+pub const MAX_PCI_SEGMENTS: u16 = 256;
+/// I/O APIC MMIO.
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// GED event register (4 bytes).
+pub const GED_START: u64 = 0xfed0_1000;
+/// Local APIC MMIO.
+pub const LAPIC_START: u64 = 0xfee0_0000;
+/// Where the RSDP goes (the BIOS area the kernel scans).
+pub const RSDP_START: u64 = 0x000e_0000;
+/// First byte of RAM the e820 map reports past the legacy hole (640 KiB..1 MiB).
+pub const HIGH_RAM_START: u64 = 0x10_0000;
+/// End of conventional memory.
+pub const EBDA_START: u64 = 0x9_fc00;
+/// Size of each 64-bit MMIO window, unless the address width leaves less.
+pub const MMIO64_SIZE_PER_SEGMENT: u64 = 64 << 30;
+
+const GIB: u64 = 1 << 30;
+
+/// A half-open range `[start, end)` of guest physical addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Range {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+}
+
+impl Range {
+    /// Bytes in the range.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// One segment's windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentWindows {
+    /// ECAM for bus 0 (MCFG base for the segment).
+    pub ecam: Range,
+    /// 32-bit MMIO window for BARs.
+    pub mmio32: Range,
+    /// 64-bit MMIO window for BARs.
+    pub mmio64: Range,
+}
+
+/// The kind of an e820 entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum E820Kind {
+    /// Usable RAM.
+    Ram,
+    /// Reserved.
+    Reserved,
+}
+
+/// The laid-out guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestLayout {
+    /// Per zone, in the order given: its RAM ranges (one, or two if it crosses 3 GiB).
+    pub zones: Vec<Vec<Range>>,
+    /// Per PCI segment: its windows.
+    pub segments: Vec<SegmentWindows>,
+    /// The e820 map: RAM and the reserved areas the guest must not use.
+    pub e820: Vec<(Range, E820Kind)>,
+}
+
+/// Why a layout cannot be made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// A zone of zero bytes.
+    #[error("memory zone {index} is empty")]
+    EmptyZone {
+        /// Index of the zone.
+        index: usize,
+    },
+    /// A zone that is not a whole number of 4 KiB pages.
+    #[error("memory zone {index}: {size:#x} bytes is not a multiple of 4 KiB")]
+    UnalignedZone {
+        /// Index of the zone.
+        index: usize,
+        /// Its size.
+        size: u64,
+    },
+    /// Too many segments for the ECAM area.
+    #[error("{count} PCI segments, at most {max} fit")]
+    TooManySegments {
+        /// Requested.
+        count: u16,
+        /// The limit.
+        max: u16,
+    },
+    /// RAM and 64-bit MMIO windows do not fit the guest's physical address width.
+    #[error("{needed:#x} bytes of address space are needed but {phys_bits} physical address bits give {limit:#x}")]
+    AddressSpace {
+        /// End of the last thing to place.
+        needed: u64,
+        /// The guest's physical address width.
+        phys_bits: u8,
+        /// `1 << phys_bits`.
+        limit: u64,
+    },
+}
+
+/// Lays out RAM zones (sizes in bytes, in order) and `segments` PCI segments for a guest
+/// with `phys_bits` physical address bits.
+pub fn lay_out(
+    zone_sizes: &[u64],
+    segments: u16,
+    phys_bits: u8,
+) -> Result<GuestLayout, LayoutError> {
+    if segments > MAX_PCI_SEGMENTS {
+        return Err(LayoutError::TooManySegments {
+            count: segments,
+            max: MAX_PCI_SEGMENTS,
+        });
+    }
+    let limit = 1u64.checked_shl(u32::from(phys_bits)).unwrap_or(u64::MAX);
+    let too_big = |needed: u64| LayoutError::AddressSpace {
+        needed,
+        phys_bits,
+        limit,
+    };
+
+    let mut zones = Vec::with_capacity(zone_sizes.len());
+    let mut next = 0u64;
+    for (index, &size) in zone_sizes.iter().enumerate() {
+        if size == 0 {
+            return Err(LayoutError::EmptyZone { index });
+        }
+        if size % 4096 != 0 {
+            return Err(LayoutError::UnalignedZone { index, size });
+        }
+        let mut ranges = Vec::with_capacity(2);
+        let mut left = size;
+        while left > 0 {
+            if next == MEM_32BIT_GAP_START {
+                next = MEM_32BIT_GAP_END;
+            }
+            let room = if next < MEM_32BIT_GAP_START {
+                MEM_32BIT_GAP_START - next
+            } else {
+                u64::MAX - next
+            };
+            let take = left.min(room);
+            let end = next.checked_add(take).ok_or_else(|| too_big(u64::MAX))?;
+            ranges.push(Range { start: next, end });
+            next = end;
+            left -= take;
+        }
+        zones.push(ranges);
+    }
+    let ram_end = next;
+
+    let count = u64::from(segments);
+    let mmio32_each = MMIO32_SIZE.checked_div(count).unwrap_or(0) & !0xfffff;
+    let mmio64_base = ram_end.max(MEM_32BIT_GAP_END).div_ceil(GIB) * GIB;
+    // Share what the address width leaves, up to the default size, 1 GiB aligned.
+    let mmio64_each = (limit
+        .saturating_sub(mmio64_base)
+        .checked_div(count)
+        .unwrap_or(0)
+        & !(GIB - 1))
+        .min(MMIO64_SIZE_PER_SEGMENT);
+    if segments > 0 && mmio64_each == 0 {
+        return Err(too_big(
+            mmio64_base.saturating_add(GIB.saturating_mul(count)),
+        ));
+    }
+    if ram_end > limit {
+        return Err(too_big(ram_end));
+    }
+    let segments = (0..count)
+        .map(|n| SegmentWindows {
+            ecam: Range {
+                start: ECAM_START + n * ECAM_SIZE_PER_SEGMENT,
+                end: ECAM_START + (n + 1) * ECAM_SIZE_PER_SEGMENT,
+            },
+            mmio32: Range {
+                start: MMIO32_START + n * mmio32_each,
+                end: MMIO32_START + (n + 1) * mmio32_each,
+            },
+            mmio64: Range {
+                start: mmio64_base + n * mmio64_each,
+                end: mmio64_base + (n + 1) * mmio64_each,
+            },
+        })
+        .collect();
+
+    let mut e820 = Vec::new();
+    let low_end = ram_end.min(MEM_32BIT_GAP_START);
+    // Conventional memory, then the EBDA/BIOS hole (where the RSDP lives), then the rest.
+    e820.push((
+        Range {
+            start: 0,
+            end: EBDA_START.min(low_end),
+        },
+        E820Kind::Ram,
+    ));
+    if low_end > HIGH_RAM_START {
+        e820.push((
+            Range {
+                start: EBDA_START,
+                end: HIGH_RAM_START,
+            },
+            E820Kind::Reserved,
+        ));
+        e820.push((
+            Range {
+                start: HIGH_RAM_START,
+                end: low_end,
+            },
+            E820Kind::Ram,
+        ));
+    }
+    let reserved_ecam_end = ECAM_START + count * ECAM_SIZE_PER_SEGMENT;
+    if count > 0 {
+        e820.push((
+            Range {
+                start: ECAM_START,
+                end: reserved_ecam_end,
+            },
+            E820Kind::Reserved,
+        ));
+    }
+    if ram_end > MEM_32BIT_GAP_END {
+        e820.push((
+            Range {
+                start: MEM_32BIT_GAP_END,
+                end: ram_end,
+            },
+            E820Kind::Ram,
+        ));
+    }
+    Ok(GuestLayout {
+        zones,
+        segments,
+        e820,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn two_small_zones_sit_back_to_back_from_zero() {
+        let l = lay_out(&[256 * MIB, 256 * MIB], 1, 40).unwrap();
+        assert_eq!(
+            l.zones[0],
+            vec![Range {
+                start: 0,
+                end: 256 * MIB
+            }]
+        );
+        assert_eq!(
+            l.zones[1],
+            vec![Range {
+                start: 256 * MIB,
+                end: 512 * MIB
+            }]
+        );
+        assert_eq!(
+            l.e820,
+            vec![
+                (
+                    Range {
+                        start: 0,
+                        end: EBDA_START
+                    },
+                    E820Kind::Ram
+                ),
+                (
+                    Range {
+                        start: EBDA_START,
+                        end: HIGH_RAM_START
+                    },
+                    E820Kind::Reserved
+                ),
+                (
+                    Range {
+                        start: HIGH_RAM_START,
+                        end: 512 * MIB
+                    },
+                    E820Kind::Ram
+                ),
+                (
+                    Range {
+                        start: ECAM_START,
+                        end: ECAM_START + MIB
+                    },
+                    E820Kind::Reserved
+                ),
+            ]
+        );
+        let s = l.segments[0];
+        assert_eq!(
+            s.mmio32,
+            Range {
+                start: MMIO32_START,
+                end: MMIO32_START + MMIO32_SIZE
+            }
+        );
+        assert_eq!(s.mmio64.start, 4 * GIB);
+        assert_eq!(s.mmio64.len(), MMIO64_SIZE_PER_SEGMENT);
+    }
+
+    #[test]
+    fn a_zone_crossing_3_gib_continues_at_4_gib() {
+        let l = lay_out(&[2 * GIB, 2 * GIB], 2, 46).unwrap();
+        assert_eq!(
+            l.zones[1],
+            vec![
+                Range {
+                    start: 2 * GIB,
+                    end: 3 * GIB
+                },
+                Range {
+                    start: 4 * GIB,
+                    end: 5 * GIB
+                }
+            ]
+        );
+        assert_eq!(
+            l.e820.last(),
+            Some(&(
+                Range {
+                    start: 4 * GIB,
+                    end: 5 * GIB
+                },
+                E820Kind::Ram
+            ))
+        );
+        // Windows: split evenly, never overlapping RAM or each other.
+        assert_eq!(l.segments[1].mmio32.start, l.segments[0].mmio32.end);
+        assert_eq!(l.segments[0].mmio64.start, 5 * GIB);
+        assert_eq!(l.segments[1].ecam.start, ECAM_START + MIB);
+    }
+
+    #[test]
+    fn everything_stays_clear_of_the_interrupt_controllers() {
+        let l = lay_out(&[GIB], MAX_PCI_SEGMENTS, 46).unwrap();
+        let last = l.segments.last().unwrap();
+        assert!(last.ecam.end <= IOAPIC_START);
+        assert!(last.mmio32.end <= ECAM_START);
+    }
+
+    #[test]
+    fn the_address_width_bounds_ram_and_windows() {
+        assert!(matches!(
+            lay_out(&[GIB], 1, 31),
+            Err(LayoutError::AddressSpace { .. })
+        ));
+        let l = lay_out(&[GIB], 2, 36).unwrap();
+        assert!(l.segments[1].mmio64.end <= 1 << 36);
+        assert!(matches!(
+            lay_out(&[80 * GIB], 1, 36),
+            Err(LayoutError::AddressSpace { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_zones_and_counts() {
+        assert_eq!(
+            lay_out(&[0], 1, 40),
+            Err(LayoutError::EmptyZone { index: 0 })
+        );
+        assert!(matches!(
+            lay_out(&[MIB + 1], 1, 40),
+            Err(LayoutError::UnalignedZone { .. })
+        ));
+        assert!(matches!(
+            lay_out(&[MIB], 257, 40),
+            Err(LayoutError::TooManySegments { .. })
+        ));
+    }
+}
