@@ -288,3 +288,39 @@ fn the_judges_reject_corrupt_tables() {
     truncated[4..8].copy_from_slice(&len.to_le_bytes());
     assert!(acpiexec(&truncated, &[], &["evaluate \\_S5_"]).is_err());
 }
+
+#[test]
+fn tables_from_a_vm_config_pass_acpica() {
+    // What the VMM builds from a CH-style config: 3 segments, GPUs at devfn 0 of
+    // segments 1 and 2, 2 CPU nodes with zones, 8 GI nodes per GPU.
+    let config: tessera_api::config::VmConfig = serde_json::from_str(
+        r#"{
+      "cpus": {"boot_vcpus": 2, "max_vcpus": 2},
+      "memory": {"size": 0, "zones": [{"id": "m0", "size": 2147483648}, {"id": "m1", "size": 2147483648}]},
+      "payload": {"kernel": "/boot/vmlinuz"},
+      "platform": {"num_pci_segments": 3},
+      "devices": [
+        {"path": "/sys/bus/pci/devices/0000:41:00.0", "id": "gpu0", "pci_segment": 1},
+        {"path": "/sys/bus/pci/devices/0000:c1:00.0", "id": "gpu1", "pci_segment": 2}
+      ],
+      "numa": [
+        {"guest_numa_id": 0, "cpus": [0], "memory_zones": ["m0"], "pci_segments": [1]},
+        {"guest_numa_id": 1, "cpus": [1], "memory_zones": ["m1"], "pci_segments": [2]},
+        {"guest_numa_id": 2}, {"guest_numa_id": 3}, {"guest_numa_id": 4}, {"guest_numa_id": 5},
+        {"guest_numa_id": 6}, {"guest_numa_id": 7}, {"guest_numa_id": 8}, {"guest_numa_id": 9},
+        {"guest_numa_id": 10}, {"guest_numa_id": 11}, {"guest_numa_id": 12}, {"guest_numa_id": 13},
+        {"guest_numa_id": 14}, {"guest_numa_id": 15}, {"guest_numa_id": 16}, {"guest_numa_id": 17}
+      ],
+      "generic_initiators": [{"device": "gpu0", "nodes": "2-9"}, {"device": "gpu1", "nodes": "10-17"}]
+    }"#,
+    )
+    .unwrap();
+    let guest = tessera_vmm::guest_topology::guest_topology(&config, 46).unwrap();
+    judge_case(&Case {
+        name: "from a VM config",
+        topology: guest.acpi,
+        cpus: 2,
+        memory_mib: 4096,
+        qemu_devices: vec![],
+    });
+}

@@ -1,0 +1,343 @@
+//! From a VM configuration to the guest's topology: RAM ranges per zone, PCI segments
+//! with their windows, each device's guest BDF, and the NUMA description (nodes, GI
+//! links, distances) the ACPI tables are built from.
+//!
+//! Deterministic: the same configuration always gives the same BDFs and so the same
+//! ACPI bytes. Touches no host resource.
+
+use tessera_acpi::{
+    Bdf, Cpu, GenericInitiatorLink, IntxPin, IntxRoute, MemoryRange, NumaNode, PciDevice,
+    PciSegment, Topology, Window,
+};
+use tessera_api::config::{ConfigError, VmConfig};
+use tessera_arch::layout::{lay_out, GuestLayout, LayoutError, Range};
+
+/// First GSI used for PCI INTx; 0..15 are the ISA interrupts.
+const INTX_GSI_BASE: u32 = 16;
+/// INTx lines shared round-robin by the slots (as on a PC: the pins of 32 slots swizzle
+/// onto 8 I/O APIC inputs).
+const INTX_GSI_COUNT: u32 = 8;
+/// COM1's GSI.
+pub const SERIAL_GSI: u32 = 4;
+/// The GED's GSI.
+pub const GED_GSI: u32 = 9;
+
+/// A device at its guest address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlacedDevice {
+    /// The device's id (given, or `_vfioN` by position).
+    pub id: String,
+    /// Index in `VmConfig::devices`.
+    pub config_index: usize,
+    /// Guest address.
+    pub bdf: Bdf,
+}
+
+/// The guest as the configuration describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuestTopology {
+    /// Where RAM and windows are.
+    pub layout: GuestLayout,
+    /// Each VFIO device's guest address.
+    pub devices: Vec<PlacedDevice>,
+    /// What the ACPI tables are built from.
+    pub acpi: Topology,
+}
+
+/// Why a configuration has no valid topology.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The configuration itself is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The memory map cannot be made.
+    #[error("memory: {0}")]
+    Layout(#[from] LayoutError),
+    /// The ACPI topology is refused.
+    #[error("{0}")]
+    Acpi(#[from] tessera_acpi::Error),
+}
+
+impl TopologyError {
+    /// The configuration field at fault, as a JSON path.
+    pub fn field(&self) -> String {
+        match self {
+            TopologyError::Config(e) => e.field.clone(),
+            TopologyError::Layout(_) => "memory".into(),
+            TopologyError::Acpi(e) => e.field(),
+        }
+    }
+}
+
+/// Builds the guest's topology for a guest with `phys_bits` physical address bits.
+pub fn guest_topology(config: &VmConfig, phys_bits: u8) -> Result<GuestTopology, TopologyError> {
+    config.validate()?;
+    if config.cpus.max_vcpus != config.cpus.boot_vcpus {
+        return Err(ConfigError {
+            field: "cpus.max_vcpus".into(),
+            message: "vCPU hotplug is not supported yet: max_vcpus must equal boot_vcpus".into(),
+        }
+        .into());
+    }
+
+    // Zones in configuration order; without zones, one zone of memory.size.
+    let zone_sizes: Vec<u64> = if config.memory.zones.is_empty() {
+        vec![config.memory.size]
+    } else {
+        config.memory.zones.iter().map(|z| z.size).collect()
+    };
+    let segments = config.platform.num_pci_segments;
+    let layout = lay_out(&zone_sizes, segments, phys_bits)?;
+
+    let devices = place_devices(config)?;
+
+    let node_of_zone = |zone: usize| -> Option<u32> {
+        let id = config.memory.zones.get(zone)?.id.as_str();
+        config
+            .numa
+            .iter()
+            .find(|n| n.memory_zones.iter().any(|z| z == id))
+            .map(|n| n.guest_numa_id)
+    };
+    let mut memory = Vec::new();
+    for (zone, ranges) in layout.zones.iter().enumerate() {
+        for r in ranges {
+            memory.push(MemoryRange {
+                base: r.start,
+                size: r.len(),
+                node: node_of_zone(zone),
+                enabled: true,
+                hotpluggable: false,
+                non_volatile: false,
+            });
+        }
+    }
+
+    let node_of_cpu = |cpu: u32| {
+        config
+            .numa
+            .iter()
+            .find(|n| n.cpus.contains(&cpu))
+            .map(|n| n.guest_numa_id)
+    };
+    let cpus = (0..config.cpus.boot_vcpus)
+        .map(|i| Cpu {
+            apic_id: i,
+            node: node_of_cpu(i),
+        })
+        .collect();
+
+    let pci_segments = layout
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(id, w)| {
+            let id = id as u16;
+            PciSegment {
+                id,
+                ecam_base: w.ecam.start,
+                start_bus: 0,
+                end_bus: 0,
+                mmio32: window(w.mmio32),
+                mmio64: Some(window(w.mmio64)),
+                // Only segment 0 decodes port I/O (0xcf8/0xcfc and BAR ports above 4 KiB).
+                io: (id == 0).then_some(Window {
+                    base: 0x1000,
+                    size: 0xf000,
+                }),
+                node: config
+                    .numa
+                    .iter()
+                    .find(|n| n.pci_segments.contains(&id))
+                    .map(|n| n.guest_numa_id),
+                intx_routes: intx_routes(),
+            }
+        })
+        .collect();
+
+    let mut generic_initiators = Vec::new();
+    for (i, gi) in config.generic_initiators.iter().enumerate() {
+        for node in gi.node_list(&format!("generic_initiators[{i}]"))? {
+            generic_initiators.push(GenericInitiatorLink {
+                device: gi.device.clone(),
+                node,
+            });
+        }
+    }
+    for n in &config.numa {
+        if let Some(device) = &n.device_id {
+            generic_initiators.push(GenericInitiatorLink {
+                device: device.clone(),
+                node: n.guest_numa_id,
+            });
+        }
+    }
+
+    let node_count = config.numa.len();
+    let distances = (node_count > 0).then(|| {
+        (0..node_count)
+            .map(|i| {
+                (0..node_count)
+                    .map(|j| distance(config, i as u32, j as u32))
+                    .collect()
+            })
+            .collect()
+    });
+
+    let acpi = Topology {
+        cpus,
+        nodes: (0..node_count as u32).map(|id| NumaNode { id }).collect(),
+        memory,
+        pci_segments,
+        pci_devices: devices
+            .iter()
+            .map(|d| PciDevice {
+                id: d.id.clone(),
+                bdf: d.bdf,
+            })
+            .collect(),
+        generic_initiators,
+        distances,
+        hmat: Vec::new(),
+        platform: platform(),
+    };
+    tessera_acpi::validate(&acpi)?;
+    Ok(GuestTopology {
+        layout,
+        devices,
+        acpi,
+    })
+}
+
+fn window(r: Range) -> Window {
+    Window {
+        base: r.start,
+        size: r.len(),
+    }
+}
+
+/// The SLIT entry from `from` to `to`: as configured, else 10 to itself and 20 elsewhere.
+fn distance(config: &VmConfig, from: u32, to: u32) -> u8 {
+    if from == to {
+        return 10;
+    }
+    config
+        .numa
+        .iter()
+        .find(|n| n.guest_numa_id == from)
+        .and_then(|n| n.distances.iter().find(|d| d.destination == to))
+        .and_then(|d| u8::try_from(d.distance).ok())
+        .unwrap_or(tessera_acpi::DEFAULT_REMOTE_DISTANCE)
+}
+
+/// Slot `s` pin `p` → GSI `16 + (s + p) % 8`, the PC swizzle.
+fn intx_routes() -> Vec<IntxRoute> {
+    (0..32u8)
+        .flat_map(|device| {
+            [IntxPin::A, IntxPin::B, IntxPin::C, IntxPin::D]
+                .into_iter()
+                .map(move |pin| IntxRoute {
+                    device,
+                    pin,
+                    gsi: INTX_GSI_BASE
+                        + (u32::from(device) + u32::from(pin.index())) % INTX_GSI_COUNT,
+                })
+        })
+        .collect()
+}
+
+fn platform() -> tessera_acpi::Platform {
+    use tessera_arch::layout::{GED_START, IOAPIC_START, LAPIC_START};
+    tessera_acpi::Platform {
+        lapic_address: LAPIC_START as u32,
+        ioapics: vec![tessera_acpi::IoApic {
+            id: 0,
+            address: IOAPIC_START as u32,
+            gsi_base: 0,
+        }],
+        serial: Some(tessera_acpi::Serial {
+            port: 0x3f8,
+            gsi: SERIAL_GSI,
+        }),
+        ged: Some(tessera_acpi::Ged {
+            mmio_base: GED_START,
+            gsi: GED_GSI,
+        }),
+        ..tessera_acpi::Platform::default()
+    }
+}
+
+/// Guest BDFs: pinned slots first, then the rest in configuration order at the lowest
+/// free slot of their segment. Segment 0's slot 0 is the host bridge; on other segments
+/// slot 0 is free, for GPUs whose driver wants devfn 0.
+fn place_devices(config: &VmConfig) -> Result<Vec<PlacedDevice>, ConfigError> {
+    let segments = usize::from(config.platform.num_pci_segments);
+    let mut taken = vec![[false; 32]; segments];
+    if let Some(seg0) = taken.first_mut() {
+        seg0[0] = true;
+    }
+    let mut slots: Vec<Option<(u16, u8)>> = vec![None; config.devices.len()];
+    for (i, d) in config.devices.iter().enumerate() {
+        if let Some(slot) = d.pci_device_id {
+            let seg = d.pci_segment.unwrap_or(0);
+            let free = taken
+                .get_mut(usize::from(seg))
+                .and_then(|s| s.get_mut(usize::from(slot)));
+            match free {
+                Some(t) if !*t => {
+                    *t = true;
+                    if let Some(s) = slots.get_mut(i) {
+                        *s = Some((seg, slot));
+                    }
+                }
+                _ => {
+                    return Err(ConfigError {
+                        field: format!("devices[{i}].pci_device_id"),
+                        message: format!("slot {slot} on segment {seg} is already taken"),
+                    })
+                }
+            }
+        }
+    }
+    for (i, d) in config.devices.iter().enumerate() {
+        if d.pci_device_id.is_some() {
+            continue;
+        }
+        let seg = d.pci_segment.unwrap_or(0);
+        let slot = taken
+            .get_mut(usize::from(seg))
+            .and_then(|s| s.iter_mut().position(|t| !*t).map(|p| (s, p)))
+            .map(|(s, p)| {
+                if let Some(t) = s.get_mut(p) {
+                    *t = true;
+                }
+                p as u8
+            })
+            .ok_or_else(|| ConfigError {
+                field: format!("devices[{i}]"),
+                message: format!("segment {seg} has no free slot left"),
+            })?;
+        if let Some(s) = slots.get_mut(i) {
+            *s = Some((seg, slot));
+        }
+    }
+    Ok(config
+        .devices
+        .iter()
+        .zip(slots)
+        .enumerate()
+        .filter_map(|(i, (d, slot))| {
+            let (segment, device) = slot?;
+            Some(PlacedDevice {
+                id: d.id.clone().unwrap_or_else(|| format!("_vfio{i}")),
+                config_index: i,
+                bdf: Bdf {
+                    segment,
+                    bus: 0,
+                    device,
+                    function: 0,
+                },
+            })
+        })
+        .collect())
+}

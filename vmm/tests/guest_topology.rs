@@ -1,0 +1,192 @@
+//! A configuration becomes the guest's topology: RAM per zone and node, devices at
+//! deterministic BDFs (devfn 0 on their own segments when asked), GI links from both
+//! config forms, distances, and tables the acpi crate accepts.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
+
+use tessera_acpi::{build, linux_node_numbering, Placement};
+use tessera_api::config::{DeviceConfig, VmConfig};
+use tessera_vmm::guest_topology::guest_topology;
+
+const MIB: u64 = 1 << 20;
+
+fn seed() -> VmConfig {
+    serde_json::from_str(
+        r#"{
+      "cpus": {"boot_vcpus": 2, "max_vcpus": 2},
+      "memory": {"size": 0, "zones": [{"id": "m0", "size": 268435456}, {"id": "m1", "size": 268435456}]},
+      "payload": {"kernel": "/boot/vmlinuz"},
+      "devices": [{"path": "/sys/bus/pci/devices/0000:00:04.0", "id": "gpu0"}],
+      "numa": [
+        {"guest_numa_id": 0, "cpus": [0], "memory_zones": ["m0"], "distances": [{"destination": 1, "distance": 20}]},
+        {"guest_numa_id": 1, "cpus": [1], "memory_zones": ["m1"], "distances": [{"destination": 0, "distance": 21}]},
+        {"guest_numa_id": 2}, {"guest_numa_id": 3}, {"guest_numa_id": 4}, {"guest_numa_id": 5},
+        {"guest_numa_id": 6}, {"guest_numa_id": 7}, {"guest_numa_id": 8},
+        {"guest_numa_id": 9, "device_id": "gpu0"}
+      ],
+      "generic_initiators": [{"device": "gpu0", "nodes": "2-8"}]
+    }"#,
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_seed_config_gives_the_seed_topology() {
+    let g = guest_topology(&seed(), 40).unwrap();
+    let t = &g.acpi;
+    assert_eq!(t.nodes.len(), 10);
+    assert_eq!(
+        t.memory
+            .iter()
+            .map(|m| (m.base, m.size, m.node))
+            .collect::<Vec<_>>(),
+        vec![(0, 256 * MIB, Some(0)), (256 * MIB, 256 * MIB, Some(1))]
+    );
+    assert_eq!(
+        t.cpus
+            .iter()
+            .map(|c| (c.apic_id, c.node))
+            .collect::<Vec<_>>(),
+        vec![(0, Some(0)), (1, Some(1))]
+    );
+    assert_eq!(g.devices[0].id, "gpu0");
+    assert_eq!(g.devices[0].bdf.to_string(), "0000:00:01.0");
+    let mut gi: Vec<u32> = t.generic_initiators.iter().map(|l| l.node).collect();
+    gi.sort_unstable();
+    assert_eq!(gi, (2..=9).collect::<Vec<_>>());
+    let d = t.distances.as_ref().unwrap();
+    assert_eq!((d[0][1], d[1][0], d[0][5], d[3][3]), (20, 21, 20, 10));
+    // Linux will keep these node numbers.
+    assert!(linux_node_numbering(t)
+        .iter()
+        .all(|(pxm, n)| Some(*pxm) == *n));
+    build(t, Placement::default()).unwrap();
+}
+
+#[test]
+fn same_config_same_bdfs_and_bytes() {
+    let a = guest_topology(&seed(), 40).unwrap();
+    let b = guest_topology(&seed(), 40).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        build(&a.acpi, Placement::default()).unwrap(),
+        build(&b.acpi, Placement::default()).unwrap()
+    );
+}
+
+#[test]
+fn gpus_at_devfn_0_of_their_own_segments() {
+    let mut c = seed();
+    c.platform.num_pci_segments = 3;
+    c.devices = vec![
+        DeviceConfig {
+            path: "/a".into(),
+            id: Some("gpu0".into()),
+            pci_segment: Some(1),
+            pci_device_id: None,
+        },
+        DeviceConfig {
+            path: "/b".into(),
+            id: Some("gpu1".into()),
+            pci_segment: Some(2),
+            pci_device_id: None,
+        },
+        DeviceConfig {
+            path: "/c".into(),
+            id: None,
+            pci_segment: None,
+            pci_device_id: Some(7),
+        },
+        DeviceConfig {
+            path: "/d".into(),
+            id: None,
+            pci_segment: None,
+            pci_device_id: None,
+        },
+    ];
+    c.numa[0].pci_segments = vec![1];
+    c.numa[1].pci_segments = vec![2];
+    let g = guest_topology(&c, 40).unwrap();
+    let placed: Vec<(String, String)> = g
+        .devices
+        .iter()
+        .map(|d| (d.id.clone(), d.bdf.to_string()))
+        .collect();
+    assert_eq!(
+        placed,
+        vec![
+            ("gpu0".into(), "0001:00:00.0".into()),
+            ("gpu1".into(), "0002:00:00.0".into()),
+            ("_vfio2".into(), "0000:00:07.0".into()),
+            ("_vfio3".into(), "0000:00:01.0".into()),
+        ]
+    );
+    assert_eq!(g.acpi.pci_segments[1].node, Some(0));
+    assert_eq!(g.acpi.pci_segments[2].node, Some(1));
+    assert_eq!(g.acpi.pci_segments[0].node, None);
+    build(&g.acpi, Placement::default()).unwrap();
+}
+
+#[test]
+fn a_taken_slot_is_refused() {
+    let mut c = seed();
+    c.devices.push(DeviceConfig {
+        path: "/x".into(),
+        id: Some("a".into()),
+        pci_segment: None,
+        pci_device_id: Some(3),
+    });
+    c.devices.push(DeviceConfig {
+        path: "/y".into(),
+        id: Some("b".into()),
+        pci_segment: None,
+        pci_device_id: Some(3),
+    });
+    let e = guest_topology(&c, 40).unwrap_err();
+    assert_eq!(e.field(), "devices[2].pci_device_id");
+    assert!(
+        e.to_string()
+            .contains("slot 3 on segment 0 is already taken"),
+        "{e}"
+    );
+}
+
+#[test]
+fn vcpu_hotplug_is_refused_until_supported() {
+    let mut c = seed();
+    c.cpus.max_vcpus = 4;
+    c.numa[1].cpus = vec![1, 2, 3];
+    assert_eq!(
+        guest_topology(&c, 40).unwrap_err().field(),
+        "cpus.max_vcpus"
+    );
+}
+
+#[test]
+fn more_ram_than_the_address_width_is_refused() {
+    let mut c = seed();
+    c.memory.zones[1].size = 64 << 30;
+    let e = guest_topology(&c, 36).unwrap_err();
+    assert_eq!(e.field(), "memory");
+    assert!(e.to_string().contains("36 physical address bits"), "{e}");
+}
+
+#[test]
+fn a_non_numa_config_has_no_nodes() {
+    let c: VmConfig =
+        serde_json::from_str(r#"{"memory": {"size": 4294967296}, "payload": {"kernel": "/k"}}"#)
+            .unwrap();
+    let g = guest_topology(&c, 40).unwrap();
+    assert!(g.acpi.nodes.is_empty());
+    // 4 GiB of RAM: 3 GiB below the gap, 1 GiB above 4 GiB.
+    assert_eq!(
+        g.acpi
+            .memory
+            .iter()
+            .map(|m| (m.base, m.size))
+            .collect::<Vec<_>>(),
+        vec![(0, 3 << 30), (4 << 30, 1 << 30)]
+    );
+    let tables = build(&g.acpi, Placement::default()).unwrap();
+    assert!(tables.get("SRAT").is_none());
+}
