@@ -17,6 +17,8 @@ exec 9>"$out/.lock"
 flock 9
 
 log() { echo "guest-images: $*" >&2; }
+# shellcheck source=lib/debian-kernel.sh
+. "$here/lib/debian-kernel.sh"
 
 sudo_if_needed() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -32,22 +34,9 @@ have_kernel() {
 }
 
 if [ "${TESSERA_JUDGE_REFRESH:-0}" = 1 ] || ! have_kernel; then
-    meta=linux-image-cloud-amd64
-    candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
-    if [ -z "$(candidate "$meta")" ] || [ "$(candidate "$meta")" = "(none)" ]; then
-        log "no candidate for $meta, running apt-get update"
-        sudo_if_needed apt-get update -qq
-    fi
-    pkg=$(apt-cache depends "$meta=$(candidate "$meta")" \
-        | awk '$1 == "Depends:" && $2 ~ /^linux-image-.*-cloud-amd64$/ { print $2; exit }')
-    [ -n "$pkg" ] || { log "cannot resolve the kernel package $meta depends on"; exit 1; }
-    version=$(candidate "$pkg")
-    log "fetching $pkg $version"
-    mkdir -p "$work/deb"
-    # apt's download sandbox user must be able to write here.
-    chmod 0777 "$work/deb"
-    (cd "$work/deb" && apt-get download -q "$pkg" >&2)
-    dpkg-deb -x "$work"/deb/"$pkg"_*.deb "$work/root"
+    read -r pkg version deb < <(fetch_kernel_deb linux-image-cloud-amd64 \
+        '^linux-image-.*-cloud-amd64$' "$work/deb")
+    dpkg-deb -x "$deb" "$work/root"
     cp "$work"/root/boot/vmlinuz-* "$out/vmlinuz.tmp"
     cp "$work"/root/boot/config-* "$out/config.tmp"
     mv "$out/vmlinuz.tmp" "$out/vmlinuz"

@@ -34,6 +34,8 @@ nvme_size=64M
 
 log() { echo "nested-host: $*" >&2; }
 die() { log "$*"; exit 1; }
+# shellcheck source=lib/debian-kernel.sh
+. "$here/lib/debian-kernel.sh"
 
 sudo_if_needed() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -91,22 +93,10 @@ build() {
     # --- kernel package -----------------------------------------------------------
     if [ "${TESSERA_NESTED_REFRESH:-0}" = 1 ] || [ ! -s "$out/kernel.deb" ] \
         || [ ! -s "$out/kernel-package" ]; then
-        local meta=linux-image-amd64 pkg version
-        candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
-        if [ -z "$(candidate "$meta")" ] || [ "$(candidate "$meta")" = "(none)" ]; then
-            log "no candidate for $meta, running apt-get update"
-            sudo_if_needed apt-get update -qq
-        fi
-        pkg=$(apt-cache depends "$meta=$(candidate "$meta")" \
-            | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9.]+-[0-9]+-amd64$/ { print $2; exit }')
-        [ -n "$pkg" ] || die "cannot resolve the kernel package $meta depends on"
-        version=$(candidate "$pkg")
-        log "fetching $pkg $version"
-        mkdir -p "$work/deb"
-        # apt's download sandbox user must be able to write here.
-        chmod 0777 "$work/deb"
-        (cd "$work/deb" && apt-get download -q "$pkg" >&2)
-        mv "$work"/deb/"$pkg"_*.deb "$out/kernel.deb.tmp"
+        local pkg version deb
+        read -r pkg version deb < <(fetch_kernel_deb linux-image-amd64 \
+            '^linux-image-[0-9.]+-[0-9]+-amd64$' "$work/deb")
+        mv "$deb" "$out/kernel.deb.tmp"
         mv "$out/kernel.deb.tmp" "$out/kernel.deb"
         echo "$pkg $version" >"$out/kernel-package"
     fi
