@@ -2,4 +2,5 @@
 //! topology (memory layout, device placement, NUMA nodes and GI links) and the firmware
 //! tables it gives; KVM assembly follows.
 
+pub mod cli;
 pub mod guest_topology;
