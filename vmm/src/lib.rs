@@ -4,3 +4,4 @@
 
 pub mod cli;
 pub mod guest_topology;
+pub mod memory;

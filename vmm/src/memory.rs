@@ -1,0 +1,292 @@
+//! Guest RAM: one anonymous mapping per laid-out range, with each zone's options
+//! (shared, hugepages, prefault, host NUMA binding), checked against what the host can
+//! give before anything is mapped, and registered with KVM as one slot per range.
+
+use std::path::Path;
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use tessera_api::config::{MemoryZoneConfig, VmConfig};
+use tessera_arch::layout::GuestLayout;
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
+
+/// Why guest RAM could not be set up; `field` names the configuration entry.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The host cannot give what a zone asks for.
+    #[error("{field}: {message}")]
+    Host {
+        /// `memory.size` or `memory.zones[i]...`.
+        field: String,
+        /// What the host lacks.
+        message: String,
+    },
+    /// mmap, mbind or madvise failed.
+    #[error("{field}: {what} failed: {source}")]
+    Os {
+        /// The zone.
+        field: String,
+        /// The call.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// KVM refused a memory slot.
+    #[error("registering guest RAM at {base:#x} with KVM: {source}")]
+    Kvm {
+        /// Guest address of the range.
+        base: u64,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// vm-memory refused the set of regions.
+    #[error("assembling guest memory: {0}")]
+    Regions(String),
+}
+
+impl MemoryError {
+    /// The configuration field at fault.
+    pub fn field(&self) -> String {
+        match self {
+            MemoryError::Host { field, .. } | MemoryError::Os { field, .. } => field.clone(),
+            MemoryError::Kvm { .. } | MemoryError::Regions(_) => "memory".into(),
+        }
+    }
+}
+
+/// The options of zone `i`, or of the whole `memory` section without zones, with the
+/// field path errors should name.
+fn zone_options(config: &VmConfig, zone: usize) -> (MemoryZoneConfig, String) {
+    match config.memory.zones.get(zone) {
+        Some(z) => (z.clone(), format!("memory.zones[{zone}]")),
+        None => {
+            let m = &config.memory;
+            (
+                MemoryZoneConfig {
+                    id: String::new(),
+                    size: m.size,
+                    shared: m.shared,
+                    hugepages: m.hugepages,
+                    hugepage_size: m.hugepage_size,
+                    host_numa_node: None,
+                    prefault: m.prefault,
+                },
+                "memory".into(),
+            )
+        }
+    }
+}
+
+/// Checks that the host can give every zone what it asks for: enough available memory
+/// (or free hugepages of the size asked), and the host NUMA nodes named.
+pub fn check_host(config: &VmConfig, layout: &GuestLayout) -> Result<(), MemoryError> {
+    check_host_at(config, layout, Path::new("/"))
+}
+
+/// [`check_host`] reading /proc and /sys under `root` (tests use a fake tree).
+pub fn check_host_at(
+    config: &VmConfig,
+    layout: &GuestLayout,
+    root: &Path,
+) -> Result<(), MemoryError> {
+    let available_kb = meminfo_kb(root, "MemAvailable").unwrap_or(0);
+    let mut plain_total = 0u64;
+    let mut huge_wanted: std::collections::BTreeMap<u64, (u64, String)> = Default::default();
+    for zone in 0..layout.zones.len() {
+        let (z, field) = zone_options(config, zone);
+        if let Some(node) = z.host_numa_node {
+            if !root
+                .join(format!("sys/devices/system/node/node{node}"))
+                .exists()
+            {
+                return Err(MemoryError::Host {
+                    field: format!("{field}.host_numa_node"),
+                    message: format!("the host has no NUMA node {node}"),
+                });
+            }
+        }
+        if z.hugepages {
+            let size = match z.hugepage_size {
+                Some(s) => s,
+                None => meminfo_kb(root, "Hugepagesize").unwrap_or(2048) * 1024,
+            };
+            if size == 0 || z.size % size != 0 {
+                return Err(MemoryError::Host {
+                    field: format!("{field}.size"),
+                    message: format!(
+                        "{} bytes is not a whole number of {size}-byte hugepages",
+                        z.size
+                    ),
+                });
+            }
+            let entry = huge_wanted.entry(size).or_insert((0, field.clone()));
+            entry.0 += z.size / size;
+        } else {
+            plain_total = plain_total.saturating_add(z.size);
+            if plain_total / 1024 > available_kb {
+                return Err(MemoryError::Host {
+                    field,
+                    message: format!(
+                        "guest RAM needs {} MiB but the host has {} MiB available",
+                        plain_total >> 20,
+                        available_kb >> 10
+                    ),
+                });
+            }
+        }
+    }
+    for (size, (pages, field)) in huge_wanted {
+        let free_path = root.join(format!(
+            "sys/kernel/mm/hugepages/hugepages-{}kB/free_hugepages",
+            size / 1024
+        ));
+        let free: u64 = std::fs::read_to_string(&free_path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if free < pages {
+            return Err(MemoryError::Host {
+                field: format!("{field}.hugepages"),
+                message: format!(
+                    "needs {pages} free {} KiB hugepages, the host has {free}",
+                    size / 1024
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn meminfo_kb(root: &Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(root.join("proc/meminfo")).ok()?;
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Maps guest RAM for the laid-out zones. Call [`check_host`] first.
+pub fn allocate(config: &VmConfig, layout: &GuestLayout) -> Result<GuestMemoryMmap, MemoryError> {
+    let mut regions = Vec::new();
+    for (zone, ranges) in layout.zones.iter().enumerate() {
+        let (z, field) = zone_options(config, zone);
+        for r in ranges {
+            let len = usize::try_from(r.len()).map_err(|_| MemoryError::Host {
+                field: field.clone(),
+                message: "does not fit this host's address space".into(),
+            })?;
+            let mut flags = libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+            flags |= if z.shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            };
+            if z.hugepages {
+                flags |= libc::MAP_HUGETLB;
+                if let Some(size) = z.hugepage_size {
+                    flags |= (size.trailing_zeros() as i32) << libc::MAP_HUGE_SHIFT;
+                }
+            }
+            let mapping = MmapRegionBuilder::new(len)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(flags)
+                .with_hugetlbfs(z.hugepages)
+                .build()
+                .map_err(|e| MemoryError::Os {
+                    field: field.clone(),
+                    what: "mmap",
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            if let Some(node) = z.host_numa_node {
+                bind_to_node(mapping.as_ptr(), len, node).map_err(|source| MemoryError::Os {
+                    field: format!("{field}.host_numa_node"),
+                    what: "mbind",
+                    source,
+                })?;
+            }
+            if z.prefault {
+                populate(mapping.as_ptr(), len).map_err(|source| MemoryError::Os {
+                    field: format!("{field}.prefault"),
+                    what: "madvise(MADV_POPULATE_WRITE)",
+                    source,
+                })?;
+            }
+            let region = GuestRegionMmap::new(mapping, GuestAddress(r.start))
+                .ok_or_else(|| MemoryError::Regions(format!("range {:#x} overflows", r.start)))?;
+            regions.push(region);
+        }
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Regions(e.to_string()))
+}
+
+/// Binds a mapping's pages to one host NUMA node (strictly, moving any already there).
+#[allow(unsafe_code)]
+fn bind_to_node(addr: *mut u8, len: usize, node: u32) -> std::io::Result<()> {
+    const MPOL_BIND: libc::c_long = 2;
+    const MPOL_MF_STRICT: libc::c_long = 1;
+    const MPOL_MF_MOVE: libc::c_long = 2;
+    let words = node as usize / 64 + 1;
+    let mut mask = vec![0u64; words];
+    if let Some(w) = mask.get_mut(node as usize / 64) {
+        *w |= 1 << (node % 64);
+    }
+    // SAFETY: mbind only changes the policy of pages in [addr, addr + len), a mapping we
+    // own; the mask outlives the call and holds `words * 64` bits, the maxnode given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            addr as libc::c_long,
+            len as libc::c_long,
+            MPOL_BIND,
+            mask.as_ptr() as libc::c_long,
+            (words * 64) as libc::c_long,
+            MPOL_MF_STRICT | MPOL_MF_MOVE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Faults in every page of a mapping now rather than at first guest touch.
+#[allow(unsafe_code)]
+fn populate(addr: *mut u8, len: usize) -> std::io::Result<()> {
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    // SAFETY: madvise on a mapping we own; MADV_POPULATE_WRITE only faults pages in.
+    let rc = unsafe { libc::madvise(addr.cast(), len, MADV_POPULATE_WRITE) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Registers every region as a KVM memory slot (slot = region index).
+///
+/// The caller keeps `memory` alive at least as long as `vm`.
+#[allow(unsafe_code)]
+pub fn register(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    for (slot, region) in memory.iter().enumerate() {
+        let base = region.start_addr().0;
+        let host = region.as_ptr() as u64;
+        let slot_region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: base,
+            memory_size: region.len(),
+            userspace_addr: host,
+        };
+        // SAFETY: the slot points at a mapping owned by `memory`, which the caller keeps
+        // alive for as long as the VM, and which no other slot covers.
+        unsafe { vm.set_user_memory_region(slot_region) }
+            .map_err(|source| MemoryError::Kvm { base, source })?;
+    }
+    Ok(())
+}

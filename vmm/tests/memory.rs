@@ -1,0 +1,131 @@
+//! Guest RAM: refused before anything is mapped when the host cannot give it, mapped per
+//! laid-out range otherwise, and registered with KVM one slot per range.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
+
+use std::path::Path;
+
+use tessera_api::config::{MemoryZoneConfig, VmConfig};
+use tessera_arch::layout::lay_out;
+use tessera_vmm::memory::{allocate, check_host_at, register};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+const MIB: u64 = 1 << 20;
+
+fn zone(id: &str, size: u64) -> MemoryZoneConfig {
+    MemoryZoneConfig {
+        id: id.into(),
+        size,
+        shared: false,
+        hugepages: false,
+        hugepage_size: None,
+        host_numa_node: None,
+        prefault: false,
+    }
+}
+
+fn config(zones: Vec<MemoryZoneConfig>) -> VmConfig {
+    let mut c: VmConfig = serde_json::from_str(r#"{"payload": {"kernel": "/k"}}"#).unwrap();
+    c.memory.size = 0;
+    c.memory.zones = zones;
+    c
+}
+
+/// A fake /proc/meminfo and /sys tree.
+fn host(available_mib: u64, nodes: &[u32], free_2m_pages: u64) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let p = root.path();
+    std::fs::create_dir_all(p.join("proc")).unwrap();
+    std::fs::write(
+        p.join("proc/meminfo"),
+        format!(
+            "MemTotal: 99999999 kB\nMemAvailable: {} kB\nHugepagesize: 2048 kB\n",
+            available_mib * 1024
+        ),
+    )
+    .unwrap();
+    for n in nodes {
+        std::fs::create_dir_all(p.join(format!("sys/devices/system/node/node{n}"))).unwrap();
+    }
+    let hp = p.join("sys/kernel/mm/hugepages/hugepages-2048kB");
+    std::fs::create_dir_all(&hp).unwrap();
+    std::fs::write(hp.join("free_hugepages"), format!("{free_2m_pages}\n")).unwrap();
+    root
+}
+
+fn check(c: &VmConfig, root: &Path) -> Result<(), tessera_vmm::memory::MemoryError> {
+    let sizes: Vec<u64> = c.memory.zones.iter().map(|z| z.size).collect();
+    check_host_at(c, &lay_out(&sizes, 1, 40).unwrap(), root)
+}
+
+#[test]
+fn more_memory_than_the_host_has_is_refused_naming_the_zone() {
+    let h = host(1024, &[0], 0);
+    let c = config(vec![zone("m0", 512 * MIB), zone("m1", 768 * MIB)]);
+    let e = check(&c, h.path()).unwrap_err();
+    assert_eq!(e.field(), "memory.zones[1]");
+    assert!(
+        e.to_string()
+            .contains("needs 1280 MiB but the host has 1024 MiB available"),
+        "{e}"
+    );
+    check(&config(vec![zone("m0", 512 * MIB)]), h.path()).unwrap();
+}
+
+#[test]
+fn a_missing_host_numa_node_is_refused() {
+    let h = host(4096, &[0], 0);
+    let mut c = config(vec![zone("m0", 64 * MIB)]);
+    c.memory.zones[0].host_numa_node = Some(3);
+    let e = check(&c, h.path()).unwrap_err();
+    assert_eq!(e.field(), "memory.zones[0].host_numa_node");
+    assert!(e.to_string().contains("no NUMA node 3"), "{e}");
+}
+
+#[test]
+fn hugepages_must_be_free_and_divide_the_zone() {
+    let h = host(4096, &[0], 16);
+    let mut c = config(vec![zone("m0", 64 * MIB)]);
+    c.memory.zones[0].hugepages = true;
+    let e = check(&c, h.path()).unwrap_err();
+    assert_eq!(e.field(), "memory.zones[0].hugepages");
+    assert!(
+        e.to_string()
+            .contains("needs 32 free 2048 KiB hugepages, the host has 16"),
+        "{e}"
+    );
+    c.memory.zones[0].size = 32 * MIB;
+    check(&c, h.path()).unwrap();
+    c.memory.zones[0].size = 33 * MIB;
+    assert_eq!(
+        check(&c, h.path()).unwrap_err().field(),
+        "memory.zones[0].size"
+    );
+}
+
+#[test]
+fn ram_is_mapped_per_range_and_registered_with_kvm() {
+    // Two zones, the second crossing the 3 GiB gap: three ranges, three slots.
+    let c = config(vec![zone("m0", 2048 * MIB), zone("m1", 2048 * MIB)]);
+    let layout = lay_out(&[2048 * MIB, 2048 * MIB], 1, 40).unwrap();
+    let mem = allocate(&c, &layout).unwrap();
+    let ranges: Vec<(u64, u64)> = mem.iter().map(|r| (r.start_addr().0, r.len())).collect();
+    assert_eq!(
+        ranges,
+        vec![
+            (0, 2048 * MIB),
+            (2048 * MIB, 1024 * MIB),
+            (4096 * MIB, 1024 * MIB)
+        ]
+    );
+    mem.write_obj(0xfeed_u32, GuestAddress(4096 * MIB + 8))
+        .unwrap();
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(4096 * MIB + 8)).unwrap(),
+        0xfeed
+    );
+
+    let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm is needed for this test");
+    let vm = kvm.create_vm().unwrap();
+    register(&vm, &mem).unwrap();
+}
