@@ -1,0 +1,293 @@
+//! The I/O buses: one address space (port I/O or MMIO) split into non-overlapping ranges,
+//! each owned by a device, and the dispatch of a guest access to the device that owns it.
+//!
+//! A [`Bus`] is filled once while the VM is assembled, then shared read-only by the vCPU
+//! threads (`Arc<Bus>`); each device sits behind its own `Mutex`, so vCPUs that touch
+//! different devices do not contend.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// A device model reachable through a [`Bus`].
+pub trait BusDevice: Send {
+    /// Handles a guest read of `data.len()` bytes; the device fills `data`.
+    ///
+    /// `offset` is relative to the range base the device was inserted at. The bus only
+    /// calls this for accesses that lie entirely inside the device's range.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// Handles a guest write of `data` at `offset`.
+    ///
+    /// `offset` is relative to the range base the device was inserted at. The bus only
+    /// calls this for accesses that lie entirely inside the device's range.
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// Why a device could not be inserted into a [`Bus`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    /// The range overlaps a range already on the bus.
+    #[error("bus range {base:#x}+{len:#x} overlaps a device already on the bus")]
+    Overlap {
+        /// Base address of the rejected range.
+        base: u64,
+        /// Length of the rejected range.
+        len: u64,
+    },
+    /// The range is empty.
+    #[error("bus range at {base:#x} has zero length")]
+    ZeroLength {
+        /// Base address of the rejected range.
+        base: u64,
+    },
+    /// The range runs past the end of the 64-bit address space.
+    #[error("bus range {base:#x}+{len:#x} runs past the end of the address space")]
+    Overflow {
+        /// Base address of the rejected range.
+        base: u64,
+        /// Length of the rejected range.
+        len: u64,
+    },
+}
+
+/// One device's range on the bus.
+struct BusRange {
+    /// Length in bytes (at least 1).
+    len: u64,
+    /// The device that owns the range.
+    device: Arc<Mutex<dyn BusDevice>>,
+}
+
+impl BusRange {
+    /// Last address covered by the range (inclusive); cannot overflow, `insert` checked it.
+    fn last(&self, base: u64) -> u64 {
+        base.saturating_add(self.len - 1)
+    }
+}
+
+/// An address space of non-overlapping device ranges.
+#[derive(Default)]
+pub struct Bus {
+    /// Ranges by base address.
+    ranges: BTreeMap<u64, BusRange>,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.ranges
+                    .iter()
+                    .map(|(base, r)| format!("{base:#x}+{:#x}", r.len)),
+            )
+            .finish()
+    }
+}
+
+impl Bus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Gives `device` the range `[base, base + len)`.
+    ///
+    /// Ranges may touch but not overlap. The same device may be inserted at several ranges;
+    /// it then sees offsets relative to whichever range was accessed.
+    pub fn insert(
+        &mut self,
+        base: u64,
+        len: u64,
+        device: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<(), BusError> {
+        if len == 0 {
+            return Err(BusError::ZeroLength { base });
+        }
+        let last = base
+            .checked_add(len - 1)
+            .ok_or(BusError::Overflow { base, len })?;
+        // The existing range with the highest base not above `last` is the only one that
+        // can overlap: any range below it ends before it starts.
+        if let Some((&other_base, other)) = self.ranges.range(..=last).next_back() {
+            if other.last(other_base) >= base {
+                return Err(BusError::Overlap { base, len });
+            }
+        }
+        self.ranges.insert(base, BusRange { len, device });
+        Ok(())
+    }
+
+    /// The device whose range covers `[addr, addr + len)` entirely, with `addr`'s offset
+    /// into that range.
+    fn resolve(&self, addr: u64, len: usize) -> Option<(u64, &Arc<Mutex<dyn BusDevice>>)> {
+        let len = u64::try_from(len).ok().filter(|&l| l > 0)?;
+        let access_last = addr.checked_add(len - 1)?;
+        let (&base, range) = self.ranges.range(..=addr).next_back()?;
+        if access_last > range.last(base) {
+            return None;
+        }
+        Some((addr - base, &range.device))
+    }
+
+    /// Reads `data.len()` bytes at `addr` from the device that covers them.
+    ///
+    /// Returns false, leaving `data` untouched, when no single device covers
+    /// `[addr, addr + data.len())` entirely (including an empty `data`).
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        let Some((offset, device)) = self.resolve(addr, data.len()) else {
+            return false;
+        };
+        device
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .read(offset, data);
+        true
+    }
+
+    /// Writes `data` at `addr` to the device that covers it.
+    ///
+    /// Returns false, dropping the write, when no single device covers
+    /// `[addr, addr + data.len())` entirely (including an empty `data`).
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        let Some((offset, device)) = self.resolve(addr, data.len()) else {
+            return false;
+        };
+        device
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write(offset, data);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records every access and answers reads with a pattern derived from the offset.
+    #[derive(Default)]
+    struct Recorder {
+        accesses: Vec<(&'static str, u64, Vec<u8>)>,
+    }
+
+    impl BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = (offset as u8).wrapping_add(i as u8).wrapping_add(0x10);
+            }
+            self.accesses.push(("r", offset, data.to_vec()));
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.accesses.push(("w", offset, data.to_vec()));
+        }
+    }
+
+    fn recorder() -> Arc<Mutex<Recorder>> {
+        Arc::new(Mutex::new(Recorder::default()))
+    }
+
+    fn accesses(d: &Arc<Mutex<Recorder>>) -> Vec<(&'static str, u64, Vec<u8>)> {
+        d.lock().unwrap().accesses.clone()
+    }
+
+    #[test]
+    fn insert_rejects_zero_length_overlap_and_overflow() {
+        let mut bus = Bus::new();
+        bus.insert(0x100, 0x10, recorder()).unwrap();
+        assert_eq!(
+            bus.insert(0x200, 0, recorder()),
+            Err(BusError::ZeroLength { base: 0x200 })
+        );
+        // Same base, inside, straddling the start, straddling the end, enclosing.
+        for (base, len) in [
+            (0x100, 0x10),
+            (0x104, 0x4),
+            (0xf0, 0x11),
+            (0x10f, 0x10),
+            (0x0, 0x1000),
+        ] {
+            assert_eq!(
+                bus.insert(base, len, recorder()),
+                Err(BusError::Overlap { base, len }),
+                "{base:#x}+{len:#x}"
+            );
+        }
+        // Touching on either side is fine.
+        bus.insert(0xf0, 0x10, recorder()).unwrap();
+        bus.insert(0x110, 0x10, recorder()).unwrap();
+        assert_eq!(
+            bus.insert(u64::MAX - 1, 3, recorder()),
+            Err(BusError::Overflow {
+                base: u64::MAX - 1,
+                len: 3
+            })
+        );
+        // The very last byte of the address space is usable.
+        bus.insert(u64::MAX, 1, recorder()).unwrap();
+    }
+
+    #[test]
+    fn dispatch_passes_relative_offsets_and_data() {
+        let mut bus = Bus::new();
+        let a = recorder();
+        let b = recorder();
+        bus.insert(0x3f8, 8, a.clone()).unwrap();
+        bus.insert(0x1000, 0x100, b.clone()).unwrap();
+
+        assert!(bus.write(0x3f8, &[0x41]));
+        let mut data = [0u8; 2];
+        assert!(bus.read(0x3fa, &mut data));
+        assert_eq!(data, [0x12, 0x13]);
+        assert!(bus.write(0x10fc, &[1, 2, 3, 4]));
+
+        assert_eq!(
+            accesses(&a),
+            vec![("w", 0, vec![0x41]), ("r", 2, vec![0x12, 0x13])]
+        );
+        assert_eq!(accesses(&b), vec![("w", 0xfc, vec![1, 2, 3, 4])]);
+    }
+
+    #[test]
+    fn boundary_and_straddling_accesses() {
+        let mut bus = Bus::new();
+        let a = recorder();
+        let b = recorder();
+        bus.insert(0x100, 0x10, a.clone()).unwrap();
+        bus.insert(0x110, 0x10, b.clone()).unwrap();
+
+        // Last byte / last dword of a: delivered to a.
+        assert!(bus.write(0x10f, &[1]));
+        assert!(bus.write(0x10c, &[1, 2, 3, 4]));
+        // First byte of b: delivered to b at offset 0.
+        assert!(bus.write(0x110, &[2]));
+        // Straddling a→b, starting before a, running past b, in a gap: refused.
+        let mut data = [0xaau8; 4];
+        assert!(!bus.read(0x10e, &mut data));
+        assert_eq!(data, [0xaa; 4], "a refused read leaves data untouched");
+        assert!(!bus.write(0xfe, &[0, 0, 0, 0]));
+        assert!(!bus.write(0x11e, &[0, 0, 0, 0]));
+        assert!(!bus.write(0x120, &[0]));
+        assert!(!bus.write(0x0, &[0]));
+        // Empty accesses go nowhere.
+        assert!(!bus.write(0x100, &[]));
+        // An access whose end wraps the address space is refused, not wrapped.
+        assert!(!bus.write(u64::MAX, &[0, 0]));
+
+        assert_eq!(
+            accesses(&a),
+            vec![("w", 0xf, vec![1]), ("w", 0xc, vec![1, 2, 3, 4])]
+        );
+        assert_eq!(accesses(&b), vec![("w", 0, vec![2])]);
+    }
+
+    #[test]
+    fn one_device_at_two_ranges() {
+        let mut bus = Bus::new();
+        let a = recorder();
+        bus.insert(0x10, 4, a.clone()).unwrap();
+        bus.insert(0x20, 4, a.clone()).unwrap();
+        assert!(bus.write(0x12, &[7]));
+        assert!(bus.write(0x23, &[8]));
+        assert_eq!(accesses(&a), vec![("w", 2, vec![7]), ("w", 3, vec![8])]);
+    }
+}
