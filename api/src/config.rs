@@ -249,6 +249,10 @@ impl Default for PlatformConfig {
     }
 }
 
+/// The id of segment 0's PCI host bridge (guest `0000:00:00.0`), a device every VM has:
+/// Generic Initiator links and `numa[].device_id` may name it like a configured device.
+pub const HOST_BRIDGE_ID: &str = "_host_bridge";
+
 /// What is wrong with a configuration, and where.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -369,8 +373,15 @@ impl VmConfig {
         }
 
         let mut devices = BTreeMap::new();
+        devices.insert(HOST_BRIDGE_ID, usize::MAX);
         for (i, d) in self.devices.iter().enumerate() {
             if let Some(id) = &d.id {
+                if id == HOST_BRIDGE_ID {
+                    return Err(ConfigError::new(
+                        format!("devices[{i}].id"),
+                        format!("`{HOST_BRIDGE_ID}` is reserved for the PCI host bridge"),
+                    ));
+                }
                 if let Some(first) = devices.insert(id.as_str(), i) {
                     return Err(ConfigError::new(
                         format!("devices[{i}].id"),

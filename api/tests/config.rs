@@ -225,3 +225,12 @@ fn node_sets() {
         assert!(parse_node_set(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn the_host_bridge_is_a_device_links_may_name() {
+    let mut c = seed();
+    c.generic_initiators[0].device = tessera_api::config::HOST_BRIDGE_ID.into();
+    c.validate().unwrap();
+    c.devices[0].id = Some(tessera_api::config::HOST_BRIDGE_ID.into());
+    assert_eq!(refused(&c).0, "devices[0].id");
+}
