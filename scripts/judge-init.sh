@@ -2,7 +2,8 @@
 # /init of the Linux judge initramfs (copied in by scripts/guest-images.sh).
 #
 # Prints what the guest kernel made of the NUMA topology as key=value lines between
-# TESSERA-JUDGE-BEGIN and TESSERA-JUDGE-END on the console, then powers off.
+# TESSERA-JUDGE-BEGIN and TESSERA-JUDGE-END on the console, then powers off (or reboots,
+# with judge.action=reboot on the kernel command line).
 # tests/src/linux_judge.rs parses this block; keep the two in step.
 export PATH=/bin
 
@@ -62,4 +63,9 @@ echo "pci=$pci"
 dmesg | grep -iE 'srat|numa|hmat|slit|node|generic initiator|acpi: ' | sed 's/^/dmesg: /'
 echo TESSERA-JUDGE-END
 
-poweroff -f
+# `judge.action=reboot` on the command line: reboot instead of powering off, so a test
+# can watch a VMM boot the guest again.
+case " $(cat /proc/cmdline) " in
+*" judge.action=reboot "*) reboot -f ;;
+*) poweroff -f ;;
+esac

@@ -17,6 +17,7 @@ packages=(
     cpio:cpio
     util-linux:flock
     coreutils:timeout
+    lz4:lz4                      # unpacks the judge bzImage's vmlinux for the PVH boot test
 )
 
 log() { echo "setup: $*" >&2; }

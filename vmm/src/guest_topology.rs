@@ -9,7 +9,7 @@ use tessera_acpi::{
     Bdf, Cpu, GenericInitiatorLink, IntxPin, IntxRoute, MemoryRange, NumaNode, PciDevice,
     PciSegment, Topology, Window,
 };
-use tessera_api::config::{ConfigError, VmConfig};
+use tessera_api::config::{ConfigError, VmConfig, HOST_BRIDGE_ID};
 use tessera_arch::layout::{lay_out, GuestLayout, LayoutError, Range};
 
 /// First GSI used for PCI INTx; 0..15 are the ISA interrupts.
@@ -189,13 +189,21 @@ pub fn guest_topology(config: &VmConfig, phys_bits: u8) -> Result<GuestTopology,
         nodes: (0..node_count as u32).map(|id| NumaNode { id }).collect(),
         memory,
         pci_segments,
-        pci_devices: devices
-            .iter()
-            .map(|d| PciDevice {
-                id: d.id.clone(),
-                bdf: d.bdf,
-            })
-            .collect(),
+        // Segment 0's host bridge is a device GI links may name (HOST_BRIDGE_ID).
+        pci_devices: std::iter::once(PciDevice {
+            id: HOST_BRIDGE_ID.to_string(),
+            bdf: Bdf {
+                segment: 0,
+                bus: 0,
+                device: 0,
+                function: 0,
+            },
+        })
+        .chain(devices.iter().map(|d| PciDevice {
+            id: d.id.clone(),
+            bdf: d.bdf,
+        }))
+        .collect(),
         generic_initiators,
         distances,
         hmat: Vec::new(),

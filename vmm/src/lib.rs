@@ -1,7 +1,9 @@
-//! Tessera's VMM: turns a validated VM configuration into a VM. So far: the guest's
-//! topology (memory layout, device placement, NUMA nodes and GI links) and the firmware
-//! tables it gives; KVM assembly follows.
+//! Tessera's VMM: turns a VM configuration into a running VM. `cli` reads the command
+//! line, `guest_topology` decides where everything goes, `memory` maps guest RAM, `vm`
+//! assembles and runs one boot; the `tessera` binary drives them.
 
 pub mod cli;
 pub mod guest_topology;
 pub mod memory;
+pub mod pty;
+pub mod vm;

@@ -1,0 +1,167 @@
+//! `tessera`: runs one VM from command-line options in Cloud Hypervisor's style or from
+//! a JSON configuration file, or prints the firmware tables a configuration gives.
+//!
+//! Exit status: 0 when the guest powers off or the VMM is stopped by SIGTERM/SIGINT,
+//! 1 when the configuration or the host refuses the VM (the message names the field).
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tessera_api::config::VmConfig;
+use tessera_vmm::cli::VmArgs;
+use tessera_vmm::vm::{SerialSink, Vm, VmExit};
+
+/// Runs one VM that gives its guest the true topology of its devices.
+#[derive(Parser, Debug)]
+#[command(name = "tessera", version)]
+struct Args {
+    /// A JSON VM configuration (Cloud Hypervisor's VmConfig shape) instead of the options below.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "cpus", "memory", "memory_zone", "numa", "device", "generic_initiator", "platform", "serial"])]
+    config: Option<PathBuf>,
+    /// Write the ACPI tables the configuration gives into DIR (one SIG.dat each) and exit.
+    #[arg(long, value_name = "DIR")]
+    dump_acpi: Option<PathBuf>,
+    /// bzImage or ELF vmlinux (PVH).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs image.
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// boot=N[,max=N]
+    #[arg(long)]
+    cpus: Option<String>,
+    /// size=SIZE[,shared=on,hugepages=on,hugepage_size=SIZE,prefault=on]
+    #[arg(long)]
+    memory: Option<String>,
+    /// id=ID,size=SIZE[,host_numa_node=N,shared=on,hugepages=on,hugepage_size=SIZE,prefault=on] (repeatable)
+    #[arg(long)]
+    memory_zone: Vec<String>,
+    /// guest_numa_id=N[,cpus=[..],memory_zones=[..],distances=[N@D,..],pci_segments=[..],device_id=ID] (repeatable)
+    #[arg(long)]
+    numa: Vec<String>,
+    /// device=ID,node=N | device=ID,nodes=2-9: Generic Initiator links (repeatable)
+    #[arg(long)]
+    generic_initiator: Vec<String>,
+    /// path=/sys/bus/pci/devices/BDF[,id=ID,pci_segment=N,pci_device_id=N] (repeatable)
+    #[arg(long)]
+    device: Vec<String>,
+    /// num_pci_segments=N
+    #[arg(long)]
+    platform: Option<String>,
+    /// off | null | tty | pty | file=PATH
+    #[arg(long)]
+    serial: Option<String>,
+}
+
+fn config_from(args: &Args) -> Result<VmConfig> {
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--config: cannot read {}", path.display()))?;
+        return serde_json::from_str(&text).with_context(|| {
+            format!(
+                "--config: {} is not a valid VM configuration",
+                path.display()
+            )
+        });
+    }
+    let vm = VmArgs {
+        kernel: args.kernel.clone(),
+        initramfs: args.initramfs.clone(),
+        cmdline: args.cmdline.clone(),
+        cpus: args.cpus.clone(),
+        memory: args.memory.clone(),
+        memory_zones: args.memory_zone.clone(),
+        numa: args.numa.clone(),
+        generic_initiators: args.generic_initiator.clone(),
+        devices: args.device.clone(),
+        platform: args.platform.clone(),
+        serial: args.serial.clone(),
+    };
+    Ok(vm.to_config()?)
+}
+
+fn dump_acpi(config: &VmConfig, dir: &std::path::Path) -> Result<()> {
+    let topology =
+        tessera_vmm::guest_topology::guest_topology(config, tessera_arch::vcpu::host_phys_bits())?;
+    let tables = tessera_acpi::build(
+        &topology.acpi,
+        tessera_acpi::Placement {
+            rsdp_address: tessera_arch::layout::RSDP_START,
+            tables_address: tessera_arch::layout::RSDP_START + 0x40,
+        },
+    )?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--dump-acpi: cannot create {}", dir.display()))?;
+    for t in tables.iter() {
+        let path = dir.join(format!("{}.dat", t.signature));
+        std::fs::write(&path, &t.bytes)
+            .with_context(|| format!("--dump-acpi: writing {}", path.display()))?;
+        println!(
+            "{} {:#x} {} bytes -> {}",
+            t.signature,
+            t.address,
+            t.bytes.len(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn run(args: &Args) -> Result<()> {
+    let config = config_from(args)?;
+    if let Some(dir) = &args.dump_acpi {
+        return dump_acpi(&config, dir);
+    }
+    let kvm = kvm_ioctls::Kvm::new().context("cannot open /dev/kvm")?;
+    let serial = SerialSink::open(&config)?;
+    if let Some(pty) = &serial.pty {
+        eprintln!("tessera: serial port on {}", pty.display());
+    }
+    // SIGTERM and SIGINT write a byte here, which wakes the wait below.
+    let (stop_rx, stop_tx) = UnixStream::pair().context("creating the signal pipe")?;
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::low_level::pipe::register(signal, stop_tx.try_clone()?)
+            .context("registering signal handlers")?;
+    }
+    stop_rx.set_nonblocking(true)?;
+    loop {
+        let vm = Vm::boot(&kvm, &config, &serial)?;
+        match vm.wait(&stop_rx.as_raw_fd())? {
+            VmExit::PowerOff => {
+                tracing::info!("guest powered off");
+                return Ok(());
+            }
+            VmExit::Stopped => {
+                eprintln!("tessera: stopped by signal, guest shut down");
+                return Ok(());
+            }
+            VmExit::Reboot => tracing::info!("guest rebooting"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Errors about the configuration already start with the field they are about.
+            eprintln!("tessera: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

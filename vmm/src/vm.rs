@@ -1,0 +1,598 @@
+//! One boot of a VM: KVM VM and irqchip, guest RAM, kernel and initramfs, ACPI tables,
+//! devices on the PIO and MMIO buses, and a thread per vCPU; then waiting until the guest
+//! powers off, asks to reboot, or the VMM is told to stop.
+//!
+//! Everything that can be checked is checked before the first vCPU runs. On every way
+//! out, vCPU threads are stopped and joined before guest memory is unmapped.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use tessera_acpi::{build as build_acpi, Placement};
+use tessera_api::config::{ConsoleMode, VmConfig};
+use tessera_arch::boot::{configure_boot, load_initramfs, load_kernel};
+use tessera_arch::layout::{GuestLayout, GED_START, HIGH_RAM_START, RSDP_START};
+use tessera_arch::vcpu::configure_vcpu;
+use tessera_devices::bus::{Bus, BusDevice};
+use tessera_devices::ged::GedDevice;
+use tessera_devices::pci::{PciConfigIo, PciConfigMmio, PciHostBridge, PciSegment};
+use tessera_devices::power::AcpiPowerDevice;
+use tessera_devices::serial::SerialDevice;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::guest_topology::{guest_topology, GuestTopology, GED_GSI, SERIAL_GSI};
+use crate::memory;
+
+/// COM1's I/O ports.
+const COM1_PORT: u64 = 0x3f8;
+/// The hardware-reduced ACPI sleep and reset register (one port, as the FADT says).
+const POWER_PORT: u64 = 0x3c0;
+/// PCI configuration mechanism #1.
+const PCI_CONFIG_PORT: u64 = 0xcf8;
+/// KVM's TSS and identity-map pages, in the 32-bit gap above everything we place there.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// Why a boot failed. `field()` names the configuration entry when one is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The configuration describes no valid guest.
+    #[error(transparent)]
+    Topology(#[from] crate::guest_topology::TopologyError),
+    /// Guest RAM could not be set up.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// A payload file is missing or unusable.
+    #[error("{field}: {message}")]
+    Payload {
+        /// `payload.kernel` or `payload.initramfs`.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The serial port's output could not be opened.
+    #[error("serial: {0}")]
+    Serial(String),
+    /// A KVM call failed.
+    #[error("KVM: {what}: {source}")]
+    Kvm {
+        /// The call.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Setting up an event or signal failed.
+    #[error("{what}: {source}")]
+    Os {
+        /// What was being set up.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Wiring devices failed.
+    #[error("devices: {0}")]
+    Devices(String),
+    /// Setting up the boot CPU state failed.
+    #[error("vCPU setup: {0}")]
+    Vcpu(String),
+    /// The ACPI tables do not fit where the guest looks for them.
+    #[error("the ACPI tables end at {end:#x}, past the BIOS area that ends at {limit:#x}")]
+    AcpiTooLarge {
+        /// Where the last table ends.
+        end: u64,
+        /// 1 MiB.
+        limit: u64,
+    },
+    /// A vCPU stopped with an error.
+    #[error("vCPU {index}: {message}")]
+    VcpuRun {
+        /// The vCPU.
+        index: u32,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl VmError {
+    /// The configuration field at fault, if the error is about one.
+    pub fn field(&self) -> Option<String> {
+        match self {
+            VmError::Topology(e) => Some(e.field()),
+            VmError::Memory(e) => Some(e.field()),
+            VmError::Payload { field, .. } => Some((*field).to_string()),
+            VmError::Serial(_) => Some("serial".into()),
+            _ => None,
+        }
+    }
+}
+
+/// Why a boot ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off (S5).
+    PowerOff,
+    /// The guest asked to reboot (ACPI reset register or a triple fault).
+    Reboot,
+    /// The VMM was asked to stop (SIGTERM, SIGINT).
+    Stopped,
+}
+
+/// Where the serial port's bytes go, opened once per VMM so a reboot keeps writing to
+/// the same place.
+pub struct SerialSink {
+    out: Option<Arc<Mutex<Box<dyn Write + Send>>>>,
+    /// The pseudo-terminal created for `Pty` mode, reported to the user.
+    pub pty: Option<PathBuf>,
+}
+
+impl SerialSink {
+    /// Opens what the configuration's serial mode asks for.
+    pub fn open(config: &VmConfig) -> Result<Self, VmError> {
+        let s = &config.serial;
+        let out: Option<Box<dyn Write + Send>> = match s.mode {
+            ConsoleMode::Off => None,
+            ConsoleMode::Null => Some(Box::new(std::io::sink())),
+            ConsoleMode::Tty => Some(Box::new(std::io::stdout())),
+            ConsoleMode::File => {
+                let path = s.file.clone().unwrap_or_default();
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| VmError::Serial(format!("cannot open {}: {e}", path.display())))?;
+                Some(Box::new(f))
+            }
+            ConsoleMode::Pty => {
+                let (master, path) = crate::pty::open()
+                    .map_err(|e| VmError::Serial(format!("cannot create a pty: {e}")))?;
+                return Ok(SerialSink {
+                    out: Some(Arc::new(Mutex::new(Box::new(master)))),
+                    pty: Some(path),
+                });
+            }
+            ConsoleMode::Socket => {
+                return Err(VmError::Serial(
+                    "Socket mode is not supported yet; use tty, pty, file or null".into(),
+                ))
+            }
+        };
+        Ok(SerialSink {
+            out: out.map(|o| Arc::new(Mutex::new(o))),
+            pty: None,
+        })
+    }
+}
+
+/// A writer that forwards to the shared sink, so each boot's serial device can own one.
+struct SharedWriter(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock() {
+            Ok(mut w) => w.write(buf),
+            Err(_) => Err(std::io::Error::other("serial sink poisoned")),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.lock() {
+            Ok(mut w) => w.flush(),
+            Err(_) => Err(std::io::Error::other("serial sink poisoned")),
+        }
+    }
+}
+
+/// A booted VM whose vCPUs are running.
+pub struct Vm {
+    // Drop order matters: threads are stopped in `shutdown`; the VM fd goes before the
+    // memory its slots point at.
+    vcpus: Vec<JoinHandle<Result<(), String>>>,
+    stop: Arc<AtomicBool>,
+    exit_evt: EventFd,
+    reset_evt: EventFd,
+    _vm_fd: Arc<VmFd>,
+    _memory: GuestMemoryMmap,
+    /// The guest's topology (BDFs, nodes), for reporting.
+    pub topology: GuestTopology,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal used to kick vCPU threads out of KVM_RUN.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+impl Vm {
+    /// Builds and starts the VM. Fails without leaving anything running or mapped.
+    pub fn boot(kvm: &Kvm, config: &VmConfig, serial: &SerialSink) -> Result<Vm, VmError> {
+        let phys_bits = tessera_arch::vcpu::host_phys_bits();
+        let topology = guest_topology(config, phys_bits)?;
+        check_payload(config)?;
+        memory::check_host(config, &topology.layout)?;
+
+        let kvm_err = |what| move |source| VmError::Kvm { what, source };
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("create_vm"))?);
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_err("set_tss_address"))?;
+        vm_fd
+            .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("set_identity_map_address"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("create_irq_chip"))?;
+        vm_fd
+            .create_pit2(kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            })
+            .map_err(kvm_err("create_pit2"))?;
+
+        let guest_memory = memory::allocate(config, &topology.layout)?;
+        memory::register(&vm_fd, &guest_memory)?;
+
+        let kernel_path = config.payload.kernel.clone().unwrap_or_default();
+        let kernel = load_kernel(&guest_memory, &kernel_path).map_err(|e| VmError::Payload {
+            field: "payload.kernel",
+            message: e.to_string(),
+        })?;
+        let initramfs =
+            match &config.payload.initramfs {
+                Some(p) => Some(load_initramfs(&guest_memory, p, &kernel).map_err(|e| {
+                    VmError::Payload {
+                        field: "payload.initramfs",
+                        message: e.to_string(),
+                    }
+                })?),
+                None => None,
+            };
+        write_acpi_tables(&guest_memory, &topology)?;
+        tessera_arch::firmware::write_reset_vector(
+            &guest_memory,
+            tessera_devices::power::ACPI_POWER_PORT,
+            tessera_devices::power::RESET_VALUE,
+        )
+        .map_err(|e| VmError::Devices(e.to_string()))?;
+        let cmdline = config.payload.cmdline.clone().unwrap_or_default();
+        let entry = configure_boot(
+            &guest_memory,
+            &kernel,
+            &cmdline,
+            initramfs,
+            &topology.layout.e820,
+        )
+        .map_err(|e| VmError::Payload {
+            field: "payload.cmdline",
+            message: e.to_string(),
+        })?;
+
+        let exit_evt = event_fd()?;
+        let reset_evt = event_fd()?;
+        let (pio, mmio) = wire_devices(&vm_fd, &topology.layout, serial, &exit_evt, &reset_evt)?;
+
+        let cpu_count = config.cpus.boot_vcpus;
+        let mut vcpu_fds = Vec::with_capacity(cpu_count as usize);
+        for index in 0..cpu_count {
+            let vcpu = vm_fd
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("create_vcpu"))?;
+            let boot = (index == 0).then_some(&entry);
+            configure_vcpu(kvm, &vcpu, &guest_memory, index, index, cpu_count, boot)
+                .map_err(|e| VmError::Vcpu(e.to_string()))?;
+            vcpu_fds.push(vcpu);
+        }
+
+        register_signal_handler(kick_signal(), kick_handler).map_err(|e| VmError::Os {
+            what: "registering the vCPU kick signal",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut vcpus = Vec::with_capacity(vcpu_fds.len());
+        for (index, vcpu) in vcpu_fds.into_iter().enumerate() {
+            let (pio, mmio, flag) = (pio.clone(), mmio.clone(), stop.clone());
+            let spawned = reset_evt
+                .try_clone()
+                .map_err(|source| VmError::Os {
+                    what: "cloning the reset event",
+                    source,
+                })
+                .and_then(|reset| {
+                    std::thread::Builder::new()
+                        .name(format!("vcpu{index}"))
+                        .spawn(move || run_vcpu(vcpu, &pio, &mmio, &flag, &reset))
+                        .map_err(|source| VmError::Os {
+                            what: "spawning a vCPU thread",
+                            source,
+                        })
+                });
+            match spawned {
+                Ok(h) => vcpus.push(h),
+                Err(e) => {
+                    // Nothing may keep running: stop the vCPUs already started.
+                    stop_vcpus(&stop, &mut vcpus);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Vm {
+            vcpus,
+            stop,
+            exit_evt,
+            reset_evt,
+            _vm_fd: vm_fd,
+            _memory: guest_memory,
+            topology,
+        })
+    }
+
+    /// Waits until the guest powers off or reboots, or `stop` becomes readable; then stops
+    /// every vCPU. A vCPU that failed is reported as an error.
+    pub fn wait(mut self, stop: &impl AsRawFd) -> Result<VmExit, VmError> {
+        let epoll = Epoll::new().map_err(|source| VmError::Os {
+            what: "epoll",
+            source,
+        })?;
+        for (fd, token) in [
+            (self.exit_evt.as_raw_fd(), 0u64),
+            (self.reset_evt.as_raw_fd(), 1),
+            (stop.as_raw_fd(), 2),
+        ] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(|source| VmError::Os {
+                    what: "epoll_ctl",
+                    source,
+                })?;
+        }
+        let mut events = [EpollEvent::default(); 3];
+        let exit = loop {
+            // Wake up now and then to notice a vCPU thread that died.
+            let n = match epoll.wait(200, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(VmError::Os {
+                        what: "epoll_wait",
+                        source,
+                    })
+                }
+            };
+            let fired: Vec<u64> = events.iter().take(n).map(EpollEvent::data).collect();
+            // Power-off wins over a reset requested at the same moment.
+            if fired.contains(&0) {
+                break VmExit::PowerOff;
+            }
+            if fired.contains(&2) {
+                break VmExit::Stopped;
+            }
+            if fired.contains(&1) {
+                break VmExit::Reboot;
+            }
+            if let Some(index) = self.vcpus.iter().position(|h| h.is_finished()) {
+                let handle = self.vcpus.remove(index);
+                let result = handle.join();
+                stop_vcpus(&self.stop, &mut self.vcpus);
+                return Err(VmError::VcpuRun {
+                    index: index as u32,
+                    message: match result {
+                        Ok(Err(m)) => m,
+                        Ok(Ok(())) => "stopped unexpectedly".into(),
+                        Err(_) => "panicked".into(),
+                    },
+                });
+            }
+        };
+        stop_vcpus(&self.stop, &mut self.vcpus);
+        Ok(exit)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        stop_vcpus(&self.stop, &mut self.vcpus);
+    }
+}
+
+/// Stops and joins vCPU threads: sets the flag, then kicks each out of KVM_RUN until it
+/// has exited (a kick that lands just before KVM_RUN is entered would be lost).
+fn stop_vcpus(stop: &AtomicBool, vcpus: &mut Vec<JoinHandle<Result<(), String>>>) {
+    stop.store(true, Ordering::SeqCst);
+    for handle in vcpus.drain(..) {
+        while !handle.is_finished() {
+            if handle.kill(kick_signal()).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Err(e) = handle.join() {
+            tracing::error!("a vCPU thread panicked: {e:?}");
+        }
+    }
+}
+
+fn run_vcpu(
+    mut vcpu: VcpuFd,
+    pio: &Bus,
+    mmio: &Bus,
+    stop: &AtomicBool,
+    reset_evt: &EventFd,
+) -> Result<(), String> {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        match vcpu.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !pio.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                pio.write(u64::from(port), data);
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !mmio.read(addr, data) {
+                    data.fill(0xff);
+                }
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                mmio.write(addr, data);
+            }
+            Ok(VcpuExit::Hlt) => {}
+            // A triple fault: PC hardware resets, so do we.
+            Ok(VcpuExit::Shutdown) => {
+                reset_evt.write(1).map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                return Err(format!(
+                    "KVM_RUN failed entry (reason {reason:#x}, cpu {cpu})"
+                ))
+            }
+            Ok(VcpuExit::InternalError) => return Err("KVM internal error".into()),
+            Ok(other) => tracing::debug!("unhandled vCPU exit {other:?}"),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => return Err(format!("KVM_RUN: {e}")),
+        }
+    }
+}
+
+fn event_fd() -> Result<EventFd, VmError> {
+    EventFd::new(EFD_NONBLOCK).map_err(|source| VmError::Os {
+        what: "eventfd",
+        source,
+    })
+}
+
+/// The kernel and initramfs must be readable files; whether the kernel really is a
+/// kernel is found when it is loaded, before any vCPU exists.
+fn check_payload(config: &VmConfig) -> Result<(), VmError> {
+    let files = [
+        ("payload.kernel", config.payload.kernel.as_ref()),
+        ("payload.initramfs", config.payload.initramfs.as_ref()),
+    ];
+    for (field, path) in files {
+        if let Some(path) = path {
+            if let Err(e) = std::fs::File::open(path) {
+                return Err(VmError::Payload {
+                    field,
+                    message: format!("cannot open {}: {e}", path.display()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_acpi_tables(memory: &GuestMemoryMmap, topology: &GuestTopology) -> Result<(), VmError> {
+    let placement = Placement {
+        rsdp_address: RSDP_START,
+        tables_address: RSDP_START + 0x40,
+    };
+    let tables = build_acpi(&topology.acpi, placement)
+        .map_err(crate::guest_topology::TopologyError::from)?;
+    let end = tables
+        .iter()
+        .map(|t| t.address + t.bytes.len() as u64)
+        .max()
+        .unwrap_or(0);
+    if end > HIGH_RAM_START {
+        return Err(VmError::AcpiTooLarge {
+            end,
+            limit: HIGH_RAM_START,
+        });
+    }
+    for t in tables.iter() {
+        memory
+            .write_slice(&t.bytes, GuestAddress(t.address))
+            .map_err(|e| {
+                VmError::Devices(format!("writing {} to guest memory: {e}", t.signature))
+            })?;
+    }
+    Ok(())
+}
+
+/// Creates the devices and the two buses vCPUs dispatch to.
+fn wire_devices(
+    vm: &VmFd,
+    layout: &GuestLayout,
+    serial: &SerialSink,
+    exit_evt: &EventFd,
+    reset_evt: &EventFd,
+) -> Result<(Arc<Bus>, Arc<Bus>), VmError> {
+    let dev_err = |what: &str, e: &dyn std::fmt::Display| VmError::Devices(format!("{what}: {e}"));
+    let os = |what| move |source| VmError::Os { what, source };
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+
+    if let Some(out) = &serial.out {
+        let irq = event_fd()?;
+        vm.register_irqfd(&irq, SERIAL_GSI)
+            .map_err(|source| VmError::Kvm {
+                what: "register_irqfd (serial)",
+                source,
+            })?;
+        let device: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(SerialDevice::new(
+            irq,
+            Box::new(SharedWriter(out.clone())),
+        )));
+        pio.insert(COM1_PORT, 8, device)
+            .map_err(|e| dev_err("serial", &e))?;
+    }
+
+    let power: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(AcpiPowerDevice::new(
+        exit_evt.try_clone().map_err(os("cloning the exit event"))?,
+        reset_evt
+            .try_clone()
+            .map_err(os("cloning the reset event"))?,
+    )));
+    pio.insert(POWER_PORT, 1, power)
+        .map_err(|e| dev_err("power", &e))?;
+
+    let ged_irq = event_fd()?;
+    vm.register_irqfd(&ged_irq, GED_GSI)
+        .map_err(|source| VmError::Kvm {
+            what: "register_irqfd (GED)",
+            source,
+        })?;
+    let ged: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(GedDevice::new(ged_irq)));
+    mmio.insert(GED_START, 4, ged)
+        .map_err(|e| dev_err("GED", &e))?;
+
+    for (id, windows) in layout.segments.iter().enumerate() {
+        let mut segment = PciSegment::new(id as u16);
+        if id == 0 {
+            segment
+                .add_device(0, Arc::new(Mutex::new(PciHostBridge::new())))
+                .map_err(|e| dev_err("PCI host bridge", &e))?;
+        }
+        let segment = Arc::new(Mutex::new(segment));
+        if id == 0 {
+            let cfg: Arc<Mutex<dyn BusDevice>> =
+                Arc::new(Mutex::new(PciConfigIo::new(segment.clone())));
+            pio.insert(PCI_CONFIG_PORT, 8, cfg)
+                .map_err(|e| dev_err("PCI config ports", &e))?;
+        }
+        let ecam: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(PciConfigMmio::new(segment)));
+        mmio.insert(windows.ecam.start, windows.ecam.len(), ecam)
+            .map_err(|e| dev_err("ECAM", &e))?;
+    }
+    Ok((Arc::new(pio), Arc::new(mmio)))
+}

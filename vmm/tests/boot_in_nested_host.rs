@@ -1,0 +1,127 @@
+//! The `tessera` binary boots an unmodified Linux guest (Debian's cloud kernel, the
+//! judge's initramfs) in the nested test host: tessera runs in L1 under L1's KVM, and
+//! what L2's Linux reports about its NUMA nodes must be what the configuration says.
+//! Also: the guest's `poweroff -f` ends tessera with status 0, `reboot -f` boots the
+//! guest again, and SIGTERM stops tessera cleanly.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use tessera_tests::linux_judge::{images, parse_report, GuestReport};
+use tessera_tests::nested;
+
+const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
+const CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 loglevel=4";
+
+/// Runs `tessera ARGS` in L1 with the judge's kernel and initramfs; returns tessera's
+/// exit status and L1's console (tessera's serial output included).
+fn tessera_in_l1(args: &str, extra_cmdline: &str) -> (i32, String) {
+    let judge = images().unwrap();
+    let script = format!(
+        "in-host {TESSERA} --kernel {} --initramfs {} --cmdline '{CMDLINE} {extra_cmdline}' {args}\n\
+         echo \"tessera-exit=$?\"\n",
+        judge.vmlinuz.display(),
+        judge.initramfs.display(),
+    );
+    let run = nested::run(&script, &[]).unwrap();
+    let status = run
+        .console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tessera-exit="))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("tessera did not finish in L1:\n{}", run.console));
+    (status, run.console)
+}
+
+fn report(console: &str) -> GuestReport {
+    parse_report(console)
+        .unwrap()
+        .unwrap_or_else(|| panic!("L2 printed no report:\n{console}"))
+}
+
+#[test]
+fn two_nodes_with_a_cpu_and_256_mib_each() {
+    let (status, console) = tessera_in_l1(
+        "--cpus boot=2 --memory size=0 \
+         --memory-zone id=m0,size=256M --memory-zone id=m1,size=256M \
+         --numa guest_numa_id=0,cpus=[0],memory_zones=m0,distances=[1@20] \
+         --numa guest_numa_id=1,cpus=[1],memory_zones=m1,distances=[0@20]",
+        "",
+    );
+    assert_eq!(status, 0, "poweroff -f must end tessera with 0:\n{console}");
+    let r = report(&console);
+    assert_eq!(r.online, vec![0, 1]);
+    assert_eq!(r.has_cpu, vec![0, 1]);
+    assert_eq!(r.has_memory, vec![0, 1]);
+    assert_eq!(r.nodes[&0].cpus, vec![0]);
+    assert_eq!(r.nodes[&1].cpus, vec![1]);
+    assert_eq!(r.nodes[&0].distances, vec![10, 20]);
+    assert_eq!(r.nodes[&1].distances, vec![20, 10]);
+    for node in [0, 1] {
+        let kb = r.nodes[&node].memtotal_kb;
+        assert!(
+            (180_000..=262_144).contains(&kb),
+            "node{node} MemTotal {kb} kB"
+        );
+    }
+}
+
+#[test]
+fn the_seed_shape_8_gi_nodes_on_a_pci_device() {
+    let (status, console) = tessera_in_l1(
+        "--cpus boot=2 --memory size=0 \
+         --memory-zone id=m0,size=256M --memory-zone id=m1,size=256M \
+         --numa guest_numa_id=0,cpus=[0],memory_zones=m0 \
+         --numa guest_numa_id=1,cpus=[1],memory_zones=m1 \
+         --numa guest_numa_id=2 --numa guest_numa_id=3 --numa guest_numa_id=4 \
+         --numa guest_numa_id=5 --numa guest_numa_id=6 --numa guest_numa_id=7 \
+         --numa guest_numa_id=8 --numa guest_numa_id=9 \
+         --generic-initiator device=_host_bridge,nodes=2-9",
+        "",
+    );
+    assert_eq!(status, 0, "{console}");
+    let r = report(&console);
+    assert_eq!(r.has_generic_initiator, (2..=9).collect::<Vec<_>>());
+    assert_eq!(r.online, (0..=9).collect::<Vec<_>>());
+    assert_eq!(r.has_cpu, vec![0, 1]);
+    // The device the GI entries name is in the guest, under our host bridge.
+    assert!(r.pci_numa.contains_key("0000:00:00.0"), "{:?}", r.pci_numa);
+}
+
+#[test]
+fn reboot_boots_again_and_sigterm_stops_cleanly() {
+    let judge = images().unwrap();
+    // The guest reboots after each report; once two boots have reported, SIGTERM.
+    let script = format!(
+        "log=/run/serial.log\n\
+         in-host {TESSERA} --kernel {} --initramfs {} --cmdline '{CMDLINE} judge.action=reboot' \
+           --serial file=$log &\n\
+         pid=$!\n\
+         for i in $(seq 1 120); do\n\
+           [ \"$(grep -c TESSERA-JUDGE-END $log 2>/dev/null)\" -ge 2 ] && break\n\
+           sleep 1\n\
+         done\n\
+         echo \"reports=$(grep -c TESSERA-JUDGE-END $log)\"\n\
+         kill -TERM $pid\n\
+         wait $pid\n\
+         echo \"tessera-exit=$?\"\n",
+        judge.vmlinuz.display(),
+        judge.initramfs.display(),
+    );
+    let run = nested::run(&script, &[]).unwrap();
+    let c = &run.console;
+    let reports: u32 = c
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("reports="))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(reports >= 2, "the guest did not boot twice:\n{c}");
+    assert!(
+        c.contains("tessera-exit=0"),
+        "SIGTERM must end tessera with 0:\n{c}"
+    );
+}
