@@ -3,6 +3,7 @@
 #   $TESSERA_CACHE/judge/vmlinuz            Debian 12's cloud kernel (not installed on the host)
 #   $TESSERA_CACHE/judge/config             that kernel's config-* file
 #   $TESSERA_CACHE/judge/kernel-package     "name version" of the .deb it came from
+#   $TESSERA_CACHE/judge/vmlinux            the ELF kernel inside the bzImage (PVH boots)
 #   $TESSERA_CACHE/judge/initramfs.cpio.gz  busybox-static + scripts/judge-init.sh as /init
 # TESSERA_CACHE defaults to ~/.cache/tessera. Set TESSERA_JUDGE_REFRESH=1 to fetch the
 # kernel again. Logs go to stderr; the last stdout line is the judge directory.
@@ -42,6 +43,31 @@ if [ "${TESSERA_JUDGE_REFRESH:-0}" = 1 ] || ! have_kernel; then
     mv "$out/vmlinuz.tmp" "$out/vmlinuz"
     mv "$out/config.tmp" "$out/config"
     echo "$pkg $version" >"$out/kernel-package"
+    rm -f "$out/vmlinux"
+fi
+
+# --- vmlinux: the ELF kernel inside the bzImage, for PVH boots ------------------------
+# The boot protocol header says where the compressed payload is: setup_sects at 0x1f1,
+# payload_offset and payload_length at 0x248 and 0x24c.
+if [ ! -s "$out/vmlinux" ]; then
+    u() { od -An -t"u$2" -j "$(($1))" -N "$2" "$out/vmlinuz" | tr -d ' '; }
+    setup_sects=$(u 0x1f1 1)
+    [ "$setup_sects" -eq 0 ] && setup_sects=4
+    start=$(( (setup_sects + 1) * 512 + $(u 0x248 4) ))
+    length=$(u 0x24c 4)
+    magic=$(od -An -tx1 -j "$start" -N 4 "$out/vmlinuz" | tr -d ' ')
+    case $magic in
+    02214c18) decompress="lz4 -dc" ;;
+    fd377a58) decompress="xz -dc --single-stream" ;;
+    28b52ffd) decompress="zstd -dc" ;;
+    1f8b*) decompress="gzip -dc" ;;
+    *) log "unknown bzImage payload compression (magic $magic)"; exit 1 ;;
+    esac
+    # Trailing bytes after the stream make some decompressors complain; the ELF is what counts.
+    tail -c +$((start + 1)) "$out/vmlinuz" | head -c "$length" | $decompress >"$out/vmlinux.tmp" 2>/dev/null || true
+    [ "$(head -c 4 "$out/vmlinux.tmp" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] \
+        || { log "extracting vmlinux did not give an ELF file"; exit 1; }
+    mv "$out/vmlinux.tmp" "$out/vmlinux"
 fi
 
 # --- initramfs ----------------------------------------------------------------------

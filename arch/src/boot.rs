@@ -756,44 +756,6 @@ mod tests {
         f
     }
 
-    /// Extracts the ELF vmlinux from the judge bzImage's payload with the matching
-    /// decompressor (lz4/xz/zstd/gzip command).
-    fn extract_vmlinux(bzimage: &Path, out: &Path) {
-        let image = std::fs::read(bzimage).unwrap();
-        let setup_sects = match image[0x1f1] {
-            0 => 4,
-            n => usize::from(n),
-        };
-        let pm_start = (setup_sects + 1) * 512;
-        let offset = u32::from_le_bytes(image[0x248..0x24c].try_into().unwrap()) as usize;
-        let length = u32::from_le_bytes(image[0x24c..0x250].try_into().unwrap()) as usize;
-        let payload = &image[pm_start + offset..pm_start + offset + length];
-        let tool: &[&str] = match payload {
-            [0x02, 0x21, 0x4c, 0x18, ..] => &["lz4", "-dc"],
-            [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => &["xz", "-dc", "--single-stream"],
-            [0x28, 0xb5, 0x2f, 0xfd, ..] => &["zstd", "-dc"],
-            [0x1f, 0x8b, ..] => &["gzip", "-dc"],
-            other => panic!("unknown bzImage payload compression: {:02x?}", &other[..8]),
-        };
-        let mut child = Command::new(tool[0])
-            .args(&tool[1..])
-            .stdin(Stdio::piped())
-            .stdout(std::fs::File::create(out).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{} is needed to extract vmlinux: {e}", tool[0]));
-        // Trailing bytes after the stream (the appended size) make some tools exit non-zero;
-        // what counts is the ELF that came out.
-        let _ = child.stdin.take().unwrap().write_all(payload);
-        let _ = child.wait().unwrap();
-        let head = std::fs::read(out).unwrap();
-        assert!(
-            head.starts_with(b"\x7fELF"),
-            "{} did not give an ELF vmlinux",
-            tool[0]
-        );
-    }
-
     #[test]
     fn boot_structures_stay_clear_of_the_bios_area_and_each_other() {
         let areas = [
@@ -1136,9 +1098,8 @@ mod tests {
 
     #[test]
     fn the_debian_vmlinux_boots_by_pvh() {
-        let dir = tempfile::tempdir().unwrap();
-        let vmlinux = dir.path().join("vmlinux");
-        extract_vmlinux(&vmlinuz(), &vmlinux);
+        // scripts/guest-images.sh extracts it from the bzImage.
+        let vmlinux = judge_dir().join("vmlinux");
         let (_, mem) = guest(&[512 * MIB]);
         let k = load_kernel(&mem, &vmlinux).unwrap();
         assert_eq!(k.kind, KernelKind::Pvh);

@@ -88,6 +88,8 @@ pub struct JudgeVm {
 pub struct JudgeImages {
     /// The kernel image.
     pub vmlinuz: PathBuf,
+    /// The same kernel as an ELF vmlinux (extracted from the bzImage), for PVH boots.
+    pub vmlinux: PathBuf,
     /// The busybox initramfs with `scripts/judge-init.sh` as `/init`.
     pub initramfs: PathBuf,
     /// The kernel's build configuration (`config-*` from the package).
@@ -217,6 +219,7 @@ pub fn images() -> Result<JudgeImages, JudgeError> {
         }
     };
     let images = JudgeImages {
+        vmlinux: dir.join("vmlinux"),
         vmlinuz: dir.join("vmlinuz"),
         initramfs: dir.join("initramfs.cpio.gz"),
         config: dir.join("config"),

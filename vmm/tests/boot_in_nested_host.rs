@@ -17,14 +17,18 @@ use tessera_tests::nested;
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 const CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 loglevel=4";
 
-/// Runs `tessera ARGS` in L1 with the judge's kernel and initramfs; returns tessera's
-/// exit status and L1's console (tessera's serial output included).
+/// Runs `tessera ARGS` in L1 with the judge's kernel (the bzImage) and initramfs;
+/// returns tessera's exit status and L1's console (tessera's serial output included).
 fn tessera_in_l1(args: &str, extra_cmdline: &str) -> (i32, String) {
+    tessera_in_l1_with(&images().unwrap().vmlinuz, args, extra_cmdline)
+}
+
+fn tessera_in_l1_with(kernel: &std::path::Path, args: &str, extra_cmdline: &str) -> (i32, String) {
     let judge = images().unwrap();
     let script = format!(
         "in-host {TESSERA} --kernel {} --initramfs {} --cmdline '{CMDLINE} {extra_cmdline}' {args}\n\
          echo \"tessera-exit=$?\"\n",
-        judge.vmlinuz.display(),
+        kernel.display(),
         judge.initramfs.display(),
     );
     let run = nested::run(&script, &[]).unwrap();
@@ -68,6 +72,23 @@ fn two_nodes_with_a_cpu_and_256_mib_each() {
             "node{node} MemTotal {kb} kB"
         );
     }
+}
+
+#[test]
+fn an_elf_vmlinux_boots_through_pvh() {
+    let vmlinux = images().unwrap().vmlinux;
+    let (status, console) = tessera_in_l1_with(
+        &vmlinux,
+        "--cpus boot=2 --memory size=0 \
+         --memory-zone id=m0,size=256M --memory-zone id=m1,size=256M \
+         --numa guest_numa_id=0,cpus=[0],memory_zones=m0 \
+         --numa guest_numa_id=1,cpus=[1],memory_zones=m1",
+        "",
+    );
+    assert_eq!(status, 0, "{console}");
+    let r = report(&console);
+    assert_eq!(r.online, vec![0, 1]);
+    assert_eq!(r.has_cpu, vec![0, 1]);
 }
 
 #[test]
