@@ -195,7 +195,7 @@ impl Topology {
 /// `cpu_count`, EDX HTT, ECX hypervisor bit and TSC deadline (if KVM has
 /// `KVM_CAP_TSC_DEADLINE_TIMER`); leaves 0xB and 0x1F describe one thread per core and
 /// `cpu_count` cores in one package, EDX = the x2APIC id; leaf 4 (and AMD's 0x8000_001D)
-/// cores per package and threads sharing each cache (L1/L2 per core, L3 by all); on AMD
+/// cores per package and threads sharing each cache (one: every cache is per core); on AMD
 /// 0x8000_0008 ECX core count and 0x8000_001E the extended APIC id; the KVM leaves
 /// 0x4000_0000.. as KVM reports them.
 ///
@@ -319,15 +319,12 @@ fn patch_cpuid(
                 (0x6874_7541, 0x6974_6e65, 0x444d_4163) | (0x6f67_7948, 0x6e65_476e, 0x656e_6975)
             )
     });
-    // Threads sharing a cache of `level`, minus one: L1 and L2 are per core (one thread),
-    // the rest is shared by the package.
-    let sharing_minus_one = |level: u32| {
-        if level >= 3 {
-            (cpu_count - 1).min(0xfff)
-        } else {
-            0
-        }
-    };
+    // Threads sharing each cache, minus one: every cache, L3 included, is per core, as
+    // with QEMU's default of one socket per vCPU. An L3 shared by cores that NUMA puts in
+    // different nodes makes Linux warn (topology_sane) and ignore the sharing, and which
+    // vCPUs share a node is the configuration's choice, not the APIC ids'. (On AMD family
+    // 17h models up to 0x1f Linux ignores these leaves and takes APIC id >> 3 as the LLC.)
+    let sharing_minus_one = |_level: u32| 0u32;
 
     let mut out: Vec<kvm_cpuid_entry2> = supported
         .iter()
@@ -905,7 +902,8 @@ mod tests {
         };
         assert_eq!(find(1, 0).ebx, (37 << 24) | (48 << 16) | 0x0800);
         assert_eq!(find(4, 0).eax, 0x21 | (47 << 26));
-        assert_eq!(find(4, 1).eax, 0x63 | (47 << 14) | (47 << 26));
+        // L3 per core, like every cache: no threads share it.
+        assert_eq!(find(4, 1).eax, 0x63 | (47 << 26));
         assert_eq!(find(4, 2).eax, 0);
         assert_eq!(find(0xb, 1).eax, 6);
         assert_eq!(find(0xb, 1).ebx, 48);
