@@ -59,6 +59,10 @@ const DEFAULT_TIMEOUT_SECS: &str = "240";
 /// loaded 2-core machine has been seen to hang once in dozens of runs. A script that
 /// fails, or an L1 that reports no status, is never retried.
 pub fn run(script: &str, qemu_args: &[&str]) -> Result<NestedRun, NestedError> {
+    // One L1 at a time per test process: each emulates a whole machine on this host's
+    // two cores, and several at once only make every one of them crawl.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     match run_once(script, qemu_args) {
         Err(NestedError::Timeout { tail }) => {
             eprintln!("nested: L1 timed out, retrying once; its last output was:\n{tail}");
