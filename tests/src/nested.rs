@@ -55,9 +55,10 @@ const DEFAULT_TIMEOUT_SECS: &str = "240";
 /// Runs `script` (shell, busybox `sh`) in a fresh L1, with `qemu_args` added to L1's
 /// QEMU command line.
 ///
-/// An L1 that stalls is retried once, saying so on stderr: SVM emulated under TCG on a
-/// loaded 2-core machine has been seen to hang once in dozens of runs. A script that
-/// fails, or an L1 that reports no status, is never retried.
+/// An L1 that stalls or whose kernel panics is retried once, saying so on stderr: SVM
+/// emulated under TCG has been seen to hang, and L1's KVM to crash L1's kernel, about once
+/// in dozens of runs. A script that fails, or an L1 that reports no status for any other
+/// reason, is never retried.
 pub fn run(script: &str, qemu_args: &[&str]) -> Result<NestedRun, NestedError> {
     // One L1 at a time per test process: each emulates a whole machine on this host's
     // two cores, and several at once only make every one of them crawl.
@@ -66,6 +67,12 @@ pub fn run(script: &str, qemu_args: &[&str]) -> Result<NestedRun, NestedError> {
     match run_once(script, qemu_args) {
         Err(NestedError::Timeout { tail }) => {
             eprintln!("nested: L1 timed out, retrying once; its last output was:\n{tail}");
+            run_once(script, qemu_args)
+        }
+        // L1's own kernel crashing is the emulated host failing, never the script:
+        // userspace in L1 (our VMM included) cannot legitimately panic it.
+        Err(NestedError::NoStatus { tail, .. }) if tail.contains("Kernel panic - not syncing") => {
+            eprintln!("nested: L1's kernel panicked, retrying once; its last output was:\n{tail}");
             run_once(script, qemu_args)
         }
         other => other,
