@@ -1,17 +1,19 @@
 //! Tessera's device models: the port I/O and MMIO buses that route vCPU exits, the COM1
-//! 16550 UART, the hardware-reduced ACPI power registers, the ACPI Generic Event Device,
-//! and PCI configuration space (host bridge, 0xCF8/0xCFC, ECAM).
+//! 16550 UART, the CMOS RTC, the hardware-reduced ACPI power registers, the ACPI Generic
+//! Event Device, and PCI configuration space (host bridge, 0xCF8/0xCFC, ECAM).
 //!
 //! The VMM builds one [`Bus`] per address space, inserts devices behind `Arc<Mutex<_>>`,
 //! then shares the buses read-only with its vCPU threads.
 
 pub mod bus;
+pub mod cmos;
 pub mod ged;
 pub mod pci;
 pub mod power;
 pub mod serial;
 
 pub use bus::{Bus, BusDevice, BusError};
+pub use cmos::{CmosRtc, CMOS_PORT, CMOS_PORT_LEN};
 pub use ged::{GedDevice, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_MMIO_LEN};
 pub use pci::{
     PciConfigIo, PciConfigMmio, PciConfiguration, PciDevice, PciError, PciHostBridge, PciSegment,

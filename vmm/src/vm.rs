@@ -557,6 +557,14 @@ fn wire_devices(
             .map_err(|e| dev_err("serial", &e))?;
     }
 
+    let rtc: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(tessera_devices::CmosRtc::new()));
+    pio.insert(
+        tessera_devices::CMOS_PORT,
+        tessera_devices::CMOS_PORT_LEN,
+        rtc,
+    )
+    .map_err(|e| dev_err("CMOS RTC", &e))?;
+
     let power: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(AcpiPowerDevice::new(
         exit_evt.try_clone().map_err(os("cloning the exit event"))?,
         reset_evt
