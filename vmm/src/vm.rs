@@ -34,12 +34,6 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::guest_topology::{guest_topology, GuestTopology, GED_GSI, SERIAL_GSI};
 use crate::memory;
 
-/// COM1's I/O ports.
-const COM1_PORT: u64 = 0x3f8;
-/// The hardware-reduced ACPI sleep and reset register (one port, as the FADT says).
-const POWER_PORT: u64 = 0x3c0;
-/// PCI configuration mechanism #1.
-const PCI_CONFIG_PORT: u64 = 0xcf8;
 /// KVM's TSS and identity-map pages, in the 32-bit gap above everything we place there.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
@@ -553,8 +547,12 @@ fn wire_devices(
             irq,
             Box::new(SharedWriter(out.clone())),
         )));
-        pio.insert(COM1_PORT, 8, device)
-            .map_err(|e| dev_err("serial", &e))?;
+        pio.insert(
+            u64::from(tessera_devices::serial::COM1_PORT_BASE),
+            tessera_devices::SERIAL_PORT_LEN,
+            device,
+        )
+        .map_err(|e| dev_err("serial", &e))?;
     }
 
     let rtc: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(tessera_devices::CmosRtc::new()));
@@ -571,8 +569,12 @@ fn wire_devices(
             .try_clone()
             .map_err(os("cloning the reset event"))?,
     )));
-    pio.insert(POWER_PORT, 1, power)
-        .map_err(|e| dev_err("power", &e))?;
+    pio.insert(
+        u64::from(tessera_devices::power::ACPI_POWER_PORT),
+        tessera_devices::power::ACPI_POWER_PORT_LEN,
+        power,
+    )
+    .map_err(|e| dev_err("power", &e))?;
 
     let ged_irq = event_fd()?;
     vm.register_irqfd(&ged_irq, GED_GSI)
@@ -581,7 +583,7 @@ fn wire_devices(
             source,
         })?;
     let ged: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(GedDevice::new(ged_irq)));
-    mmio.insert(GED_START, 4, ged)
+    mmio.insert(GED_START, tessera_devices::GED_MMIO_LEN, ged)
         .map_err(|e| dev_err("GED", &e))?;
 
     for (id, windows) in layout.segments.iter().enumerate() {
@@ -595,8 +597,12 @@ fn wire_devices(
         if id == 0 {
             let cfg: Arc<Mutex<dyn BusDevice>> =
                 Arc::new(Mutex::new(PciConfigIo::new(segment.clone())));
-            pio.insert(PCI_CONFIG_PORT, 8, cfg)
-                .map_err(|e| dev_err("PCI config ports", &e))?;
+            pio.insert(
+                u64::from(tessera_devices::pci::PCI_CONFIG_IO_PORT),
+                tessera_devices::pci::PCI_CONFIG_IO_PORT_LEN,
+                cfg,
+            )
+            .map_err(|e| dev_err("PCI config ports", &e))?;
         }
         let ecam: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(PciConfigMmio::new(segment)));
         mmio.insert(windows.ecam.start, windows.ecam.len(), ecam)
