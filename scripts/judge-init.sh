@@ -12,6 +12,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 # The kernel may have had no /dev/console to give us: take the console explicitly.
 exec </dev/console >/dev/console 2>&1
+echo TESSERA-INIT
 # Keep kernel messages from interleaving with the report (dmesg still has them all).
 echo 1 >/proc/sys/kernel/printk
 

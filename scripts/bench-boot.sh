@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Boot benchmark, tessera against QEMU (issue 3's "Measure"); run by hand, not in CI.
+#
+# In ONE boot of the nested test host (docs/nested-test-host.md), boots the Linux
+# judge's kernel and initramfs as L2 with the same topology (2 vCPUs, 2 NUMA nodes of
+# 256 MiB, distance 20) under target/release/tessera and under
+# `qemu-system-x86_64 -machine q35,accel=kvm` with direct kernel boot (-kernel/-initrd),
+# alternating them, BENCH_ROUNDS rounds (5). Each run goes through
+# target/release/vmm-bootbench (tests/src/bin/vmm-bootbench.rs), which measures the time
+# from spawning the VMM to /init printing TESSERA-INIT and the VMM's peak RSS outside
+# guest memory. BENCH_MICROVM=1 (the default) adds `-machine microvm` as a third VMM to
+# each round; BENCH_MICROVM=0 leaves it out. microvm takes the same -numa options but
+# QEMU 7.2 builds it no SRAT/SLIT: its guest sees one node, so it is not the same
+# topology. q35 boots through SeaBIOS (fw_cfg loads the kernel), microvm through qboot;
+# tessera enters the kernel directly.
+#
+# Output: L1's console (every VMM's serial log, lines prefixed `NAME| `), then the raw
+# numbers per round, then the summary (medians and tessera/QEMU ratios) as the last
+# lines. Everything is also saved to target/bench-boot.log. Exit status: 0 if every run
+# reached /init and exited 0, 1 otherwise, or nested-host.sh's status if L1 failed.
+# L1 gets TESSERA_NESTED_TIMEOUT_SECS (default here 1200) to finish.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd)
+
+rounds=${BENCH_ROUNDS:-5}
+microvm=${BENCH_MICROVM:-1}
+log=$repo/target/bench-boot.log
+cmdline='console=ttyS0 panic=-1 loglevel=4'
+
+cargo build --quiet --release --locked -p tessera-vmm -p tessera-tests --bins
+judge=$(scripts/guest-images.sh | tail -n 1)
+kernel=$judge/vmlinuz
+initrd=$judge/initramfs.cpio.gz
+bench=$repo/target/release/vmm-bootbench
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || rev="$rev+changes"
+tessera=$repo/target/release/tessera
+
+# The L1 script: a host path L1 reads over 9p, so it lives under the host's /tmp.
+l1=$(mktemp /tmp/tessera-bench-boot.XXXXXX)
+trap 'rm -f "$l1"' EXIT
+chmod 0644 "$l1"
+{
+    cat <<EOF
+# Written by scripts/bench-boot.sh: runs in L1 under busybox ash.
+echo "bench-boot: L1 \$(uname -r), \$(nproc) CPUs; \$(in-host qemu-system-x86_64 --version | head -n 1)"
+echo "bench-boot: tessera $rev; guest kernel $(cat "$judge/kernel-package"); $rounds rounds"
+EOF
+    for i in $(seq 1 "$rounds"); do
+        cat <<EOF
+echo "bench-boot: round $i"
+in-host $bench --name tessera --guest-ram-mib 512 -- $tessera \\
+  --kernel $kernel --initramfs $initrd --cmdline '$cmdline' \\
+  --cpus boot=2 --memory size=0 \\
+  --memory-zone id=m0,size=256M --memory-zone id=m1,size=256M \\
+  --numa guest_numa_id=0,cpus=[0],memory_zones=m0,distances=[1@20] \\
+  --numa guest_numa_id=1,cpus=[1],memory_zones=m1,distances=[0@20]
+in-host $bench --name qemu-q35 --guest-ram-mib 512 -- qemu-system-x86_64 \\
+  -machine q35,accel=kvm -cpu host -smp 2 -m 512 \\
+  -nodefaults -no-user-config -nographic -no-reboot -serial stdio \\
+  -kernel $kernel -initrd $initrd -append '$cmdline' \\
+  -object memory-backend-ram,id=m0,size=256M -object memory-backend-ram,id=m1,size=256M \\
+  -numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1 \\
+  -numa dist,src=0,dst=1,val=20
+EOF
+        if [ "$microvm" = 1 ]; then
+            cat <<EOF
+in-host $bench --name qemu-microvm --guest-ram-mib 512 -- qemu-system-x86_64 \\
+  -machine microvm,accel=kvm -cpu host -smp 2 -m 512 \\
+  -nodefaults -no-user-config -nographic -no-reboot -serial stdio \\
+  -kernel $kernel -initrd $initrd -append '$cmdline' \\
+  -object memory-backend-ram,id=m0,size=256M -object memory-backend-ram,id=m1,size=256M \\
+  -numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1 \\
+  -numa dist,src=0,dst=1,val=20
+EOF
+        fi
+    done
+} >"$l1"
+
+mkdir -p "$(dirname "$log")"
+status=0
+TESSERA_NESTED_TIMEOUT_SECS=${TESSERA_NESTED_TIMEOUT_SECS:-1200} \
+    scripts/nested-host.sh run "$l1" 2>&1 | tee "$log" || status=${PIPESTATUS[0]}
+
+# The raw numbers and the summary, from the `bootbench` lines of L1's console.
+tr -d '\r' <"$log" | awk -v status="$status" '
+    function median(list,    n, v, i, j, t) {
+        n = split(list, v, " ")
+        if (n == 0) return ""
+        for (i = 2; i <= n; i++)                 # insertion sort, numeric
+            for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+        return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    function field(key,    i) {
+        for (i = 2; i <= NF; i++) if (index($i, key "=") == 1) return substr($i, length(key) + 2)
+        return ""
+    }
+    /^bench-boot: round / { round = $3 }
+    /^bootbench name=/ {
+        name = field("name"); ms = field("to_init_ms"); kib = field("peak_rss_outside_guest_kib")
+        ex = field("exit")
+        if (!(name in seen)) { seen[name] = 1; order[++names] = name }
+        raw = raw sprintf("bench-boot: raw round=%s %-13s to_init_ms=%-6s peak_rss_outside_guest_kib=%-7s exit=%s\n", round, name, ms, kib, ex)
+        runs[name]++
+        if (ms != "none" && ex == "0") { ok[name]++; times[name] = times[name] " " ms; rss[name] = rss[name] " " kib }
+        else failed++
+    }
+    END {
+        printf "%s", raw
+        print "bench-boot: summary (medians over the runs that reached /init and exited 0; one L1 boot)"
+        printf "bench-boot: %-13s %6s %14s %30s\n", "vmm", "ok", "to_init_ms", "peak_rss_outside_guest_kib"
+        for (k = 1; k <= names; k++) {
+            n = order[k]; mt[n] = median(times[n]); mr[n] = median(rss[n])
+            printf "bench-boot: %-13s %3d/%-2d %14s %30s\n", n, ok[n], runs[n], mt[n], mr[n]
+        }
+        for (k = 1; k <= names; k++) {
+            n = order[k]
+            if (n == "tessera" || mt["tessera"] == "" || mt[n] == "" || mt[n] == 0 || mr[n] == 0) continue
+            printf "bench-boot: ratio tessera/%-13s to_init %.2f  peak_rss_outside_guest %.2f\n", n, mt["tessera"] / mt[n], mr["tessera"] / mr[n]
+        }
+        if (names == 0) print "bench-boot: no bootbench results (L1 status " status ")"
+        exit (failed > 0 || names == 0) ? 1 : 0
+    }' | tee -a "$log" || { [ "$status" != 0 ] || status=1; }
+exit "$status"

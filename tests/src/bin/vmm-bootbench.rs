@@ -1,0 +1,558 @@
+//! `vmm-bootbench`: measures one VMM run for the boot comparison of
+//! `scripts/bench-boot.sh` (issue 3's "Measure"): the time from spawning the VMM to the
+//! guest's `/init` printing `TESSERA-INIT`, and the VMM's peak RSS outside guest memory.
+//!
+//! ```text
+//! vmm-bootbench --name NAME --guest-ram-mib N [--exclude-min-mib M] [--interval-ms MS]
+//!               [--max-duty-pct P] [--timeout-secs S] -- CMD ARGS...
+//! ```
+//!
+//! CMD runs with stdout piped (stderr inherited); its stdout lines are forwarded to ours
+//! as `NAME| LINE`. While it runs, `/proc/PID/smaps` is read every MS ms (20 by default;
+//! 0: only at the spawn, to time a run undisturbed) and once more when the marker is
+//! seen; "RSS outside guest memory" is the sum of the `Rss:` of every mapping smaller
+//! than the smaller of N MiB (the guest's RAM) and M MiB (64 by default: QEMU may split
+//! guest RAM, e.g. below and above 4 GiB, and one backend per NUMA node). smaps covers every thread of the process. The child must
+//! exit by itself (the guest powers off); after S seconds (120) it is killed.
+//!
+//! Reading smaps is not free: the kernel walks every mapping's page tables and formats
+//! ~20 lines per mapping, and a VMM with many mappings (QEMU) costs several times what
+//! one with few costs. So that sampling takes the same share of a CPU whatever the VMM,
+//! the pause after a sample is stretched to keep the time spent sampling at most P% (5)
+//! of the wall time; the marker's own sample is always taken.
+//!
+//! Output, after the child exits:
+//!
+//! ```text
+//! bootbench name=NAME to_init_ms=X peak_rss_outside_guest_kib=Y exit=Z
+//! bootbench-detail name=NAME peak_at_ms=.. peak_rss_total_kib=.. guest_rss_at_peak_kib=.. ...
+//! bootbench-excluded name=NAME size_kib=.. count=.. rss_kib=.. perms=.. path=..
+//! ```
+//!
+//! The detail line adds when the peak was sampled, the peak's total and guest RSS, the
+//! peak of the anonymous part of the RSS outside guest memory (`Anonymous:`: what is
+//! not shared-library text or other file pages), the RSS outside guest memory when the
+//! marker was seen, and what sampling cost. The excluded lines list the mappings left
+//! out as guest memory at the peak, grouped by size, permissions and path.
+//!
+//! `X` is `none` if the marker never appeared; `Z` is the exit code, `signal-N` or
+//! `timeout`. Exit status: 0 if the marker was seen and the child exited with 0, else 1.
+//! Wall-clock numbers are for people: nothing asserts them.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// What `/init` prints first (scripts/judge-init.sh).
+const MARKER: &[u8] = b"TESSERA-INIT";
+/// How often, at most, the child's exit is looked for.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The parsed command line.
+#[derive(Debug)]
+struct Options {
+    /// Label for the output lines.
+    name: String,
+    /// The guest's RAM, MiB: no mapping this large or larger counts.
+    guest_ram_mib: u64,
+    /// No mapping this large or larger counts either (QEMU splits guest RAM).
+    exclude_min_mib: u64,
+    /// How often to read smaps, at most; `None`: only when the marker is seen.
+    interval: Option<Duration>,
+    /// The largest share of wall time, in percent (1 to 100), spent reading smaps.
+    max_duty_pct: u32,
+    /// When to give up on the child and kill it.
+    timeout: Duration,
+    /// The VMM and its arguments.
+    command: Vec<String>,
+}
+
+fn usage() -> String {
+    "usage: vmm-bootbench --name NAME --guest-ram-mib N [--exclude-min-mib M] \
+     [--interval-ms MS] [--max-duty-pct P] [--timeout-secs S] -- CMD ARGS..."
+        .to_string()
+}
+
+fn parse_options(args: impl IntoIterator<Item = String>) -> Result<Options> {
+    let mut name = None;
+    let mut guest_ram_mib = None;
+    let mut exclude_min_mib = 64;
+    let mut interval_ms = 20;
+    let mut max_duty_pct = 5;
+    let mut timeout_secs = 120;
+    let mut args = args.into_iter();
+    let number = |flag: &str, value: Option<String>| -> Result<u64> {
+        let value = value.with_context(|| format!("{flag} needs a value\n{}", usage()))?;
+        value
+            .parse()
+            .with_context(|| format!("{flag}: {value:?} is not a whole number"))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--name" => {
+                name = Some(
+                    args.next()
+                        .with_context(|| format!("--name needs a value\n{}", usage()))?,
+                )
+            }
+            "--guest-ram-mib" => guest_ram_mib = Some(number(&arg, args.next())?),
+            "--exclude-min-mib" => exclude_min_mib = number(&arg, args.next())?,
+            "--interval-ms" => interval_ms = number(&arg, args.next())?,
+            "--max-duty-pct" => max_duty_pct = number(&arg, args.next())?,
+            "--timeout-secs" => timeout_secs = number(&arg, args.next())?,
+            "--" => break,
+            other => bail!("unknown argument {other:?}\n{}", usage()),
+        }
+    }
+    let command: Vec<String> = args.collect();
+    if !(1..=100).contains(&max_duty_pct) {
+        bail!("--max-duty-pct must be 1 to 100, not {max_duty_pct}");
+    }
+    if command.is_empty() {
+        bail!("no command after --\n{}", usage());
+    }
+    Ok(Options {
+        name: name.with_context(|| format!("--name is required\n{}", usage()))?,
+        guest_ram_mib: guest_ram_mib
+            .with_context(|| format!("--guest-ram-mib is required\n{}", usage()))?,
+        exclude_min_mib,
+        interval: (interval_ms > 0).then(|| Duration::from_millis(interval_ms)),
+        max_duty_pct: u32::try_from(max_duty_pct)?,
+        timeout: Duration::from_secs(timeout_secs),
+        command,
+    })
+}
+
+/// One mapping of `/proc/PID/smaps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mapping {
+    /// Its length in bytes, from the address range.
+    size: u64,
+    /// Its `Rss:` in KiB.
+    rss_kib: u64,
+    /// Its `Anonymous:` in KiB.
+    anon_kib: u64,
+    /// The permissions column (`rw-p`).
+    perms: String,
+    /// The path or `[heap]`-style name, empty for anonymous mappings.
+    path: String,
+}
+
+/// Parses the text of `/proc/PID/smaps` into its mappings.
+fn parse_smaps(text: &str) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if first == "Rss:" || first == "Anonymous:" {
+            if let (Some(m), Some(kib)) = (
+                out.last_mut(),
+                fields.next().and_then(|v| v.parse::<u64>().ok()),
+            ) {
+                if first == "Rss:" {
+                    m.rss_kib = kib;
+                } else {
+                    m.anon_kib = kib;
+                }
+            }
+            continue;
+        }
+        if first.ends_with(':') {
+            continue;
+        }
+        // A header: `start-end perms offset dev inode [path]`.
+        let Some((start, end)) = first.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        let perms = fields.next().unwrap_or_default().to_string();
+        let path = fields.skip(3).collect::<Vec<_>>().join(" ");
+        out.push(Mapping {
+            size: end.saturating_sub(start),
+            rss_kib: 0,
+            anon_kib: 0,
+            perms,
+            path,
+        });
+    }
+    out
+}
+
+/// One reading of the process's memory.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    /// When it was taken, from the spawn.
+    at: Duration,
+    /// RSS of the mappings that count (outside guest memory), KiB.
+    outside_kib: u64,
+    /// The anonymous part of `outside_kib`, KiB.
+    outside_anon_kib: u64,
+    /// RSS of every mapping, KiB.
+    total_kib: u64,
+    /// The mappings left out as guest memory.
+    excluded: Vec<Mapping>,
+}
+
+fn measure(mappings: Vec<Mapping>, limit_bytes: u64) -> Sample {
+    let mut s = Sample::default();
+    for m in mappings {
+        s.total_kib += m.rss_kib;
+        if m.size >= limit_bytes {
+            s.excluded.push(m);
+        } else {
+            s.outside_kib += m.rss_kib;
+            s.outside_anon_kib += m.anon_kib;
+        }
+    }
+    s
+}
+
+/// Reads `/proc/PID/smaps`; `None` once the process is gone (or a zombie: no mappings).
+fn sample(pid: u32, limit_bytes: u64) -> Option<Sample> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mappings = parse_smaps(&text);
+    if mappings.is_empty() {
+        return None;
+    }
+    Some(measure(mappings, limit_bytes))
+}
+
+/// What the stdout reader reports.
+enum Event {
+    /// The marker was seen, at this instant.
+    Marker(Instant),
+}
+
+/// Forwards the child's stdout as `NAME| LINE` and reports the first marker.
+fn forward(
+    stdout: impl std::io::Read,
+    name: &str,
+    events: &mpsc::Sender<Event>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    let mut seen = false;
+    let out = std::io::stdout();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        if !seen && line.windows(MARKER.len()).any(|w| w == MARKER) {
+            seen = true;
+            // The receiver may be gone (timeout); the line is still forwarded.
+            let _ = events.send(Event::Marker(Instant::now()));
+        }
+        while matches!(line.last(), Some(b'\n' | b'\r')) {
+            line.pop();
+        }
+        let mut out = out.lock();
+        out.write_all(name.as_bytes())?;
+        out.write_all(b"| ")?;
+        out.write_all(&line)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+}
+
+fn describe(status: Option<ExitStatus>) -> String {
+    match status {
+        None => "timeout".to_string(),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(sig)) => format!("signal-{sig}"),
+            (None, None) => "unknown".to_string(),
+        },
+    }
+}
+
+/// The run's results.
+struct Outcome {
+    /// From the spawn to the marker, if it came.
+    to_init: Option<Duration>,
+    /// The sample with the most RSS outside guest memory.
+    peak: Sample,
+    /// The most anonymous RSS outside guest memory any sample saw, KiB.
+    peak_anon_kib: u64,
+    /// The sample taken when the marker was seen.
+    at_marker: Option<Sample>,
+    /// How many samples were taken, and the time they took.
+    samples: u64,
+    sampling_time: Duration,
+    /// The child's exit status; `None` if it was killed at the timeout.
+    status: Option<ExitStatus>,
+    /// From the spawn to the child's exit.
+    elapsed: Duration,
+}
+
+/// Samples smaps while the child runs, and notes when the marker comes.
+struct Sampler {
+    pid: u32,
+    limit_bytes: u64,
+    start: Instant,
+    peak: Sample,
+    peak_anon_kib: u64,
+    samples: u64,
+    sampling_time: Duration,
+}
+
+impl Sampler {
+    /// Takes one sample; returns it (if the process still had mappings) and its cost.
+    fn take(&mut self) -> (Option<Sample>, Duration) {
+        let t = Instant::now();
+        let s = sample(self.pid, self.limit_bytes).map(|mut s| {
+            s.at = t.duration_since(self.start);
+            s
+        });
+        let cost = t.elapsed();
+        self.sampling_time += cost;
+        if let Some(s) = &s {
+            self.samples += 1;
+            self.peak_anon_kib = self.peak_anon_kib.max(s.outside_anon_kib);
+            if s.outside_kib > self.peak.outside_kib {
+                self.peak = s.clone();
+            }
+        }
+        (s, cost)
+    }
+}
+
+fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcome> {
+    let stdout = child
+        .stdout
+        .take()
+        .context("the child's stdout was not piped")?;
+    let (tx, rx) = mpsc::channel();
+    let name = opts.name.clone();
+    let reader = thread::spawn(move || forward(stdout, &name, &tx));
+
+    let mut sampler = Sampler {
+        pid: child.id(),
+        limit_bytes: opts
+            .guest_ram_mib
+            .min(opts.exclude_min_mib)
+            .saturating_mul(1 << 20),
+        start,
+        peak: Sample::default(),
+        peak_anon_kib: 0,
+        samples: 0,
+        sampling_time: Duration::ZERO,
+    };
+    let mut to_init = None;
+    let mut at_marker = None;
+    let mut next_sample = Some(start);
+    let status = loop {
+        if let Some(due) = next_sample.filter(|due| Instant::now() >= *due) {
+            let (_, cost) = sampler.take();
+            next_sample = opts.interval.map(|interval| {
+                // Sampling may take at most max_duty_pct of the time: pause long enough.
+                let duty = opts.max_duty_pct.clamp(1, 100);
+                let stretched = cost.checked_mul(100 - duty).unwrap_or(opts.timeout) / duty;
+                due.max(Instant::now()) + interval.max(stretched)
+            });
+        }
+        if let Some(status) = child.try_wait().context("waiting for the child")? {
+            break Some(status);
+        }
+        if start.elapsed() >= opts.timeout {
+            eprintln!(
+                "vmm-bootbench: {} still running after {:?}: killing it",
+                opts.name, opts.timeout
+            );
+            // It may have exited in between; the wait below tells.
+            let _ = child.kill();
+            child.wait().context("waiting for the killed child")?;
+            break None;
+        }
+        // Wake for the marker at once, and at least every POLL to see the child exit.
+        let wait = next_sample.map_or(POLL, |due| {
+            due.saturating_duration_since(Instant::now()).min(POLL)
+        });
+        match rx.recv_timeout(wait) {
+            Ok(Event::Marker(at)) => {
+                if to_init.is_none() {
+                    to_init = Some(at.duration_since(start));
+                    at_marker = sampler.take().0;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            // Stdout is closed but the child runs on: keep polling at the same pace.
+            Err(RecvTimeoutError::Disconnected) => thread::sleep(wait),
+        }
+    };
+    let elapsed = start.elapsed();
+    // The child is gone, so the reader meets EOF unless something the child started
+    // still holds the pipe: give it a moment, then leave it.
+    let give_up = Instant::now() + Duration::from_secs(2);
+    while !reader.is_finished() && Instant::now() < give_up {
+        thread::sleep(Duration::from_millis(10));
+    }
+    if reader.is_finished() {
+        match reader.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("vmm-bootbench: forwarding stdout: {e}"),
+            Err(_) => eprintln!("vmm-bootbench: the stdout reader failed"),
+        }
+    } else {
+        eprintln!("vmm-bootbench: stdout still open after the child exited; not waiting");
+    }
+    // A marker seen just before the exit is still in the channel.
+    if let Ok(Event::Marker(at)) = rx.try_recv() {
+        to_init.get_or_insert(at.duration_since(start));
+    }
+    Ok(Outcome {
+        to_init,
+        peak_anon_kib: sampler.peak_anon_kib,
+        peak: sampler.peak,
+        at_marker,
+        samples: sampler.samples,
+        sampling_time: sampler.sampling_time,
+        status,
+        elapsed,
+    })
+}
+
+fn run() -> Result<bool> {
+    let opts = parse_options(std::env::args().skip(1))?;
+    let (program, args) = opts.command.split_first().context("no command after --")?;
+    let start = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot run {program}"))?;
+    let o = supervise(&opts, &mut child, start)?;
+
+    let to_init = o
+        .to_init
+        .map_or_else(|| "none".to_string(), |d| d.as_millis().to_string());
+    let exit = describe(o.status);
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "bootbench name={} to_init_ms={to_init} peak_rss_outside_guest_kib={} exit={exit}",
+        opts.name, o.peak.outside_kib
+    )?;
+    let guest_kib: u64 = o.peak.excluded.iter().map(|m| m.rss_kib).sum();
+    let at_marker = o
+        .at_marker
+        .as_ref()
+        .map_or_else(|| "none".to_string(), |s| s.outside_kib.to_string());
+    writeln!(
+        out,
+        "bootbench-detail name={} peak_at_ms={} peak_rss_total_kib={} \
+         guest_rss_at_peak_kib={guest_kib} peak_anon_outside_guest_kib={} \
+         rss_outside_guest_at_init_kib={at_marker} excluded_mappings={} limit_mib={} \
+         samples={} sampling_ms={} run_ms={}",
+        opts.name,
+        o.peak.at.as_millis(),
+        o.peak.total_kib,
+        o.peak_anon_kib,
+        o.peak.excluded.len(),
+        opts.guest_ram_mib.min(opts.exclude_min_mib),
+        o.samples,
+        o.sampling_time.as_millis(),
+        o.elapsed.as_millis(),
+    )?;
+    // Group identical excluded mappings so the output stays short.
+    let mut excluded: BTreeMap<(u64, String, String), (u64, u64)> = BTreeMap::new();
+    for m in &o.peak.excluded {
+        let e = excluded
+            .entry((m.size >> 10, m.perms.clone(), m.path.clone()))
+            .or_default();
+        e.0 += 1;
+        e.1 += m.rss_kib;
+    }
+    for ((size_kib, perms, path), (count, rss)) in excluded {
+        writeln!(
+            out,
+            "bootbench-excluded name={} size_kib={size_kib} count={count} rss_kib={rss} \
+             perms={perms} path={}",
+            opts.name,
+            if path.is_empty() { "[anon]" } else { &path }
+        )?;
+    }
+    Ok(o.to_init.is_some() && o.status.is_some_and(|s| s.success()))
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("vmm-bootbench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    const SMAPS: &str = "\
+5581e0a00000-5581e0a2c000 r--p 00000000 08:01 1234                       /usr/bin/qemu-system-x86_64
+Size:                176 kB
+Rss:                 176 kB
+Pss:                 176 kB
+Anonymous:             0 kB
+7f0000000000-7f0010000000 rw-p 00000000 00:00 0 
+Size:             262144 kB
+Rss:               20480 kB
+Anonymous:         20480 kB
+7f0010000000-7f0010021000 rw-p 00000000 00:00 0 
+Size:                132 kB
+Rss:                  12 kB
+Anonymous:             8 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+Size:                132 kB
+Rss:                  16 kB
+VmFlags: rd wr mr mw me gd ac
+";
+
+    #[test]
+    fn smaps_mappings_are_parsed_with_their_rss() {
+        let m = parse_smaps(SMAPS);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].path, "/usr/bin/qemu-system-x86_64");
+        assert_eq!(m[0].rss_kib, 176);
+        assert_eq!(m[1].anon_kib, 20480);
+        assert_eq!(m[1].size, 256 << 20);
+        assert_eq!(m[1].path, "");
+        assert_eq!(m[3].path, "[stack]");
+    }
+
+    #[test]
+    fn mappings_of_the_limit_or_larger_are_guest_memory() {
+        let s = measure(parse_smaps(SMAPS), 64 << 20);
+        assert_eq!(s.outside_kib, 176 + 12 + 16);
+        assert_eq!(s.outside_anon_kib, 8);
+        assert_eq!(s.total_kib, 176 + 20480 + 12 + 16);
+        assert_eq!(s.excluded.len(), 1);
+    }
+
+    #[test]
+    fn options_need_a_name_a_ram_size_and_a_command() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let o = parse_options(args("--name q --guest-ram-mib 512 -- qemu -m 512")).unwrap();
+        assert_eq!(o.command, vec!["qemu", "-m", "512"]);
+        assert_eq!(o.exclude_min_mib, 64);
+        assert!(parse_options(args("--name q --guest-ram-mib 512 --")).is_err());
+        assert!(parse_options(args("--guest-ram-mib 512 -- x")).is_err());
+        assert!(parse_options(args("--name q --guest-ram-mib x -- y")).is_err());
+        assert!(parse_options(args("--name q --guest-ram-mib 1 --max-duty-pct 0 -- y")).is_err());
+    }
+}
