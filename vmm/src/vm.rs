@@ -128,8 +128,57 @@ pub enum VmExit {
 /// the same place.
 pub struct SerialSink {
     out: Option<Arc<Mutex<Box<dyn Write + Send>>>>,
+    /// The UART of the boot in progress, which input is typed into.
+    current: Arc<Mutex<Option<Arc<Mutex<SerialDevice>>>>>,
     /// The pseudo-terminal created for `Pty` mode, reported to the user.
     pub pty: Option<PathBuf>,
+}
+
+/// Forwards bytes from `input` (the VMM's stdin, or the pty) into the current boot's
+/// UART for as long as the VMM runs, holding back what the 64-byte FIFO cannot take yet.
+fn forward_input(
+    mut input: impl std::io::Read + Send + 'static,
+    current: Arc<Mutex<Option<Arc<Mutex<SerialDevice>>>>>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("serial-input".into())
+        .spawn(move || {
+            let mut buf = [0u8; 256];
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    // A pty master reads EAGAIN until someone attaches, then EIO when
+                    // they leave; wait and try again.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EIO)) => {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("serial input stopped: {e}");
+                        return;
+                    }
+                };
+                let mut pending = buf.get(..n).unwrap_or_default();
+                while !pending.is_empty() {
+                    let device = current.lock().ok().and_then(|c| c.clone());
+                    let queued = match device {
+                        Some(d) => d
+                            .lock()
+                            .map_or(0, |mut d| d.enqueue_input(pending).unwrap_or(0)),
+                        None => 0,
+                    };
+                    pending = pending.get(queued..).unwrap_or_default();
+                    if !pending.is_empty() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no serial input: {e}");
+    }
 }
 
 impl SerialSink {
@@ -139,7 +188,15 @@ impl SerialSink {
         let out: Option<Box<dyn Write + Send>> = match s.mode {
             ConsoleMode::Off => None,
             ConsoleMode::Null => Some(Box::new(std::io::sink())),
-            ConsoleMode::Tty => Some(Box::new(std::io::stdout())),
+            ConsoleMode::Tty => {
+                let current = Arc::new(Mutex::new(None));
+                forward_input(std::io::stdin(), current.clone());
+                return Ok(SerialSink {
+                    out: Some(Arc::new(Mutex::new(Box::new(std::io::stdout())))),
+                    current,
+                    pty: None,
+                });
+            }
             ConsoleMode::File => {
                 let path = s.file.clone().unwrap_or_default();
                 let f = OpenOptions::new()
@@ -152,8 +209,14 @@ impl SerialSink {
             ConsoleMode::Pty => {
                 let (master, path) = crate::pty::open()
                     .map_err(|e| VmError::Serial(format!("cannot create a pty: {e}")))?;
+                let reader = master
+                    .try_clone()
+                    .map_err(|e| VmError::Serial(format!("cannot clone the pty: {e}")))?;
+                let current = Arc::new(Mutex::new(None));
+                forward_input(reader, current.clone());
                 return Ok(SerialSink {
                     out: Some(Arc::new(Mutex::new(Box::new(master)))),
+                    current,
                     pty: Some(path),
                 });
             }
@@ -165,6 +228,7 @@ impl SerialSink {
         };
         Ok(SerialSink {
             out: out.map(|o| Arc::new(Mutex::new(o))),
+            current: Arc::new(Mutex::new(None)),
             pty: None,
         })
     }
@@ -543,10 +607,14 @@ fn wire_devices(
                 what: "register_irqfd (serial)",
                 source,
             })?;
-        let device: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(SerialDevice::new(
+        let uart = Arc::new(Mutex::new(SerialDevice::new(
             irq,
             Box::new(SharedWriter(out.clone())),
         )));
+        if let Ok(mut current) = serial.current.lock() {
+            *current = Some(uart.clone());
+        }
+        let device: Arc<Mutex<dyn BusDevice>> = uart;
         pio.insert(
             u64::from(tessera_devices::serial::COM1_PORT_BASE),
             tessera_devices::SERIAL_PORT_LEN,

@@ -146,3 +146,23 @@ fn reboot_boots_again_and_sigterm_stops_cleanly() {
         "SIGTERM must end tessera with 0:\n{c}"
     );
 }
+
+#[test]
+fn typed_input_reaches_the_guest_through_the_serial_port() {
+    let judge = images().unwrap();
+    // Keep typing until the guest has read a line; the pipe ends when tessera exits.
+    let script = format!(
+        "(while true; do echo hello-from-l1; sleep 1; done) | in-host {TESSERA} --kernel {} \\\n\
+           --initramfs {} --cmdline '{CMDLINE} judge.action=echo'\n\
+         echo \"tessera-exit=$?\"\n",
+        judge.vmlinuz.display(),
+        judge.initramfs.display(),
+    );
+    let run = nested::run(&script, &[]).unwrap();
+    assert!(
+        run.console.contains("judge-echo: hello-from-l1"),
+        "the guest did not read the typed line:\n{}",
+        run.console
+    );
+    assert!(run.console.contains("tessera-exit=0"), "{}", run.console);
+}
