@@ -6,6 +6,7 @@
 //! what it covers; the gaps (SRAT processor affinity, x2APIC and NMI MADT entries,
 //! asymmetric SLIT, HMAT revision and entry indexing) are filled in the table modules.
 
+pub mod decode;
 mod dsdt;
 mod error;
 mod fadt;

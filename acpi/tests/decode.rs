@@ -1,0 +1,138 @@
+//! What is built decodes back to what the topology said.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
+
+use tessera_acpi::decode::{decode_hmat, decode_slit, decode_srat};
+use tessera_acpi::{
+    build, Cpu, GenericInitiatorLink, HmatDataType, HmatEntry, MemoryRange, NumaNode, PciDevice,
+    Placement, Topology,
+};
+
+fn topology() -> Topology {
+    let mem = |base: u64, node| MemoryRange {
+        base,
+        size: 1 << 28,
+        node: Some(node),
+        enabled: true,
+        hotpluggable: false,
+        non_volatile: false,
+    };
+    Topology {
+        cpus: vec![
+            Cpu {
+                apic_id: 0,
+                node: Some(0),
+            },
+            Cpu {
+                apic_id: 300,
+                node: Some(1),
+            },
+        ],
+        nodes: (0..4).map(|id| NumaNode { id }).collect(),
+        memory: vec![
+            mem(0, 0),
+            mem(1 << 28, 1),
+            MemoryRange {
+                hotpluggable: true,
+                ..mem(1 << 30, 3)
+            },
+        ],
+        pci_devices: vec![PciDevice {
+            id: "gpu".into(),
+            bdf: "0001:02:03.4".parse().unwrap(),
+        }],
+        generic_initiators: vec![GenericInitiatorLink {
+            device: "gpu".into(),
+            node: 2,
+        }],
+        distances: Some(vec![
+            vec![10, 20, 30, 40],
+            vec![21, 10, 31, 41],
+            vec![30, 31, 10, 50],
+            vec![40, 41, 50, 10],
+        ]),
+        hmat: vec![
+            HmatEntry {
+                initiator: 0,
+                target: 0,
+                data_type: HmatDataType::AccessLatency,
+                value: 10,
+            },
+            HmatEntry {
+                initiator: 2,
+                target: 3,
+                data_type: HmatDataType::AccessLatency,
+                value: 7,
+            },
+            HmatEntry {
+                initiator: 1,
+                target: 1,
+                data_type: HmatDataType::ReadBandwidth,
+                value: 20_000,
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn built_tables_decode_to_the_topology() {
+    let t = build(&topology(), Placement::default()).unwrap();
+    let srat = decode_srat(&t.get("SRAT").unwrap().bytes).unwrap();
+    let procs: Vec<(u32, u32, bool)> = srat
+        .processors
+        .iter()
+        .map(|p| (p.apic_id, p.node, p.x2apic))
+        .collect();
+    assert_eq!(procs, vec![(0, 0, false), (300, 1, true)]);
+    assert_eq!(srat.generic_initiators.len(), 1);
+    assert_eq!(
+        srat.generic_initiators[0].bdf.as_deref(),
+        Some("0001:02:03.4")
+    );
+    assert_eq!(srat.generic_initiators[0].node, 2);
+    assert!(srat.memory[2].hotpluggable);
+    assert_eq!(
+        srat.memory.iter().map(|m| m.node).collect::<Vec<_>>(),
+        vec![0, 1, 3]
+    );
+
+    let slit = decode_slit(&t.get("SLIT").unwrap().bytes).unwrap();
+    assert_eq!(slit.distances, topology().distances.unwrap());
+
+    let hmat = decode_hmat(&t.get("HMAT").unwrap().bytes).unwrap();
+    let mut values: Vec<(&str, u32, u32, u64)> = hmat
+        .localities
+        .iter()
+        .map(|l| (l.data_type, l.initiator, l.target, l.value))
+        .collect();
+    values.sort();
+    assert_eq!(
+        values,
+        vec![
+            ("access_latency", 0, 0, 10),
+            ("access_latency", 2, 3, 7),
+            ("read_bandwidth", 1, 1, 20_000)
+        ]
+    );
+    assert_eq!(hmat.memory_domains[0].initiator, Some(0));
+}
+
+#[test]
+fn malformed_bytes_are_errors() {
+    let t = build(&topology(), Placement::default()).unwrap();
+    let srat = t.get("SRAT").unwrap().bytes.clone();
+    assert!(decode_srat(&srat[..srat.len() - 3]).is_err());
+    assert!(decode_srat(b"SLIT").is_err());
+    let mut bad = srat.clone();
+    bad[49] = 0; // first structure's length
+    assert!(decode_srat(&bad).is_err());
+    let slit = t.get("SLIT").unwrap().bytes.clone();
+    let mut bad = slit.clone();
+    bad[36] = 9;
+    assert!(decode_slit(&bad).is_err());
+    for n in 0..slit.len() {
+        let _ = decode_slit(&slit[..n]);
+        let _ = decode_srat(&srat[..n.min(srat.len())]);
+    }
+}
