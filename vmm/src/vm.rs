@@ -9,8 +9,8 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -257,9 +257,10 @@ pub struct Vm {
     // Drop order matters: threads are stopped in `shutdown`; the VM fd goes before the
     // memory its slots point at.
     vcpus: Vec<JoinHandle<Result<(), String>>>,
-    stop: Arc<AtomicBool>,
+    control: Arc<VcpuControl>,
     exit_evt: EventFd,
     reset_evt: EventFd,
+    ged: Arc<Mutex<GedDevice>>,
     _vm_fd: Arc<VmFd>,
     _memory: GuestMemoryMmap,
     /// The guest's topology (BDFs, nodes), for reporting.
@@ -271,6 +272,54 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 /// The signal used to kick vCPU threads out of KVM_RUN.
 fn kick_signal() -> libc::c_int {
     SIGRTMIN()
+}
+
+/// What the VM shares with its vCPU threads: stop and pause requests, and counters.
+struct VcpuControl {
+    stop: AtomicBool,
+    paused: Mutex<bool>,
+    resumed: Condvar,
+    /// vCPU threads currently parked by a pause.
+    parked: AtomicUsize,
+    counters: Vec<VcpuCounters>,
+}
+
+/// Exits one vCPU has taken, by kind.
+#[derive(Default)]
+struct VcpuCounters {
+    io: AtomicU64,
+    mmio: AtomicU64,
+    other: AtomicU64,
+}
+
+impl VcpuControl {
+    fn new(vcpus: usize) -> Self {
+        VcpuControl {
+            stop: AtomicBool::new(false),
+            paused: Mutex::new(false),
+            resumed: Condvar::new(),
+            parked: AtomicUsize::new(0),
+            counters: (0..vcpus).map(|_| VcpuCounters::default()).collect(),
+        }
+    }
+
+    /// Parks the calling vCPU thread while a pause is requested.
+    fn park_if_paused(&self) {
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        if !*paused {
+            return;
+        }
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        while *paused && !self.stop.load(Ordering::SeqCst) {
+            paused = self.resumed.wait(paused).unwrap_or_else(|e| e.into_inner());
+        }
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn set_paused(&self, value: bool) {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = value;
+        self.resumed.notify_all();
+    }
 }
 
 impl Vm {
@@ -339,7 +388,8 @@ impl Vm {
 
         let exit_evt = event_fd()?;
         let reset_evt = event_fd()?;
-        let (pio, mmio) = wire_devices(&vm_fd, &topology.layout, serial, &exit_evt, &reset_evt)?;
+        let (pio, mmio, ged) =
+            wire_devices(&vm_fd, &topology.layout, serial, &exit_evt, &reset_evt)?;
 
         let cpu_count = config.cpus.boot_vcpus;
         let mut vcpu_fds = Vec::with_capacity(cpu_count as usize);
@@ -357,10 +407,10 @@ impl Vm {
             what: "registering the vCPU kick signal",
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(VcpuControl::new(vcpu_fds.len()));
         let mut vcpus = Vec::with_capacity(vcpu_fds.len());
         for (index, vcpu) in vcpu_fds.into_iter().enumerate() {
-            let (pio, mmio, flag) = (pio.clone(), mmio.clone(), stop.clone());
+            let (pio, mmio, ctl) = (pio.clone(), mmio.clone(), control.clone());
             let spawned = reset_evt
                 .try_clone()
                 .map_err(|source| VmError::Os {
@@ -370,7 +420,7 @@ impl Vm {
                 .and_then(|reset| {
                     std::thread::Builder::new()
                         .name(format!("vcpu{index}"))
-                        .spawn(move || run_vcpu(vcpu, &pio, &mmio, &flag, &reset))
+                        .spawn(move || run_vcpu(index, vcpu, &pio, &mmio, &ctl, &reset))
                         .map_err(|source| VmError::Os {
                             what: "spawning a vCPU thread",
                             source,
@@ -380,16 +430,17 @@ impl Vm {
                 Ok(h) => vcpus.push(h),
                 Err(e) => {
                     // Nothing may keep running: stop the vCPUs already started.
-                    stop_vcpus(&stop, &mut vcpus);
+                    stop_vcpus(&control, &mut vcpus);
                     return Err(e);
                 }
             }
         }
         Ok(Vm {
             vcpus,
-            stop,
+            control,
             exit_evt,
             reset_evt,
+            ged,
             _vm_fd: vm_fd,
             _memory: guest_memory,
             topology,
@@ -443,35 +494,118 @@ impl Vm {
             if fired.contains(&1) {
                 break VmExit::Reboot;
             }
-            if let Some(index) = self.vcpus.iter().position(|h| h.is_finished()) {
-                let handle = self.vcpus.remove(index);
-                let result = handle.join();
-                stop_vcpus(&self.stop, &mut self.vcpus);
+            self.check_vcpus()?;
+        };
+        stop_vcpus(&self.control, &mut self.vcpus);
+        Ok(exit)
+    }
+}
+
+impl Vm {
+    /// Stops every vCPU at the next exit and waits until all are parked.
+    pub fn pause(&self) -> Result<(), VmError> {
+        self.control.set_paused(true);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.control.parked.load(Ordering::SeqCst) < self.vcpus.len() {
+            for h in &self.vcpus {
+                let _ = h.kill(kick_signal());
+            }
+            if std::time::Instant::now() > deadline {
+                self.control.set_paused(false);
                 return Err(VmError::VcpuRun {
-                    index: index as u32,
-                    message: match result {
-                        Ok(Err(m)) => m,
-                        Ok(Ok(())) => "stopped unexpectedly".into(),
-                        Err(_) => "panicked".into(),
-                    },
+                    index: 0,
+                    message: "vCPUs did not stop within 5 s".into(),
                 });
             }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) {
+        self.control.set_paused(false);
+    }
+
+    /// Presses the ACPI power button (a GED event the guest's ACPI handles).
+    pub fn power_button(&self) -> Result<(), VmError> {
+        self.ged
+            .lock()
+            .map_err(|_| VmError::Devices("the GED is poisoned".into()))?
+            .notify(tessera_devices::GED_EVENT_POWER_BUTTON)
+            .map_err(|source| VmError::Os {
+                what: "raising the GED interrupt",
+                source,
+            })
+    }
+
+    /// Exits taken per vCPU: `{"vcpu0": {"io_exits": N, "mmio_exits": N, "other_exits": N}}`.
+    pub fn counters(
+        &self,
+    ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> {
+        self.control
+            .counters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let values = [
+                    ("io_exits", c.io.load(Ordering::Relaxed)),
+                    ("mmio_exits", c.mmio.load(Ordering::Relaxed)),
+                    ("other_exits", c.other.load(Ordering::Relaxed)),
+                ];
+                (
+                    format!("vcpu{i}"),
+                    values
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// The events that fire when the guest powers off and when it resets, for callers
+    /// that wait on more than the VM (the API's control loop).
+    pub fn event_fds(&self) -> (std::os::fd::RawFd, std::os::fd::RawFd) {
+        (self.exit_evt.as_raw_fd(), self.reset_evt.as_raw_fd())
+    }
+
+    /// Consumes a fired event, so a level-triggered wait does not see it again.
+    pub fn clear_events(&self) {
+        let _ = self.exit_evt.read();
+        let _ = self.reset_evt.read();
+    }
+
+    /// Reports a vCPU thread that has stopped on its own (an error), stopping the rest.
+    pub fn check_vcpus(&mut self) -> Result<(), VmError> {
+        let Some(index) = self.vcpus.iter().position(|h| h.is_finished()) else {
+            return Ok(());
         };
-        stop_vcpus(&self.stop, &mut self.vcpus);
-        Ok(exit)
+        let handle = self.vcpus.remove(index);
+        let result = handle.join();
+        stop_vcpus(&self.control, &mut self.vcpus);
+        Err(VmError::VcpuRun {
+            index: index as u32,
+            message: match result {
+                Ok(Err(m)) => m,
+                Ok(Ok(())) => "stopped unexpectedly".into(),
+                Err(_) => "panicked".into(),
+            },
+        })
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        stop_vcpus(&self.stop, &mut self.vcpus);
+        stop_vcpus(&self.control, &mut self.vcpus);
     }
 }
 
-/// Stops and joins vCPU threads: sets the flag, then kicks each out of KVM_RUN until it
-/// has exited (a kick that lands just before KVM_RUN is entered would be lost).
-fn stop_vcpus(stop: &AtomicBool, vcpus: &mut Vec<JoinHandle<Result<(), String>>>) {
-    stop.store(true, Ordering::SeqCst);
+/// Stops and joins vCPU threads: sets the flag, wakes parked ones, then kicks each out of
+/// KVM_RUN until it has exited (a kick that lands just before KVM_RUN would be lost).
+fn stop_vcpus(control: &VcpuControl, vcpus: &mut Vec<JoinHandle<Result<(), String>>>) {
+    control.stop.store(true, Ordering::SeqCst);
+    control.set_paused(false);
     for handle in vcpus.drain(..) {
         while !handle.is_finished() {
             if handle.kill(kick_signal()).is_err() {
@@ -486,31 +620,42 @@ fn stop_vcpus(stop: &AtomicBool, vcpus: &mut Vec<JoinHandle<Result<(), String>>>
 }
 
 fn run_vcpu(
+    index: usize,
     mut vcpu: VcpuFd,
     pio: &Bus,
     mmio: &Bus,
-    stop: &AtomicBool,
+    control: &VcpuControl,
     reset_evt: &EventFd,
 ) -> Result<(), String> {
+    let no_counters = VcpuCounters::default();
+    let counters = control.counters.get(index).unwrap_or(&no_counters);
     loop {
-        if stop.load(Ordering::SeqCst) {
+        if control.stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        control.park_if_paused();
+        if control.stop.load(Ordering::SeqCst) {
             return Ok(());
         }
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
+                counters.io.fetch_add(1, Ordering::Relaxed);
                 if !pio.read(u64::from(port), data) {
                     data.fill(0xff);
                 }
             }
             Ok(VcpuExit::IoOut(port, data)) => {
+                counters.io.fetch_add(1, Ordering::Relaxed);
                 pio.write(u64::from(port), data);
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                counters.mmio.fetch_add(1, Ordering::Relaxed);
                 if !mmio.read(addr, data) {
                     data.fill(0xff);
                 }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                counters.mmio.fetch_add(1, Ordering::Relaxed);
                 mmio.write(addr, data);
             }
             Ok(VcpuExit::Hlt) => {}
@@ -525,7 +670,10 @@ fn run_vcpu(
                 ))
             }
             Ok(VcpuExit::InternalError) => return Err("KVM internal error".into()),
-            Ok(other) => tracing::debug!("unhandled vCPU exit {other:?}"),
+            Ok(other) => {
+                counters.other.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("unhandled vCPU exit {other:?}");
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => return Err(format!("KVM_RUN: {e}")),
         }
@@ -587,6 +735,9 @@ fn write_acpi_tables(memory: &GuestMemoryMmap, topology: &GuestTopology) -> Resu
     Ok(())
 }
 
+/// The port I/O bus, the MMIO bus, and the GED (kept typed for power-button presses).
+type Wired = (Arc<Bus>, Arc<Bus>, Arc<Mutex<GedDevice>>);
+
 /// Creates the devices and the two buses vCPUs dispatch to.
 fn wire_devices(
     vm: &VmFd,
@@ -594,7 +745,7 @@ fn wire_devices(
     serial: &SerialSink,
     exit_evt: &EventFd,
     reset_evt: &EventFd,
-) -> Result<(Arc<Bus>, Arc<Bus>), VmError> {
+) -> Result<Wired, VmError> {
     let dev_err = |what: &str, e: &dyn std::fmt::Display| VmError::Devices(format!("{what}: {e}"));
     let os = |what| move |source| VmError::Os { what, source };
     let mut pio = Bus::new();
@@ -650,8 +801,9 @@ fn wire_devices(
             what: "register_irqfd (GED)",
             source,
         })?;
-    let ged: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(GedDevice::new(ged_irq)));
-    mmio.insert(GED_START, tessera_devices::GED_MMIO_LEN, ged)
+    let ged = Arc::new(Mutex::new(GedDevice::new(ged_irq)));
+    let ged_dev: Arc<Mutex<dyn BusDevice>> = ged.clone();
+    mmio.insert(GED_START, tessera_devices::GED_MMIO_LEN, ged_dev)
         .map_err(|e| dev_err("GED", &e))?;
 
     for (id, windows) in layout.segments.iter().enumerate() {
@@ -676,5 +828,5 @@ fn wire_devices(
         mmio.insert(windows.ecam.start, windows.ecam.len(), ecam)
             .map_err(|e| dev_err("ECAM", &e))?;
     }
-    Ok((Arc::new(pio), Arc::new(mmio)))
+    Ok((Arc::new(pio), Arc::new(mmio), ged))
 }
