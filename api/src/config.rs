@@ -558,16 +558,20 @@ impl VmConfig {
                     format!("no device has id `{}`", gi.device),
                 ));
             }
+            let node_field = format!(
+                "{field}.{}",
+                if gi.nodes.is_some() { "nodes" } else { "node" }
+            );
             for node in gi.node_list(&field)? {
                 if !ids.contains(&node) {
                     return Err(ConfigError::new(
-                        field.clone(),
+                        node_field.clone(),
                         format!("node {node} does not exist"),
                     ));
                 }
                 if !links.insert((gi.device.as_str(), node)) {
                     return Err(ConfigError::new(
-                        field.clone(),
+                        node_field.clone(),
                         format!("`{}` is already linked to node {node}", gi.device),
                     ));
                 }

@@ -167,7 +167,7 @@ fn gi_links_to_missing_devices_or_nodes_or_twice() {
     assert_eq!(
         refused(&c),
         (
-            "generic_initiators[1]".into(),
+            "generic_initiators[1].nodes".into(),
             "node 10 does not exist".into()
         )
     );

@@ -1,0 +1,263 @@
+//! The endpoint table, from which both the router and the OpenAPI test are derived, and
+//! the request handling: body to typed [`VmAction`], action to the VMM, reply to HTTP.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::GenericInitiatorConfig;
+use crate::error::{json_response, ApiError};
+use crate::server::{ApiReply, ApiRequest, VmAction, API_PREFIX, MAX_BODY};
+use crate::types::{RemoveGenericInitiator, VmRemoveDevice, VmRemoveNumaNode};
+
+/// How much of an oversized body is read (and dropped) before answering 413.
+const DRAIN_LIMIT: usize = 16 * MAX_BODY;
+
+/// The OpenAPI document served at `GET /api/v1/openapi.json`.
+pub(crate) const OPENAPI: &str = include_str!("../openapi.json");
+
+/// An endpoint's HTTP method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verb {
+    Get,
+    Put,
+}
+
+type Parse = fn(&[u8]) -> Result<VmAction, ApiError>;
+
+/// What an endpoint does.
+#[derive(Clone, Copy)]
+pub(crate) enum Handler {
+    /// Parse the body into an action for the VMM.
+    Vmm(Parse),
+    /// Answer with [`OPENAPI`].
+    OpenApi,
+}
+
+/// One endpoint: a path under [`API_PREFIX`], its method, and what it does.
+pub(crate) struct Route {
+    pub(crate) path: &'static str,
+    pub(crate) verb: Verb,
+    pub(crate) handler: Handler,
+}
+
+const fn vmm(path: &'static str, verb: Verb, parse: Parse) -> Route {
+    Route {
+        path,
+        verb,
+        handler: Handler::Vmm(parse),
+    }
+}
+
+use Verb::{Get, Put};
+
+/// Every endpoint. The router serves exactly these; a test holds `openapi.json` to them.
+pub(crate) const ROUTES: &[Route] = &[
+    vmm("/vmm.ping", Get, |_| Ok(VmAction::Ping)),
+    vmm("/vmm.shutdown", Put, |_| Ok(VmAction::VmmShutdown)),
+    vmm("/vm.create", Put, |b| Ok(VmAction::Create(json(b)?))),
+    vmm("/vm.boot", Put, |_| Ok(VmAction::Boot)),
+    vmm("/vm.info", Get, |_| Ok(VmAction::Info)),
+    vmm("/vm.counters", Get, |_| Ok(VmAction::Counters)),
+    vmm("/vm.shutdown", Put, |_| Ok(VmAction::Shutdown)),
+    vmm("/vm.reboot", Put, |_| Ok(VmAction::Reboot)),
+    vmm("/vm.pause", Put, |_| Ok(VmAction::Pause)),
+    vmm("/vm.resume", Put, |_| Ok(VmAction::Resume)),
+    vmm("/vm.delete", Put, |_| Ok(VmAction::Delete)),
+    vmm("/vm.power-button", Put, |_| Ok(VmAction::PowerButton)),
+    vmm("/vm.add-device", Put, |b| Ok(VmAction::AddDevice(json(b)?))),
+    vmm("/vm.remove-device", Put, |b| {
+        let VmRemoveDevice { id } = json(b)?;
+        Ok(VmAction::RemoveDevice { id })
+    }),
+    vmm("/vm.add-numa-node", Put, |b| {
+        Ok(VmAction::AddNumaNode(json(b)?))
+    }),
+    vmm("/vm.remove-numa-node", Put, |b| {
+        let VmRemoveNumaNode { guest_numa_id } = json(b)?;
+        Ok(VmAction::RemoveNumaNode { guest_numa_id })
+    }),
+    vmm("/vm.add-generic-initiator", Put, |b| {
+        let gi: GenericInitiatorConfig = json(b)?;
+        gi.node_list("").map_err(|e| {
+            let field = e.field.trim_start_matches('.');
+            ApiError::bad_request(e.message, (!field.is_empty()).then(|| field.to_owned()))
+        })?;
+        Ok(VmAction::AddGenericInitiator(gi))
+    }),
+    vmm("/vm.remove-generic-initiator", Put, |b| {
+        let r: RemoveGenericInitiator = json(b)?;
+        r.check()?;
+        Ok(VmAction::RemoveGenericInitiator(r))
+    }),
+    vmm("/vm.acpi", Get, |_| Ok(VmAction::Acpi)),
+    Route {
+        path: "/openapi.json",
+        verb: Get,
+        handler: Handler::OpenApi,
+    },
+];
+
+impl Verb {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Get => "GET",
+            Put => "PUT",
+        }
+    }
+}
+
+/// Parses a JSON body into `T`; errors name the field as a JSON path where serde can.
+fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "this request needs a JSON body",
+            None,
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let mut path = String::new();
+        for segment in e.path() {
+            match segment {
+                Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                Segment::Map { key } | Segment::Enum { variant: key } => {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(key);
+                }
+                Segment::Unknown => break,
+            }
+        }
+        let message = e.into_inner().to_string();
+        let mut field = (!path.is_empty()).then_some(path);
+        // serde reports a missing field at its parent; name the field itself.
+        if let Some(missing) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
+            field = Some(match field {
+                Some(parent) => format!("{parent}.{missing}"),
+                None => missing.to_owned(),
+            });
+        }
+        ApiError::bad_request(format!("invalid request body: {message}"), field)
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))?;
+    Ok(value)
+}
+
+/// The router: every route in [`ROUTES`] under [`API_PREFIX`], 405 for other methods on
+/// them, 404 for everything else.
+pub(crate) fn router(vmm: mpsc::Sender<ApiRequest>) -> Router {
+    let mut router = Router::new();
+    for route in ROUTES {
+        let filter = match route.verb {
+            Get => MethodFilter::GET,
+            Put => MethodFilter::PUT,
+        };
+        let endpoint = on(
+            filter,
+            move |State(vmm): State<mpsc::Sender<ApiRequest>>, request: Request| async move {
+                handle(&vmm, route, request)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response)
+            },
+        )
+        .fallback(move |method: Method| async move { method_not_allowed(route, &method) });
+        router = router.route(&format!("{API_PREFIX}{}", route.path), endpoint);
+    }
+    router
+        .fallback(|uri: Uri| async move {
+            ApiError::new(404, format!("no such endpoint: {}", uri.path()), None)
+        })
+        .with_state(vmm)
+}
+
+async fn handle(
+    vmm: &mpsc::Sender<ApiRequest>,
+    route: &Route,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let body = read_body(request).await?;
+    let parse = match route.handler {
+        Handler::OpenApi => return Ok(json_response(StatusCode::OK, OPENAPI)),
+        Handler::Vmm(parse) => parse,
+    };
+    let (reply, answer) = oneshot::channel();
+    let request = ApiRequest {
+        action: parse(&body)?,
+        reply,
+    };
+    vmm.send(request)
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    Ok(match answer.await.map_err(|_| ApiError::unavailable())?? {
+        ApiReply::NoContent => StatusCode::NO_CONTENT.into_response(),
+        ApiReply::Json(v) => json_response(StatusCode::OK, v.to_string()),
+    })
+}
+
+/// Reads at most [`MAX_BODY`] bytes of body. A larger body is still read to its end, up
+/// to [`DRAIN_LIMIT`], before the 413, so that a client writing all of it before reading
+/// gets the 413 rather than a broken pipe.
+async fn read_body(request: Request) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            413,
+            format!("the request body is larger than the limit of {MAX_BODY} bytes"),
+            None,
+        )
+    };
+    let mut body = request.into_body();
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request(format!("cannot read the request body: {e}"), None)
+        })?;
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen > DRAIN_LIMIT {
+                return Err(too_large());
+            }
+            if seen <= MAX_BODY {
+                bytes.extend_from_slice(&data);
+            }
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+fn method_not_allowed(route: &Route, method: &Method) -> Response {
+    let allowed = route.verb.as_str();
+    let mut response = ApiError::new(
+        405,
+        format!(
+            "{method} is not allowed on {API_PREFIX}{}; use {allowed}",
+            route.path
+        ),
+        None,
+    )
+    .into_response();
+    let allow = if route.verb == Get {
+        "GET, HEAD"
+    } else {
+        allowed
+    };
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}

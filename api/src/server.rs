@@ -1,0 +1,168 @@
+//! The HTTP API server: [`VmAction`], the typed requests it hands the VMM over a channel,
+//! [`bind`] for the Unix socket and [`serve`], which answers HTTP on it. It never touches
+//! KVM; the VMM decides every answer except parse errors (400/404/405/413) and an absent
+//! VMM (503).
+
+use std::future::{Future, IntoFuture};
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::config::{DeviceConfig, GenericInitiatorConfig, NumaConfig, VmConfig};
+pub use crate::error::{ApiError, BindError};
+pub use crate::socket::bind;
+pub use crate::types::RemoveGenericInitiator;
+
+/// Every endpoint's path starts with this.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// The largest request body accepted; larger ones get 413.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// How long [`serve`] waits, once told to shut down, for open requests to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A request for the VMM, parsed and typed. Each names the endpoint it comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VmAction {
+    /// `GET /vmm.ping`: answer [`crate::types::VmmPingResponse`].
+    Ping,
+    /// `PUT /vmm.shutdown`: stop the VM if any, then the VMM.
+    VmmShutdown,
+    /// `PUT /vm.create`. Parsed only: the VMM validates it ([`VmConfig::validate`]; a
+    /// [`crate::config::ConfigError`] converts into a 400 [`ApiError`] naming the field).
+    Create(Box<VmConfig>),
+    /// `PUT /vm.boot`.
+    Boot,
+    /// `GET /vm.info`: answer [`crate::types::VmInfo`].
+    Info,
+    /// `GET /vm.counters`: answer [`crate::types::VmCounters`].
+    Counters,
+    /// `PUT /vm.shutdown`.
+    Shutdown,
+    /// `PUT /vm.reboot`.
+    Reboot,
+    /// `PUT /vm.pause`.
+    Pause,
+    /// `PUT /vm.resume`.
+    Resume,
+    /// `PUT /vm.delete`.
+    Delete,
+    /// `PUT /vm.power-button`.
+    PowerButton,
+    /// `PUT /vm.add-device`: answer [`crate::types::PciDeviceInfo`] (200) or 204.
+    AddDevice(DeviceConfig),
+    /// `PUT /vm.remove-device` `{"id": ...}`.
+    RemoveDevice {
+        /// The device's id.
+        id: String,
+    },
+    /// `PUT /vm.add-numa-node`.
+    AddNumaNode(NumaConfig),
+    /// `PUT /vm.remove-numa-node` `{"guest_numa_id": N}`.
+    RemoveNumaNode {
+        /// The node's id.
+        guest_numa_id: u32,
+    },
+    /// `PUT /vm.add-generic-initiator`; exactly one of `node`/`nodes` is set and `nodes`
+    /// parses ([`GenericInitiatorConfig::node_list`] succeeds).
+    AddGenericInitiator(GenericInitiatorConfig),
+    /// `PUT /vm.remove-generic-initiator`; [`RemoveGenericInitiator::check`] succeeds.
+    RemoveGenericInitiator(RemoveGenericInitiator),
+    /// `GET /vm.acpi`: answer [`crate::types::AcpiInfo`].
+    Acpi,
+}
+
+/// An action and where to send its answer. The VMM must answer every request (dropping
+/// `reply` is answered as 503) and must ignore a failed `reply.send`: the client left.
+#[derive(Debug)]
+pub struct ApiRequest {
+    /// What to do.
+    pub action: VmAction,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<ApiReply, ApiError>>,
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApiReply {
+    /// 204 No Content.
+    NoContent,
+    /// 200 OK with this JSON body.
+    Json(serde_json::Value),
+}
+
+impl ApiReply {
+    /// 200 with `value` as JSON (500 if it cannot be serialized).
+    pub fn json<T: Serialize>(value: &T) -> Result<Self, ApiError> {
+        serde_json::to_value(value)
+            .map(ApiReply::Json)
+            .map_err(|e| ApiError::new(500, format!("cannot serialize the answer: {e}"), None))
+    }
+}
+
+/// Every endpoint as (method, full path), in the order the router takes them.
+pub fn routes() -> impl Iterator<Item = (&'static str, String)> {
+    crate::routes::ROUTES
+        .iter()
+        .map(|r| (r.verb.as_str(), format!("{API_PREFIX}{}", r.path)))
+}
+
+/// The OpenAPI 3 document of the whole API, as served at `GET /api/v1/openapi.json`.
+pub fn openapi_json() -> &'static str {
+    crate::routes::OPENAPI
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, forwarding each request to `vmm`
+/// and answering from its reply. After `shutdown`, open requests get up to
+/// [`SHUTDOWN_GRACE`] to finish. Removes nothing (the caller removes the socket file).
+///
+/// Must run on a tokio runtime with IO and time enabled (`enable_all`). After it returns,
+/// drop the runtime: connections cut off by the grace period hold `vmm` senders until then.
+///
+/// ```no_run
+/// # use tessera_api::server::{bind, serve, ApiReply, ApiRequest};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let path = std::path::Path::new("/run/tessera/api.sock");
+/// let listener = bind(path)?; // on the main thread: errors before anything starts
+/// let (tx, mut rx) = tokio::sync::mpsc::channel::<ApiRequest>(64);
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// let api = std::thread::spawn(move || {
+///     rt.block_on(serve(listener, tx, async { let _ = stopped.await; }))
+/// });
+/// // The VMM's control loop (blocking_recv, or poll rx alongside its other events):
+/// while let Some(req) = rx.blocking_recv() {
+///     let _ = req.reply.send(Ok(ApiReply::NoContent)); // ignore: the client may be gone
+///     # break;
+/// }
+/// let _ = stop.send(()); // on vmm.shutdown, after replying
+/// api.join().ok();
+/// std::fs::remove_file(path)?;
+/// # Ok(()) }
+/// ```
+pub async fn serve(
+    listener: UnixListener,
+    vmm: mpsc::Sender<ApiRequest>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let stop = Arc::new(Notify::new());
+    let stopping = Arc::clone(&stop);
+    let server =
+        axum::serve(listener, crate::routes::router(vmm)).with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.notify_one();
+        });
+    tokio::select! {
+        result = server.into_future() => result,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => Ok(()),
+    }
+}

@@ -1,0 +1,167 @@
+//! A test harness: `serve` on a temporary socket with a fake VMM that answers from a
+//! script, and a hyper HTTP/1 client over a Unix stream.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    dead_code,
+    missing_docs
+)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tessera_api::server::{bind, serve, ApiError, ApiReply, ApiRequest, VmAction};
+use tokio::sync::{mpsc, oneshot};
+
+/// How the fake VMM answers an action.
+pub type Script = fn(&VmAction) -> Result<ApiReply, ApiError>;
+
+/// A running server and its fake VMM.
+pub struct Harness {
+    _dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    /// Every action the fake VMM received, in order.
+    pub actions: Arc<Mutex<Vec<VmAction>>>,
+    stop: Option<oneshot::Sender<()>>,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Harness {
+    /// Serves with a VMM that answers every request with `script`.
+    pub fn start(script: Script) -> Self {
+        let (tx, mut rx) = mpsc::channel::<ApiRequest>(16);
+        let actions = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&actions);
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                log.lock().unwrap().push(req.action.clone());
+                let _ = req.reply.send(script(&req.action));
+            }
+        });
+        Self::with_channel(tx, actions)
+    }
+
+    /// Serves, forwarding requests to `tx`.
+    pub fn with_channel(tx: mpsc::Sender<ApiRequest>, actions: Arc<Mutex<Vec<VmAction>>>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = bind(&socket).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, tx, async move {
+            let _ = stopped.await;
+        }));
+        Harness {
+            _dir: dir,
+            socket,
+            actions,
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    /// Tells the server to shut down.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// The actions received so far.
+    pub fn actions(&self) -> Vec<VmAction> {
+        self.actions.lock().unwrap().clone()
+    }
+
+    /// One request on a new connection.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Reply {
+        Client::connect(&self.socket)
+            .await
+            .call(method, path, body)
+            .await
+    }
+}
+
+/// An answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub allow: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts an error answer: status, JSON error body, and its field.
+    pub fn assert_error(&self, status: u16, field: Option<&str>) -> String {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.content_type.as_deref(), Some("application/json"));
+        let j = self.json();
+        let obj = j.as_object().unwrap();
+        assert!(obj.keys().all(|k| k == "error" || k == "field"), "{j}");
+        assert_eq!(j.get("field").and_then(|f| f.as_str()), field, "{j}");
+        j["error"].as_str().unwrap().to_owned()
+    }
+}
+
+/// An HTTP/1 connection to the API socket (kept alive across calls).
+pub struct Client {
+    sender: SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(socket: &Path) -> Self {
+        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Client { sender }
+    }
+
+    pub async fn call(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> Reply {
+        self.sender.ready().await.unwrap();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let body = Full::new(Bytes::copy_from_slice(body.unwrap_or_default()));
+        let resp = self
+            .sender
+            .send_request(req.body(body).unwrap())
+            .await
+            .unwrap();
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .map(|v: &axum::http::HeaderValue| v.to_str().unwrap().to_owned())
+        };
+        let (status, allow, content_type) = (
+            resp.status().as_u16(),
+            header("allow"),
+            header("content-type"),
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            allow,
+            content_type,
+            body,
+        }
+    }
+}

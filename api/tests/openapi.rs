@@ -1,0 +1,433 @@
+//! The served OpenAPI document is valid JSON, lists exactly the router's routes with the
+//! right methods and request bodies, and its schemas match the Rust types field for
+//! field: names, which are required, and that unknown fields are refused.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::Harness;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tessera_api::config::{
+    ConsoleMode, DeviceConfig, GenericInitiatorConfig, NumaConfig, VmConfig,
+};
+use tessera_api::server::{openapi_json, routes, ApiError, ApiReply, VmAction};
+use tessera_api::types::{
+    AcpiInfo, AcpiTable, DeviceInfo, PciDeviceInfo, RemoveGenericInitiator, VmInfo, VmRemoveDevice,
+    VmRemoveNumaNode, VmState, VmmPingResponse,
+};
+
+fn doc() -> Value {
+    serde_json::from_str(openapi_json()).expect("openapi.json is JSON")
+}
+
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => doc
+            .pointer(r.strip_prefix('#').unwrap())
+            .unwrap_or_else(|| panic!("dangling $ref {r}")),
+        None => schema,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_served_document_lists_exactly_the_routes() {
+    let h = Harness::start(|_| Ok(ApiReply::NoContent));
+    let r = h.call("GET", "/api/v1/openapi.json", None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    let served = r.json();
+    assert_eq!(served, doc());
+    assert!(served["openapi"].as_str().unwrap().starts_with("3."));
+    let prefix = served["servers"][0]["url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("http://localhost")
+        .unwrap()
+        .to_owned();
+    assert_eq!(prefix, "/api/v1");
+
+    let mut documented = BTreeSet::new();
+    for (path, ops) in served["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.insert((method.to_uppercase(), format!("{prefix}{path}")));
+        }
+    }
+    let routed: BTreeSet<_> = routes().map(|(m, p)| (m.to_owned(), p)).collect();
+    assert_eq!(documented, routed);
+    assert!(routed.len() >= 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn documented_request_bodies_are_the_ones_the_server_needs() {
+    let h = Harness::start(|_| Ok(ApiReply::NoContent));
+    let d = doc();
+    for (path, ops) in d["paths"].as_object().unwrap() {
+        let Some(put) = ops.get("put") else { continue };
+        let needs_body = put.get("requestBody").is_some();
+        if needs_body {
+            assert_eq!(put["requestBody"]["required"], true, "{path}");
+        }
+        let r = h.call("PUT", &format!("/api/v1{path}"), None).await;
+        if needs_body {
+            let e = r.assert_error(400, None);
+            assert!(e.contains("needs a JSON body"), "{path}: {e}");
+            assert!(put["responses"].get("400").is_some(), "{path}");
+        } else {
+            assert_eq!(r.status, 204, "{path}: {r:?}");
+        }
+    }
+}
+
+#[test]
+fn every_ref_resolves_and_every_error_response_is_the_error_body() {
+    let d = doc();
+    fn walk(d: &Value, v: &Value) {
+        match v {
+            Value::Object(m) => {
+                if m.contains_key("$ref") {
+                    resolve(d, v);
+                }
+                m.values().for_each(|v| walk(d, v));
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(d, v)),
+            _ => {}
+        }
+    }
+    walk(&d, &d);
+    for (path, ops) in d["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for (code, resp) in op["responses"].as_object().unwrap() {
+                let code: u16 = code.parse().unwrap();
+                assert_eq!(
+                    code >= 400,
+                    resp.get("$ref") == Some(&json!("#/components/responses/Error")),
+                    "{method} {path} {code}"
+                );
+            }
+        }
+    }
+    // The error body is what ApiError serializes to.
+    check_shape(
+        &d,
+        &json!({"$ref": "#/components/schemas/ErrorBody"}),
+        &serde_json::to_value(ApiError::new(400, "bad", Some("cpus".into()))).unwrap(),
+        "ErrorBody",
+    );
+}
+
+/// Checks `value` against `schema`: objects have exactly the schema's properties (so
+/// `value` should set every optional field), scalars have the schema's type.
+fn check_shape(d: &Value, schema: &Value, value: &Value, at: &str) {
+    let s = resolve(d, schema);
+    let ty = s.get("type").and_then(Value::as_str);
+    match value {
+        Value::Object(map) => {
+            assert_eq!(ty, Some("object"), "{at}");
+            if let Some(props) = s.get("properties").and_then(Value::as_object) {
+                let keys: BTreeSet<&String> = map.keys().collect();
+                let names: BTreeSet<&String> = props.keys().collect();
+                assert_eq!(keys, names, "{at}: fields vs documented properties");
+                for name in s["required"].as_array().into_iter().flatten() {
+                    assert!(props.contains_key(name.as_str().unwrap()), "{at}.{name}");
+                }
+                for (k, v) in map {
+                    check_shape(d, &props[k], v, &format!("{at}.{k}"));
+                }
+            } else if let Some(ap) = s.get("additionalProperties").filter(|a| a.is_object()) {
+                for (k, v) in map {
+                    check_shape(d, ap, v, &format!("{at}.{k}"));
+                }
+            }
+        }
+        Value::Array(items) => {
+            assert_eq!(ty, Some("array"), "{at}");
+            assert!(!items.is_empty(), "{at}: give an example item");
+            for (i, v) in items.iter().enumerate() {
+                check_shape(d, &s["items"], v, &format!("{at}[{i}]"));
+            }
+        }
+        Value::String(x) => {
+            assert_eq!(ty, Some("string"), "{at}");
+            if let Some(e) = s.get("enum") {
+                assert!(e.as_array().unwrap().contains(&json!(x)), "{at}: {x}");
+            }
+        }
+        Value::Number(_) => assert_eq!(ty, Some("integer"), "{at}"),
+        Value::Bool(_) => assert_eq!(ty, Some("boolean"), "{at}"),
+        Value::Null => assert_eq!(s.get("nullable"), Some(&json!(true)), "{at}"),
+    }
+}
+
+fn schema(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// A request type: `maximal` (every field set) matches the schema, and at every object
+/// in it, removing a property fails to parse exactly when the schema requires it, and
+/// an extra property fails to parse (`additionalProperties: false`).
+fn check_request<T: DeserializeOwned + Serialize>(name: &str, maximal: Value) {
+    let d = doc();
+    let typed: T = serde_json::from_value(maximal.clone()).unwrap();
+    let value = serde_json::to_value(&typed).unwrap();
+    assert_eq!(value, maximal, "{name}: the example should round-trip");
+    check_shape(&d, &schema(name), &value, name);
+
+    fn objects(d: &Value, s: &Value, v: &Value, ptr: String, out: &mut Vec<(String, Value)>) {
+        let s = resolve(d, s).clone();
+        match v {
+            Value::Object(m) => {
+                if let Some(props) = s.get("properties") {
+                    for (k, v) in m {
+                        objects(d, &props[k], v, format!("{ptr}/{k}"), out);
+                    }
+                    out.push((ptr, s));
+                }
+            }
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    objects(d, &s["items"], v, format!("{ptr}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    objects(&d, &schema(name), &value, String::new(), &mut all);
+    for (ptr, s) in all {
+        assert_eq!(s["additionalProperties"], false, "{name}{ptr}");
+        let mut extra = value.clone();
+        let obj = extra.pointer_mut(&ptr).unwrap().as_object_mut().unwrap();
+        obj.insert("zz_unknown".into(), json!(1));
+        assert!(serde_json::from_value::<T>(extra).is_err(), "{name}{ptr}");
+        let required: Vec<&str> = s["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        for prop in s["properties"].as_object().unwrap().keys() {
+            let mut less = value.clone();
+            let obj = less.pointer_mut(&ptr).unwrap().as_object_mut().unwrap();
+            obj.remove(prop);
+            assert_eq!(
+                serde_json::from_value::<T>(less).is_err(),
+                required.contains(&prop.as_str()),
+                "{name}{ptr}/{prop}: required in the document iff serde needs it"
+            );
+        }
+    }
+}
+
+fn maximal_config() -> Value {
+    json!({
+        "cpus": {"boot_vcpus": 2, "max_vcpus": 4},
+        "memory": {"size": 0, "shared": true, "hugepages": true, "hugepage_size": 2097152,
+                   "prefault": true,
+                   "zones": [{"id": "m0", "size": 1073741824, "shared": true, "hugepages": true,
+                              "hugepage_size": 2097152, "host_numa_node": 0, "prefault": true}]},
+        "payload": {"kernel": "/k", "cmdline": "console=ttyS0", "initramfs": "/i"},
+        "serial": {"mode": "Socket", "file": "/f", "socket": "/s"},
+        "devices": [{"path": "/sys/bus/pci/devices/0000:01:00.0", "id": "gpu0",
+                     "pci_segment": 0, "pci_device_id": 4}],
+        "numa": [{"guest_numa_id": 0, "cpus": [0, 1], "distances": [{"destination": 1, "distance": 20}],
+                  "memory_zones": ["m0"], "pci_segments": [0], "device_id": "gpu0"}],
+        "generic_initiators": [{"id": "gi0", "device": "gpu0", "node": 1, "nodes": "2-9"}],
+        "platform": {"num_pci_segments": 1}
+    })
+}
+
+#[test]
+fn request_schemas_match_the_types() {
+    let config = maximal_config();
+    check_request::<VmConfig>("VmConfig", config.clone());
+    check_request::<DeviceConfig>("DeviceConfig", config["devices"][0].clone());
+    check_request::<NumaConfig>("NumaConfig", config["numa"][0].clone());
+    check_request::<GenericInitiatorConfig>(
+        "GenericInitiatorConfig",
+        config["generic_initiators"][0].clone(),
+    );
+    check_request::<VmRemoveDevice>("VmRemoveDevice", json!({"id": "gpu0"}));
+    check_request::<VmRemoveNumaNode>("VmRemoveNumaNode", json!({"guest_numa_id": 3}));
+    check_request::<RemoveGenericInitiator>(
+        "RemoveGenericInitiator",
+        json!({"id": "gi0", "device": "gpu0", "node": 1, "nodes": "2-9"}),
+    );
+}
+
+#[test]
+fn response_schemas_match_the_types() {
+    let d = doc();
+    let config: VmConfig = serde_json::from_value(maximal_config()).unwrap();
+    let info = VmInfo {
+        config: config.clone(),
+        state: VmState::Paused,
+        memory_actual_size: Some(1 << 30),
+        devices: vec![DeviceInfo {
+            id: "gpu0".into(),
+            bdf: "0000:00:04.0".into(),
+            generic_initiator_nodes: vec![1, 2],
+        }],
+    };
+    let ping = VmmPingResponse {
+        build_version: "b".into(),
+        version: "v".into(),
+        pid: 1,
+        features: vec!["acpi".into()],
+    };
+    let acpi = AcpiInfo {
+        tables: vec![AcpiTable {
+            signature: "SRAT".into(),
+            length: 48,
+            checksum: 1,
+            base64: "AA==".into(),
+        }],
+        srat: json!({}),
+        slit: json!({}),
+        hmat: Value::Null,
+    };
+    let pci = PciDeviceInfo {
+        id: "gpu0".into(),
+        bdf: "0000:00:04.0".into(),
+    };
+    for (name, v) in [
+        ("VmInfo", serde_json::to_value(&info).unwrap()),
+        ("VmmPingResponse", serde_json::to_value(&ping).unwrap()),
+        ("AcpiInfo", serde_json::to_value(&acpi).unwrap()),
+        ("PciDeviceInfo", serde_json::to_value(&pci).unwrap()),
+        ("VmCounters", json!({"gpu0": {"irqs": 1}})),
+    ] {
+        check_shape(&d, &schema(name), &v, name);
+    }
+    // The required fields of a response are always there.
+    let minimal = VmInfo {
+        config,
+        state: VmState::Created,
+        memory_actual_size: None,
+        devices: vec![],
+    };
+    let v = serde_json::to_value(&minimal).unwrap();
+    for r in d["components"]["schemas"]["VmInfo"]["required"]
+        .as_array()
+        .unwrap()
+    {
+        assert!(v.get(r.as_str().unwrap()).is_some(), "{r}");
+    }
+}
+
+#[test]
+fn enums_match_the_types() {
+    let d = doc();
+    let names = |schema: &str| -> BTreeSet<String> {
+        d["components"]["schemas"][schema]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let modes = [
+        ConsoleMode::Off,
+        ConsoleMode::Pty,
+        ConsoleMode::Tty,
+        ConsoleMode::File,
+        ConsoleMode::Socket,
+        ConsoleMode::Null,
+    ];
+    let ours: BTreeSet<String> = modes
+        .iter()
+        .map(|m| {
+            serde_json::to_value(m)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ours, names("ConsoleMode"));
+    let states = [
+        VmState::Created,
+        VmState::Running,
+        VmState::Shutdown,
+        VmState::Paused,
+    ];
+    let ours: BTreeSet<String> = states
+        .iter()
+        .map(|m| {
+            serde_json::to_value(m)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ours, names("VmState"));
+}
+
+#[test]
+fn every_action_has_a_route() {
+    // A compile-time reminder: a new VmAction needs a route, and the route a document
+    // entry (checked above).
+    fn path(a: &VmAction) -> &'static str {
+        match a {
+            VmAction::Ping => "/vmm.ping",
+            VmAction::VmmShutdown => "/vmm.shutdown",
+            VmAction::Create(_) => "/vm.create",
+            VmAction::Boot => "/vm.boot",
+            VmAction::Info => "/vm.info",
+            VmAction::Counters => "/vm.counters",
+            VmAction::Shutdown => "/vm.shutdown",
+            VmAction::Reboot => "/vm.reboot",
+            VmAction::Pause => "/vm.pause",
+            VmAction::Resume => "/vm.resume",
+            VmAction::Delete => "/vm.delete",
+            VmAction::PowerButton => "/vm.power-button",
+            VmAction::AddDevice(_) => "/vm.add-device",
+            VmAction::RemoveDevice { .. } => "/vm.remove-device",
+            VmAction::AddNumaNode(_) => "/vm.add-numa-node",
+            VmAction::RemoveNumaNode { .. } => "/vm.remove-numa-node",
+            VmAction::AddGenericInitiator(_) => "/vm.add-generic-initiator",
+            VmAction::RemoveGenericInitiator(_) => "/vm.remove-generic-initiator",
+            VmAction::Acpi => "/vm.acpi",
+        }
+    }
+    let config: VmConfig = serde_json::from_value(maximal_config()).unwrap();
+    let all = [
+        VmAction::Ping,
+        VmAction::VmmShutdown,
+        VmAction::Create(Box::new(config.clone())),
+        VmAction::Boot,
+        VmAction::Info,
+        VmAction::Counters,
+        VmAction::Shutdown,
+        VmAction::Reboot,
+        VmAction::Pause,
+        VmAction::Resume,
+        VmAction::Delete,
+        VmAction::PowerButton,
+        VmAction::AddDevice(config.devices[0].clone()),
+        VmAction::RemoveDevice { id: "gpu0".into() },
+        VmAction::AddNumaNode(config.numa[0].clone()),
+        VmAction::RemoveNumaNode { guest_numa_id: 0 },
+        VmAction::AddGenericInitiator(config.generic_initiators[0].clone()),
+        VmAction::RemoveGenericInitiator(RemoveGenericInitiator::default()),
+        VmAction::Acpi,
+    ];
+    let routed: BTreeSet<String> = routes().map(|(_, p)| p).collect();
+    let acted: BTreeSet<String> = all.iter().map(|a| format!("/api/v1{}", path(a))).collect();
+    assert_eq!(acted.len(), all.len());
+    let mut served_locally: Vec<&String> = routed.difference(&acted).collect();
+    served_locally.sort();
+    assert_eq!(served_locally, vec!["/api/v1/openapi.json"]);
+    assert!(acted.is_subset(&routed));
+}

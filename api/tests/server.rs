@@ -1,0 +1,722 @@
+//! The HTTP API over a real Unix socket with a scripted fake VMM: every route and method,
+//! the error statuses and bodies (400, 404, 405, 413, 503, and the VMM's own), many
+//! concurrent clients, and shutdown.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Client, Harness};
+use serde_json::json;
+use tessera_api::config::{DeviceConfig, GenericInitiatorConfig, NumaConfig, VmConfig};
+use tessera_api::server::{
+    routes, ApiError, ApiReply, ApiRequest, RemoveGenericInitiator, VmAction, MAX_BODY,
+    SHUTDOWN_GRACE,
+};
+use tessera_api::types::{
+    AcpiInfo, AcpiTable, DeviceInfo, PciDeviceInfo, VmInfo, VmState, VmmPingResponse,
+};
+use tokio::sync::mpsc;
+
+fn ping() -> VmmPingResponse {
+    VmmPingResponse {
+        build_version: "v0.1.0-test".into(),
+        version: "0.1.0".into(),
+        pid: 42,
+        features: vec![],
+    }
+}
+
+fn info() -> VmInfo {
+    VmInfo {
+        config: serde_json::from_value(json!({"payload": {"kernel": "/k"}})).unwrap(),
+        state: VmState::Running,
+        memory_actual_size: Some(512 << 20),
+        devices: vec![DeviceInfo {
+            id: "gpu0".into(),
+            bdf: "0000:00:04.0".into(),
+            generic_initiator_nodes: vec![2, 3],
+        }],
+    }
+}
+
+fn acpi() -> AcpiInfo {
+    AcpiInfo {
+        tables: vec![AcpiTable {
+            signature: "SLIT".into(),
+            length: 40,
+            checksum: 0x5a,
+            base64: "U0xJVA==".into(),
+        }],
+        srat: json!({"entries": []}),
+        slit: json!({"localities": 2}),
+        hmat: serde_json::Value::Null,
+    }
+}
+
+/// The fake VMM's answers.
+fn script(action: &VmAction) -> Result<ApiReply, ApiError> {
+    match action {
+        VmAction::Ping => ApiReply::json(&ping()),
+        VmAction::Info => ApiReply::json(&info()),
+        VmAction::Counters => ApiReply::json(&BTreeMap::from([(
+            "gpu0".to_owned(),
+            BTreeMap::from([("irqs".to_owned(), 7u64)]),
+        )])),
+        VmAction::Acpi => ApiReply::json(&acpi()),
+        VmAction::AddDevice(d) => ApiReply::json(&PciDeviceInfo {
+            id: d.id.clone().unwrap_or_else(|| "_dev0".into()),
+            bdf: "0000:00:05.0".into(),
+        }),
+        VmAction::RemoveDevice { id } if id == "nope" => Err(ApiError::new(
+            404,
+            "no device has id `nope`",
+            Some("id".into()),
+        )),
+        VmAction::RemoveNumaNode { guest_numa_id: 0 } => {
+            Err(ApiError::new(409, "node 0 has vCPUs", None))
+        }
+        VmAction::RemoveNumaNode { guest_numa_id: 1 } => Err(ApiError::new(
+            200,
+            "a VMM bug: an error with status 200",
+            None,
+        )),
+        _ => Ok(ApiReply::NoContent),
+    }
+}
+
+/// (method, path, body, the action the VMM gets, status, JSON answer)
+type Case = (
+    &'static str,
+    &'static str,
+    Option<String>,
+    VmAction,
+    u16,
+    Option<serde_json::Value>,
+);
+
+fn config(v: serde_json::Value) -> Box<VmConfig> {
+    Box::new(serde_json::from_value(v).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_reaches_the_vmm_as_its_action() {
+    let h = Harness::start(script);
+    let seed = json!({
+        "cpus": {"boot_vcpus": 2, "max_vcpus": 2},
+        "memory": {"size": 0, "zones": [{"id": "m0", "size": 268435456}, {"id": "m1", "size": 268435456}]},
+        "payload": {"kernel": "/boot/vmlinuz", "cmdline": "console=ttyS0"},
+        "devices": [{"path": "/sys/bus/pci/devices/0000:00:04.0", "id": "gpu0"}],
+        "numa": [
+            {"guest_numa_id": 0, "cpus": [0], "memory_zones": ["m0"]},
+            {"guest_numa_id": 1, "cpus": [1], "memory_zones": ["m1"]},
+            {"guest_numa_id": 2}
+        ],
+        "generic_initiators": [{"device": "gpu0", "nodes": "2"}]
+    });
+    let device = DeviceConfig {
+        path: "/sys/bus/mdev/devices/c0ffee00-0000-0000-0000-000000000001".into(),
+        id: Some("mig0".into()),
+        pci_segment: None,
+        pci_device_id: Some(7),
+    };
+    let node = NumaConfig {
+        guest_numa_id: 3,
+        distances: vec![tessera_api::config::NumaDistance {
+            destination: 0,
+            distance: 20,
+        }],
+        ..Default::default()
+    };
+    let gi = GenericInitiatorConfig {
+        id: Some("gi0".into()),
+        device: "mig0".into(),
+        node: None,
+        nodes: Some("2-9".into()),
+    };
+    let no_content = None;
+    let cases: Vec<Case> = vec![
+        (
+            "GET",
+            "/vmm.ping",
+            None,
+            VmAction::Ping,
+            200,
+            Some(serde_json::to_value(ping()).unwrap()),
+        ),
+        (
+            "PUT",
+            "/vmm.shutdown",
+            None,
+            VmAction::VmmShutdown,
+            204,
+            no_content.clone(),
+        ),
+        (
+            "PUT",
+            "/vm.create",
+            Some(seed.to_string()),
+            VmAction::Create(config(seed.clone())),
+            204,
+            None,
+        ),
+        ("PUT", "/vm.boot", None, VmAction::Boot, 204, None),
+        (
+            "GET",
+            "/vm.info",
+            None,
+            VmAction::Info,
+            200,
+            Some(serde_json::to_value(info()).unwrap()),
+        ),
+        (
+            "GET",
+            "/vm.counters",
+            None,
+            VmAction::Counters,
+            200,
+            Some(json!({"gpu0": {"irqs": 7}})),
+        ),
+        ("PUT", "/vm.shutdown", None, VmAction::Shutdown, 204, None),
+        ("PUT", "/vm.reboot", None, VmAction::Reboot, 204, None),
+        ("PUT", "/vm.pause", None, VmAction::Pause, 204, None),
+        ("PUT", "/vm.resume", None, VmAction::Resume, 204, None),
+        ("PUT", "/vm.delete", None, VmAction::Delete, 204, None),
+        (
+            "PUT",
+            "/vm.power-button",
+            None,
+            VmAction::PowerButton,
+            204,
+            None,
+        ),
+        (
+            "PUT",
+            "/vm.add-device",
+            Some(serde_json::to_string(&device).unwrap()),
+            VmAction::AddDevice(device.clone()),
+            200,
+            Some(json!({"id": "mig0", "bdf": "0000:00:05.0"})),
+        ),
+        (
+            "PUT",
+            "/vm.remove-device",
+            Some(r#"{"id": "mig0"}"#.into()),
+            VmAction::RemoveDevice { id: "mig0".into() },
+            204,
+            None,
+        ),
+        (
+            "PUT",
+            "/vm.add-numa-node",
+            Some(serde_json::to_string(&node).unwrap()),
+            VmAction::AddNumaNode(node.clone()),
+            204,
+            None,
+        ),
+        (
+            "PUT",
+            "/vm.remove-numa-node",
+            Some(r#"{"guest_numa_id": 3}"#.into()),
+            VmAction::RemoveNumaNode { guest_numa_id: 3 },
+            204,
+            None,
+        ),
+        (
+            "PUT",
+            "/vm.add-generic-initiator",
+            Some(serde_json::to_string(&gi).unwrap()),
+            VmAction::AddGenericInitiator(gi.clone()),
+            204,
+            None,
+        ),
+        (
+            "PUT",
+            "/vm.remove-generic-initiator",
+            Some(r#"{"id": "gi0"}"#.into()),
+            VmAction::RemoveGenericInitiator(RemoveGenericInitiator {
+                id: Some("gi0".into()),
+                ..Default::default()
+            }),
+            204,
+            None,
+        ),
+        (
+            "PUT",
+            "/vm.remove-generic-initiator",
+            Some(r#"{"device": "mig0", "node": 4}"#.into()),
+            VmAction::RemoveGenericInitiator(RemoveGenericInitiator {
+                device: Some("mig0".into()),
+                node: Some(4),
+                ..Default::default()
+            }),
+            204,
+            None,
+        ),
+        (
+            "PUT",
+            "/vm.remove-generic-initiator",
+            Some(r#"{"device": "mig0", "nodes": "5-6"}"#.into()),
+            VmAction::RemoveGenericInitiator(RemoveGenericInitiator {
+                device: Some("mig0".into()),
+                nodes: Some("5-6".into()),
+                ..Default::default()
+            }),
+            204,
+            None,
+        ),
+        (
+            "GET",
+            "/vm.acpi",
+            None,
+            VmAction::Acpi,
+            200,
+            Some(serde_json::to_value(acpi()).unwrap()),
+        ),
+    ];
+    let mut expected = Vec::new();
+    for (method, path, body, action, status, answer) in &cases {
+        let r = h
+            .call(
+                method,
+                &format!("/api/v1{path}"),
+                body.as_deref().map(str::as_bytes),
+            )
+            .await;
+        assert_eq!(r.status, *status, "{method} {path}: {r:?}");
+        match answer {
+            Some(v) => {
+                assert_eq!(r.content_type.as_deref(), Some("application/json"));
+                assert_eq!(&r.json(), v, "{method} {path}");
+            }
+            None => assert!(r.body.is_empty(), "{method} {path}: {r:?}"),
+        }
+        expected.push(action.clone());
+        assert_eq!(h.actions(), expected, "{method} {path}");
+    }
+    // The table covers every route but openapi.json, which the API answers itself.
+    for (method, path) in routes() {
+        let covered = cases
+            .iter()
+            .any(|(m, p, ..)| *m == method && format!("/api/v1{p}") == path);
+        assert!(
+            covered || path == "/api/v1/openapi.json",
+            "{method} {path} untested"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodyless_routes_ignore_a_body_and_head_works_on_gets() {
+    let h = Harness::start(script);
+    let r = h.call("PUT", "/api/v1/vm.boot", Some(b"{}")).await;
+    assert_eq!(r.status, 204);
+    let r = h.call("HEAD", "/api/v1/vmm.ping", None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(h.actions(), vec![VmAction::Boot, VmAction::Ping]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_method_is_405_with_allow() {
+    let h = Harness::start(script);
+    for (method, path, allow) in [
+        ("PUT", "/api/v1/vmm.ping", "GET, HEAD"),
+        ("POST", "/api/v1/vm.info", "GET, HEAD"),
+        ("PUT", "/api/v1/openapi.json", "GET, HEAD"),
+        ("GET", "/api/v1/vm.create", "PUT"),
+        ("DELETE", "/api/v1/vm.delete", "PUT"),
+        ("POST", "/api/v1/vm.add-generic-initiator", "PUT"),
+        ("HEAD", "/api/v1/vm.boot", "PUT"),
+    ] {
+        let r = h.call(method, path, None).await;
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.allow.as_deref(), Some(allow), "{method} {path}");
+        if method != "HEAD" {
+            let e = r.assert_error(405, None);
+            assert!(e.contains(method) && e.contains(path), "{e}");
+        }
+    }
+    assert!(h.actions().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_path_is_404() {
+    let h = Harness::start(script);
+    for path in [
+        "/api/v1/xyz",
+        "/api/v1/vm.resize",
+        "/api/v1/vm.add-disk",
+        "/api/v1/vm.info/",
+        "/api/v2/vmm.ping",
+        "/",
+    ] {
+        for method in ["GET", "PUT"] {
+            let r = h.call(method, path, None).await;
+            assert_eq!(
+                r.json(),
+                json!({"error": format!("no such endpoint: {path}")})
+            );
+            r.assert_error(404, None);
+        }
+    }
+    assert!(h.actions().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_1_mib_is_413_and_1_mib_is_fine() {
+    let h = Harness::start(script);
+    let mut body = br#"{"guest_numa_id": 5}"#.to_vec();
+    body.resize(MAX_BODY, b' ');
+    let r = h
+        .call("PUT", "/api/v1/vm.remove-numa-node", Some(&body))
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    body.push(b' ');
+    let r = h
+        .call("PUT", "/api/v1/vm.remove-numa-node", Some(&body))
+        .await;
+    r.assert_error(413, None);
+    let r = h
+        .call("PUT", "/api/v1/vm.create", Some(&vec![b'['; 4 * MAX_BODY]))
+        .await;
+    r.assert_error(413, None);
+    assert_eq!(
+        h.actions(),
+        vec![VmAction::RemoveNumaNode { guest_numa_id: 5 }]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_bodies_are_400_naming_the_field() {
+    let h = Harness::start(script);
+    let cases: &[(&str, &str, Option<&str>, &str)] = &[
+        ("/vm.create", r#"{"payload": {"kernel": "/k"}"#, None, "EOF"),
+        ("/vm.create", "{payload}", None, "key must be a string"),
+        (
+            "/vm.create",
+            r#"{"payload": {}} trailing"#,
+            None,
+            "trailing characters",
+        ),
+        (
+            "/vm.create",
+            r#"{"payload": {}, "disks": []}"#,
+            Some("disks"),
+            "unknown field `disks`",
+        ),
+        (
+            "/vm.create",
+            r#"{"payload": {}, "net": []}"#,
+            Some("net"),
+            "unknown field `net`",
+        ),
+        (
+            "/vm.create",
+            r#"{"payload": {"firmware": "/fw"}}"#,
+            Some("payload.firmware"),
+            "unknown field `firmware`",
+        ),
+        (
+            "/vm.create",
+            r#"{"payload": {}, "cpus": {"boot_vcpus": "two", "max_vcpus": 2}}"#,
+            Some("cpus.boot_vcpus"),
+            "invalid type",
+        ),
+        (
+            "/vm.create",
+            r#"{"payload": {}, "cpus": {"boot_vcpus": 2}}"#,
+            Some("cpus.max_vcpus"),
+            "missing field `max_vcpus`",
+        ),
+        (
+            "/vm.create",
+            r#"{"cpus": {"boot_vcpus": 1, "max_vcpus": 1}}"#,
+            Some("payload"),
+            "missing field `payload`",
+        ),
+        (
+            "/vm.create",
+            r#"{"payload": {}, "numa": [{"guest_numa_id": 0}, {"guest_numa_id": -1}]}"#,
+            Some("numa[1].guest_numa_id"),
+            "-1",
+        ),
+        (
+            "/vm.create",
+            r#"{"payload": {}, "serial": {"mode": "Bogus"}}"#,
+            Some("serial.mode"),
+            "unknown variant",
+        ),
+        ("/vm.create", "", None, "needs a JSON body"),
+        ("/vm.create", " \n", None, "needs a JSON body"),
+        ("/vm.create", "null", None, "invalid type: null"),
+        (
+            "/vm.add-device",
+            r#"{"path": "/sys/x", "iommu": true}"#,
+            Some("iommu"),
+            "unknown field `iommu`",
+        ),
+        (
+            "/vm.add-device",
+            r#"{"id": "x"}"#,
+            Some("path"),
+            "missing field `path`",
+        ),
+        ("/vm.add-device", "", None, "needs a JSON body"),
+        ("/vm.remove-device", "{}", Some("id"), "missing field `id`"),
+        (
+            "/vm.remove-device",
+            r#"{"id": 3}"#,
+            Some("id"),
+            "invalid type",
+        ),
+        (
+            "/vm.add-numa-node",
+            r#"{"guest_numa_id": 1, "cpus": [0, "1"]}"#,
+            Some("cpus[1]"),
+            "invalid type",
+        ),
+        (
+            "/vm.remove-numa-node",
+            r#"{"guest_numa_id": 1, "force": true}"#,
+            Some("force"),
+            "unknown field `force`",
+        ),
+        (
+            "/vm.add-generic-initiator",
+            r#"{"device": "d", "node": 2, "nodes": "3-4"}"#,
+            None,
+            "not both",
+        ),
+        (
+            "/vm.add-generic-initiator",
+            r#"{"device": "d"}"#,
+            None,
+            "needs `node` or `nodes`",
+        ),
+        (
+            "/vm.add-generic-initiator",
+            r#"{"device": "d", "nodes": "9-2"}"#,
+            Some("nodes"),
+            "backwards",
+        ),
+        (
+            "/vm.add-generic-initiator",
+            r#"{"node": 2}"#,
+            Some("device"),
+            "missing field `device`",
+        ),
+        (
+            "/vm.remove-generic-initiator",
+            "{}",
+            Some("device"),
+            "give `id`",
+        ),
+        (
+            "/vm.remove-generic-initiator",
+            r#"{"id": "gi0", "device": "d"}"#,
+            None,
+            "`id` alone",
+        ),
+        (
+            "/vm.remove-generic-initiator",
+            r#"{"device": "d"}"#,
+            Some("node"),
+            "needs `node` or `nodes`",
+        ),
+        (
+            "/vm.remove-generic-initiator",
+            r#"{"device": "d", "nodes": "x"}"#,
+            Some("nodes"),
+            "not a node number",
+        ),
+        (
+            "/vm.remove-generic-initiator",
+            r#"{"device": "d", "node": 1, "nodes": "2"}"#,
+            None,
+            "not both",
+        ),
+    ];
+    for (path, body, field, needle) in cases {
+        let r = h
+            .call("PUT", &format!("/api/v1{path}"), Some(body.as_bytes()))
+            .await;
+        let e = r.assert_error(400, *field);
+        assert!(e.contains(needle), "{path} {body}: {e}");
+    }
+    assert!(h.actions().is_empty(), "{:?}", h.actions());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_vmms_errors_are_answered_as_given() {
+    let h = Harness::start(script);
+    let r = h
+        .call(
+            "PUT",
+            "/api/v1/vm.remove-device",
+            Some(br#"{"id": "nope"}"#),
+        )
+        .await;
+    assert_eq!(
+        r.json(),
+        json!({"error": "no device has id `nope`", "field": "id"})
+    );
+    r.assert_error(404, Some("id"));
+    let r = h
+        .call(
+            "PUT",
+            "/api/v1/vm.remove-numa-node",
+            Some(br#"{"guest_numa_id": 0}"#),
+        )
+        .await;
+    assert_eq!(r.json(), json!({"error": "node 0 has vCPUs"}));
+    r.assert_error(409, None);
+    // An error the VMM gave a non-error status is still an error.
+    let r = h
+        .call(
+            "PUT",
+            "/api/v1/vm.remove-numa-node",
+            Some(br#"{"guest_numa_id": 1}"#),
+        )
+        .await;
+    r.assert_error(500, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_vmm_is_503() {
+    // The VMM's end of the channel is gone.
+    let (tx, rx) = mpsc::channel::<ApiRequest>(1);
+    drop(rx);
+    let h = Harness::with_channel(tx, Arc::new(Mutex::new(Vec::new())));
+    h.call("GET", "/api/v1/vmm.ping", None)
+        .await
+        .assert_error(503, None);
+    // Body errors are still reported first.
+    h.call("PUT", "/api/v1/vm.create", Some(b"{"))
+        .await
+        .assert_error(400, None);
+    // The openapi document needs no VMM.
+    assert_eq!(
+        h.call("GET", "/api/v1/openapi.json", None).await.status,
+        200
+    );
+
+    // A VMM that drops the reply.
+    let (tx, mut rx) = mpsc::channel::<ApiRequest>(1);
+    tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            drop(req);
+        }
+    });
+    let h = Harness::with_channel(tx, Arc::new(Mutex::new(Vec::new())));
+    let e = h
+        .call("PUT", "/api/v1/vm.boot", None)
+        .await
+        .assert_error(503, None);
+    assert!(e.contains("VMM"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sixty_four_concurrent_clients() {
+    let (tx, mut rx) = mpsc::channel::<ApiRequest>(8);
+    // A VMM that answers out of order, some requests later than others.
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(req) = rx.recv().await {
+            n += 1;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(n % 7)).await;
+                let _ = req.reply.send(script(&req.action));
+            });
+        }
+    });
+    let h = Arc::new(Harness::with_channel(tx, Arc::new(Mutex::new(Vec::new()))));
+    let mut clients = Vec::new();
+    for i in 0..64 {
+        let h = Arc::clone(&h);
+        clients.push(tokio::spawn(async move {
+            let mut c = Client::connect(&h.socket).await;
+            for round in 0..4 {
+                let id = format!("dev{i}-{round}");
+                let body = json!({"path": format!("/sys/bus/pci/devices/{id}"), "id": id});
+                let r = c
+                    .call(
+                        "PUT",
+                        "/api/v1/vm.add-device",
+                        Some(body.to_string().as_bytes()),
+                    )
+                    .await;
+                assert_eq!(r.json(), json!({"id": id, "bdf": "0000:00:05.0"}));
+                let r = c.call("GET", "/api/v1/vmm.ping", None).await;
+                assert_eq!(r.json()["pid"], 42);
+                let r = c.call("PUT", "/api/v1/vm.boot", None).await;
+                assert_eq!(r.status, 204);
+                let r = c.call("GET", "/api/v1/nope", None).await;
+                assert_eq!(r.status, 404);
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_ends_serve_and_leaves_the_socket_file() {
+    let mut h = Harness::start(script);
+    // An idle keep-alive connection does not hold the server up.
+    let mut idle = Client::connect(&h.socket).await;
+    assert_eq!(idle.call("GET", "/api/v1/vmm.ping", None).await.status, 200);
+    let t = Instant::now();
+    h.stop();
+    let server = std::mem::replace(&mut h.server, tokio::spawn(async { Ok(()) }));
+    tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .expect("serve returned")
+        .unwrap()
+        .unwrap();
+    assert!(t.elapsed() < SHUTDOWN_GRACE);
+    assert!(h.socket.exists(), "serve removes nothing");
+    assert!(tokio::net::UnixStream::connect(&h.socket).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_does_not_wait_forever_for_a_stuck_vmm() {
+    let (tx, mut rx) = mpsc::channel::<ApiRequest>(1);
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&held);
+    tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            keep.lock().unwrap().push(req); // never answered
+        }
+    });
+    let mut h = Harness::with_channel(tx, Arc::new(Mutex::new(Vec::new())));
+    let socket = h.socket.clone();
+    let stuck = tokio::spawn(async move {
+        let mut c = Client::connect(&socket).await;
+        c.call("PUT", "/api/v1/vm.boot", None).await
+    });
+    while held.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t = Instant::now();
+    h.stop();
+    let server = std::mem::replace(&mut h.server, tokio::spawn(async { Ok(()) }));
+    tokio::time::timeout(SHUTDOWN_GRACE * 2, server)
+        .await
+        .expect("serve returned")
+        .unwrap()
+        .unwrap();
+    assert!(t.elapsed() >= SHUTDOWN_GRACE);
+    stuck.abort();
+}
