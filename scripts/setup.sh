@@ -18,6 +18,7 @@ packages=(
     util-linux:flock
     coreutils:timeout
     lz4:lz4                      # unpacks the judge bzImage's vmlinux for the PVH boot test
+    curl:curl                    # the API tests and docs/api.md's examples talk to the socket with it
 )
 
 log() { echo "setup: $*" >&2; }

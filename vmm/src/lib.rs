@@ -3,6 +3,7 @@
 //! assembles and runs one boot; the `tessera` binary drives them.
 
 pub mod cli;
+pub mod control;
 pub mod guest_topology;
 pub mod memory;
 pub mod pty;

@@ -25,6 +25,11 @@ struct Args {
     /// Write the ACPI tables the configuration gives into DIR (one SIG.dat each) and exit.
     #[arg(long, value_name = "DIR")]
     dump_acpi: Option<PathBuf>,
+    /// Serve the HTTP API on this Unix socket (PATH, or fd=N for an inherited listener).
+    /// With VM options too, the VM is created and booted at once; without, it waits for
+    /// vm.create and vm.boot.
+    #[arg(long, value_name = "PATH|fd=N")]
+    api_socket: Option<String>,
     /// bzImage or ELF vmlinux (PVH).
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -58,6 +63,11 @@ struct Args {
     /// off | null | tty | pty | file=PATH
     #[arg(long)]
     serial: Option<String>,
+}
+
+/// Whether any option describing a VM was given.
+fn has_vm_options(args: &Args) -> bool {
+    args.config.is_some() || args.kernel.is_some()
 }
 
 fn config_from(args: &Args) -> Result<VmConfig> {
@@ -115,6 +125,9 @@ fn dump_acpi(config: &VmConfig, dir: &std::path::Path) -> Result<()> {
 }
 
 fn run(args: &Args) -> Result<()> {
+    if let Some(socket) = &args.api_socket {
+        return run_api(args, socket);
+    }
     let config = config_from(args)?;
     if let Some(dir) = &args.dump_acpi {
         return dump_acpi(&config, dir);
@@ -124,13 +137,7 @@ fn run(args: &Args) -> Result<()> {
     if let Some(pty) = &serial.pty {
         eprintln!("tessera: serial port on {}", pty.display());
     }
-    // SIGTERM and SIGINT write a byte here, which wakes the wait below.
-    let (stop_rx, stop_tx) = UnixStream::pair().context("creating the signal pipe")?;
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::low_level::pipe::register(signal, stop_tx.try_clone()?)
-            .context("registering signal handlers")?;
-    }
-    stop_rx.set_nonblocking(true)?;
+    let stop_rx = signal_pipe()?;
     loop {
         let vm = Vm::boot(&kvm, &config, &serial)?;
         match vm.wait(&stop_rx.as_raw_fd())? {
@@ -145,6 +152,103 @@ fn run(args: &Args) -> Result<()> {
             VmExit::Reboot => tracing::info!("guest rebooting"),
         }
     }
+}
+
+/// A socket that becomes readable when SIGTERM or SIGINT arrives.
+fn signal_pipe() -> Result<UnixStream> {
+    let (stop_rx, stop_tx) = UnixStream::pair().context("creating the signal pipe")?;
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::low_level::pipe::register(signal, stop_tx.try_clone()?)
+            .context("registering signal handlers")?;
+    }
+    stop_rx.set_nonblocking(true)?;
+    Ok(stop_rx)
+}
+
+/// Serves the API on `socket` while the control loop runs the VM; removes the socket on
+/// every way out.
+fn run_api(args: &Args, socket: &str) -> Result<()> {
+    use std::os::fd::FromRawFd;
+    let (listener, path) = match socket.strip_prefix("fd=") {
+        Some(fd) => {
+            let fd: i32 = fd.parse().context("--api-socket fd=N: N is not a number")?;
+            // SAFETY: the caller handed us this listening socket's descriptor to own.
+            #[allow(unsafe_code)]
+            let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+            (listener, None)
+        }
+        None => {
+            let path = PathBuf::from(socket);
+            (tessera_api::server::bind(&path)?, Some(path))
+        }
+    };
+    // Remove the socket file however this function returns.
+    struct RemoveOnDrop(Option<PathBuf>);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            if let Some(p) = &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _cleanup = RemoveOnDrop(path);
+
+    let initial = if has_vm_options(args) {
+        Some(config_from(args)?)
+    } else {
+        None
+    };
+    let kvm = kvm_ioctls::Kvm::new().context("cannot open /dev/kvm")?;
+    let stop_rx = signal_pipe()?;
+    let wake = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?;
+    let wake_api = wake.try_clone()?;
+    let (to_vmm, from_api) = std::sync::mpsc::channel();
+    let shutdown = std::sync::Arc::new(tokio::sync::Notify::new());
+    let shutdown_api = shutdown.clone();
+    let server =
+        std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || -> Result<()> {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+                    // Requests go to the control loop's std channel; the eventfd wakes it.
+                    tokio::spawn(async move {
+                        while let Some(request) = rx.recv().await {
+                            if to_vmm.send(request).is_err() {
+                                break;
+                            }
+                            let _ = wake_api.write(1);
+                        }
+                    });
+                    tessera_api::server::serve(listener, tx, async move {
+                        shutdown_api.notified().await
+                    })
+                    .await
+                })?;
+                Ok(())
+            })?;
+
+    let mut control = tessera_vmm::control::Control::new(kvm, initial.clone());
+    if initial.is_some() {
+        if let Err(e) = control.handle(tessera_api::server::VmAction::Boot) {
+            shutdown.notify_one();
+            let _ = server.join();
+            anyhow::bail!("{}", e.error);
+        }
+    }
+    let exit = control.run(&from_api, &wake, &stop_rx);
+    shutdown.notify_one();
+    match server.join() {
+        Ok(result) => result?,
+        Err(_) => anyhow::bail!("the API thread panicked"),
+    }
+    let exit = exit?;
+    tracing::info!("VMM exiting: {exit:?}");
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -328,6 +328,17 @@ impl Vm {
         let phys_bits = tessera_arch::vcpu::host_phys_bits();
         let topology = guest_topology(config, phys_bits)?;
         check_payload(config)?;
+        if let Some(device) = config.devices.first() {
+            // Placement and GI links already apply to devices; passing them through does
+            // not yet, and a device silently missing from the guest is worse than no VM.
+            return Err(VmError::Payload {
+                field: "devices[0]",
+                message: format!(
+                    "{}: VFIO passthrough is not available yet; remove the device to boot",
+                    device.path.display()
+                ),
+            });
+        }
         memory::check_host(config, &topology.layout)?;
 
         let kvm_err = |what| move |source| VmError::Kvm { what, source };

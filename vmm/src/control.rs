@@ -1,0 +1,647 @@
+//! The VMM's control loop behind the HTTP API: the one VM state machine
+//! (no VM → Created → Running ⇄ Paused → Shutdown), fed API actions over a channel while
+//! it watches the running guest for power-off and reset.
+//!
+//! Configuration edits (devices, NUMA nodes, Generic Initiator links) are only taken
+//! before boot: Linux reads the SRAT once. Every edit is applied to a copy and checked
+//! whole before it replaces the configuration, so a refused edit changes nothing.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::Receiver;
+
+use serde_json::{json, Value};
+use tessera_api::config::{ConfigError, VmConfig};
+use tessera_api::server::{ApiError, ApiReply, ApiRequest, RemoveGenericInitiator, VmAction};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::guest_topology::{guest_topology, TopologyError};
+use crate::vm::{SerialSink, Vm, VmError};
+
+/// Where the VM is in its life.
+enum State {
+    /// No configuration yet.
+    Empty,
+    /// Configured, not booted (or shut down: it can boot again).
+    Created,
+    /// Booted and running.
+    Running(Vm),
+    /// Booted, vCPUs parked.
+    Paused(Vm),
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Empty => "NotCreated",
+            State::Created => "Created",
+            State::Running(_) => "Running",
+            State::Paused(_) => "Paused",
+        }
+    }
+}
+
+/// Why the control loop returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoopExit {
+    /// vmm.shutdown was called.
+    VmmShutdown,
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// The API went away.
+    ApiClosed,
+}
+
+/// The VMM behind the API.
+pub struct Control {
+    kvm: kvm_ioctls::Kvm,
+    config: Option<VmConfig>,
+    state: State,
+    /// Whether the VM has been shut down (CH reports "Shutdown" until it boots again).
+    shut_down: bool,
+    serial: Option<SerialSink>,
+}
+
+fn err(status: u16, error: impl Into<String>) -> ApiError {
+    ApiError::new(status, error, None)
+}
+
+fn config_err(e: ConfigError) -> ApiError {
+    ApiError::new(400, e.to_string(), Some(e.field))
+}
+
+fn topology_err(e: TopologyError) -> ApiError {
+    ApiError::new(400, e.to_string(), Some(e.field()))
+}
+
+fn vm_err(e: VmError) -> ApiError {
+    let status = if e.field().is_some() { 400 } else { 500 };
+    ApiError::new(status, e.to_string(), e.field())
+}
+
+/// The SRAT is read once by Linux, at boot.
+const FIXED_AT_BOOT: &str = "the VM is booted: NUMA nodes, devices and Generic Initiator \
+links are fixed in the SRAT at boot (shut the VM down to change them)";
+
+impl Control {
+    /// A VMM with no VM, or with `config` created.
+    pub fn new(kvm: kvm_ioctls::Kvm, config: Option<VmConfig>) -> Self {
+        let state = if config.is_some() {
+            State::Created
+        } else {
+            State::Empty
+        };
+        Control {
+            kvm,
+            config,
+            state,
+            shut_down: false,
+            serial: None,
+        }
+    }
+
+    /// Runs until vmm.shutdown, a signal on `stop`, or the API closing. Requests arrive
+    /// on `requests`; `wake` is written whenever one was sent.
+    pub fn run(
+        &mut self,
+        requests: &Receiver<ApiRequest>,
+        wake: &EventFd,
+        stop: &impl AsRawFd,
+    ) -> Result<LoopExit, VmError> {
+        let epoll = Epoll::new().map_err(|source| VmError::Os {
+            what: "epoll",
+            source,
+        })?;
+        let add = |fd: RawFd, token: u64| {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(|source| VmError::Os {
+                    what: "epoll_ctl",
+                    source,
+                })
+        };
+        add(wake.as_raw_fd(), 0)?;
+        add(stop.as_raw_fd(), 1)?;
+        let mut watched: Option<(RawFd, RawFd)> = None;
+        let mut events = [EpollEvent::default(); 4];
+        loop {
+            // Watch the running VM's power-off and reset events.
+            let now = self.running_vm().map(Vm::event_fds);
+            if now != watched {
+                if let Some((a, b)) = watched.take() {
+                    let _ = epoll.ctl(ControlOperation::Delete, a, EpollEvent::default());
+                    let _ = epoll.ctl(ControlOperation::Delete, b, EpollEvent::default());
+                }
+                if let Some((exit, reset)) = now {
+                    add(exit, 2)?;
+                    add(reset, 3)?;
+                }
+                watched = now;
+            }
+            let n = match epoll.wait(200, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(VmError::Os {
+                        what: "epoll_wait",
+                        source,
+                    })
+                }
+            };
+            let fired: Vec<u64> = events.iter().take(n).map(EpollEvent::data).collect();
+            if fired.contains(&1) {
+                self.stop_vm();
+                return Ok(LoopExit::Signal);
+            }
+            if fired.contains(&2) {
+                tracing::info!("guest powered off");
+                self.stop_vm();
+                self.shut_down = true;
+            } else if fired.contains(&3) {
+                tracing::info!("guest rebooting");
+                self.stop_vm();
+                if let Err(e) = self.boot() {
+                    tracing::error!("reboot failed: {}", e.error);
+                }
+            }
+            if let State::Running(vm) | State::Paused(vm) = &mut self.state {
+                if let Err(e) = vm.check_vcpus() {
+                    tracing::error!("{e}");
+                    self.stop_vm();
+                    self.shut_down = true;
+                }
+            }
+            if fired.contains(&0) {
+                let _ = wake.read();
+            }
+            loop {
+                match requests.try_recv() {
+                    Ok(request) => {
+                        let shutdown = matches!(request.action, VmAction::VmmShutdown);
+                        let reply = self.handle(request.action);
+                        let _ = request.reply.send(reply);
+                        if shutdown {
+                            self.stop_vm();
+                            return Ok(LoopExit::VmmShutdown);
+                        }
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        self.stop_vm();
+                        return Ok(LoopExit::ApiClosed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn running_vm(&self) -> Option<&Vm> {
+        match &self.state {
+            State::Running(vm) | State::Paused(vm) => Some(vm),
+            _ => None,
+        }
+    }
+
+    /// Stops the VM, if one runs; the configuration stays.
+    fn stop_vm(&mut self) {
+        if matches!(self.state, State::Running(_) | State::Paused(_)) {
+            // Dropping the Vm stops and joins its vCPUs, then unmaps its memory.
+            self.state = State::Created;
+        }
+    }
+
+    fn boot(&mut self) -> Result<ApiReply, ApiError> {
+        let config = self
+            .config
+            .clone()
+            .ok_or_else(|| err(404, "no VM has been created"))?;
+        if self.serial.is_none() {
+            self.serial = Some(SerialSink::open(&config).map_err(vm_err)?);
+        }
+        let serial = self
+            .serial
+            .as_ref()
+            .ok_or_else(|| err(500, "no serial sink"))?;
+        let vm = Vm::boot(&self.kvm, &config, serial).map_err(vm_err)?;
+        self.state = State::Running(vm);
+        self.shut_down = false;
+        Ok(ApiReply::NoContent)
+    }
+
+    /// Like [`Control::edit`] for an edit that appends one entry to the list at `list`
+    /// (`devices`, `numa`, `generic_initiators`): errors about that entry name the field
+    /// of the request body (`device`), not its place in the whole configuration.
+    fn append(
+        &mut self,
+        list: &str,
+        edit: impl FnOnce(&mut VmConfig) -> Result<usize, ApiError>,
+    ) -> Result<VmConfig, ApiError> {
+        let mut index = None;
+        self.edit(|c| {
+            index = Some(edit(c)?);
+            Ok(())
+        })
+        .map_err(|mut e| {
+            if let (Some(i), Some(field)) = (index, e.field.as_mut()) {
+                let prefix = format!("{list}[{i}]");
+                if let Some(rest) = field.strip_prefix(&prefix) {
+                    *field = rest.trim_start_matches('.').to_string();
+                    if field.is_empty() {
+                        e.field = None;
+                    }
+                    e.error = e
+                        .error
+                        .replacen(&prefix, "", 1)
+                        .trim_start_matches(['.', ':', ' '])
+                        .to_string();
+                }
+            }
+            e
+        })
+    }
+
+    /// Applies `edit` to a copy of the configuration, before boot only, and keeps it if
+    /// the whole configuration is still valid.
+    fn edit(
+        &mut self,
+        edit: impl FnOnce(&mut VmConfig) -> Result<(), ApiError>,
+    ) -> Result<VmConfig, ApiError> {
+        match self.state {
+            State::Empty => return Err(err(404, "no VM has been created")),
+            State::Running(_) | State::Paused(_) => return Err(err(409, FIXED_AT_BOOT)),
+            State::Created => {}
+        }
+        let mut config = self
+            .config
+            .clone()
+            .ok_or_else(|| err(404, "no VM has been created"))?;
+        edit(&mut config)?;
+        guest_topology(&config, tessera_arch::vcpu::host_phys_bits()).map_err(topology_err)?;
+        self.config = Some(config.clone());
+        Ok(config)
+    }
+
+    /// Handles one API action.
+    pub fn handle(&mut self, action: VmAction) -> Result<ApiReply, ApiError> {
+        match action {
+            VmAction::Ping => Ok(ApiReply::Json(json!({
+                "build_version": env!("CARGO_PKG_VERSION"),
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "features": ["numa", "generic_initiators", "acpi_tables"],
+            }))),
+            VmAction::VmmShutdown => Ok(ApiReply::NoContent),
+            VmAction::Create(config) => {
+                if !matches!(self.state, State::Empty) {
+                    return Err(err(
+                        409,
+                        "a VM has already been created (vm.delete it first)",
+                    ));
+                }
+                guest_topology(&config, tessera_arch::vcpu::host_phys_bits())
+                    .map_err(topology_err)?;
+                self.config = Some(*config);
+                self.state = State::Created;
+                Ok(ApiReply::NoContent)
+            }
+            VmAction::Boot => match self.state {
+                State::Empty => Err(err(404, "no VM has been created")),
+                State::Running(_) | State::Paused(_) => Err(err(409, "the VM is already booted")),
+                State::Created => self.boot(),
+            },
+            VmAction::Info => self.info(),
+            VmAction::Counters => match &self.state {
+                State::Running(vm) | State::Paused(vm) => Ok(ApiReply::Json(json!(vm.counters()))),
+                State::Empty => Err(err(404, "no VM has been created")),
+                State::Created => Err(err(405, "the VM is not booted")),
+            },
+            VmAction::Shutdown => match self.state {
+                State::Empty => Err(err(404, "no VM has been created")),
+                State::Created => Err(err(405, "the VM is not booted")),
+                _ => {
+                    self.stop_vm();
+                    self.shut_down = true;
+                    Ok(ApiReply::NoContent)
+                }
+            },
+            VmAction::Reboot => match self.state {
+                State::Empty => Err(err(404, "no VM has been created")),
+                State::Created | State::Paused(_) => Err(err(405, "the VM is not running")),
+                State::Running(_) => {
+                    self.stop_vm();
+                    self.boot()
+                }
+            },
+            VmAction::Pause => match std::mem::replace(&mut self.state, State::Empty) {
+                State::Running(vm) => match vm.pause() {
+                    Ok(()) => {
+                        self.state = State::Paused(vm);
+                        Ok(ApiReply::NoContent)
+                    }
+                    Err(e) => {
+                        self.state = State::Running(vm);
+                        Err(vm_err(e))
+                    }
+                },
+                other => {
+                    let reply = match other {
+                        State::Empty => err(404, "no VM has been created"),
+                        _ => err(405, "the VM is not running"),
+                    };
+                    self.state = other;
+                    Err(reply)
+                }
+            },
+            VmAction::Resume => match std::mem::replace(&mut self.state, State::Empty) {
+                State::Paused(vm) => {
+                    vm.resume();
+                    self.state = State::Running(vm);
+                    Ok(ApiReply::NoContent)
+                }
+                other => {
+                    let reply = match other {
+                        State::Empty => err(404, "no VM has been created"),
+                        _ => err(405, "the VM is not paused"),
+                    };
+                    self.state = other;
+                    Err(reply)
+                }
+            },
+            VmAction::Delete => {
+                self.stop_vm();
+                self.config = None;
+                self.state = State::Empty;
+                self.shut_down = false;
+                Ok(ApiReply::NoContent)
+            }
+            VmAction::PowerButton => match &self.state {
+                State::Running(vm) => vm
+                    .power_button()
+                    .map(|()| ApiReply::NoContent)
+                    .map_err(vm_err),
+                State::Empty => Err(err(404, "no VM has been created")),
+                _ => Err(err(405, "the VM is not running")),
+            },
+            VmAction::AddDevice(device) => {
+                let config = self.append("devices", |c| {
+                    if let Some(id) = &device.id {
+                        if c.devices.iter().any(|d| d.id.as_ref() == Some(id)) {
+                            return Err(ApiError::new(
+                                409,
+                                format!("a device with id `{id}` already exists"),
+                                Some("id".into()),
+                            ));
+                        }
+                    }
+                    if c.devices.iter().any(|d| d.path == device.path) {
+                        return Err(ApiError::new(
+                            409,
+                            format!("{} is already a device of this VM", device.path.display()),
+                            Some("path".into()),
+                        ));
+                    }
+                    c.devices.push(device);
+                    Ok(c.devices.len() - 1)
+                })?;
+                let topology = guest_topology(&config, tessera_arch::vcpu::host_phys_bits())
+                    .map_err(topology_err)?;
+                let placed = topology
+                    .devices
+                    .last()
+                    .ok_or_else(|| err(500, "device not placed"))?;
+                Ok(ApiReply::Json(
+                    json!({"id": placed.id, "bdf": placed.bdf.to_string()}),
+                ))
+            }
+            VmAction::RemoveDevice { id } => {
+                self.edit(|c| {
+                    let index = c
+                        .devices
+                        .iter()
+                        .enumerate()
+                        .position(|(i, d)| {
+                            d.id.clone().unwrap_or_else(|| format!("_vfio{i}")) == id
+                        })
+                        .ok_or_else(|| {
+                            ApiError::new(
+                                404,
+                                format!("no device has id `{id}`"),
+                                Some("id".into()),
+                            )
+                        })?;
+                    if c.generic_initiators.iter().any(|g| g.device == id)
+                        || c.numa.iter().any(|n| n.device_id.as_ref() == Some(&id))
+                    {
+                        return Err(ApiError::new(
+                            409,
+                            format!("`{id}` still has Generic Initiator links; remove them first"),
+                            Some("id".into()),
+                        ));
+                    }
+                    c.devices.remove(index);
+                    Ok(())
+                })?;
+                Ok(ApiReply::NoContent)
+            }
+            VmAction::AddNumaNode(node) => {
+                self.append("numa", |c| {
+                    if c.numa.iter().any(|n| n.guest_numa_id == node.guest_numa_id) {
+                        return Err(ApiError::new(
+                            409,
+                            format!("node {} already exists", node.guest_numa_id),
+                            Some("guest_numa_id".into()),
+                        ));
+                    }
+                    c.numa.push(node);
+                    Ok(c.numa.len() - 1)
+                })?;
+                Ok(ApiReply::NoContent)
+            }
+            VmAction::RemoveNumaNode { guest_numa_id } => {
+                self.edit(|c| {
+                    let index = c
+                        .numa
+                        .iter()
+                        .position(|n| n.guest_numa_id == guest_numa_id)
+                        .ok_or_else(|| {
+                            ApiError::new(
+                                404,
+                                format!("no node {guest_numa_id}"),
+                                Some("guest_numa_id".into()),
+                            )
+                        })?;
+                    c.numa.remove(index);
+                    Ok(())
+                })?;
+                Ok(ApiReply::NoContent)
+            }
+            VmAction::AddGenericInitiator(gi) => {
+                self.append("generic_initiators", |c| {
+                    c.generic_initiators.push(gi);
+                    Ok(c.generic_initiators.len() - 1)
+                })?;
+                Ok(ApiReply::NoContent)
+            }
+            VmAction::RemoveGenericInitiator(which) => {
+                self.edit(|c| remove_generic_initiator(c, &which))?;
+                Ok(ApiReply::NoContent)
+            }
+            VmAction::Acpi => self.acpi(),
+        }
+    }
+
+    fn info(&self) -> Result<ApiReply, ApiError> {
+        let config = self
+            .config
+            .as_ref()
+            .ok_or_else(|| err(404, "no VM has been created"))?;
+        let topology =
+            guest_topology(config, tessera_arch::vcpu::host_phys_bits()).map_err(topology_err)?;
+        let devices: Vec<Value> = std::iter::once((
+            tessera_api::config::HOST_BRIDGE_ID.to_string(),
+            "0000:00:00.0".to_string(),
+        ))
+        .chain(
+            topology
+                .devices
+                .iter()
+                .map(|d| (d.id.clone(), d.bdf.to_string())),
+        )
+        .map(|(id, bdf)| {
+            let nodes: Vec<u32> = topology
+                .acpi
+                .generic_initiators
+                .iter()
+                .filter(|l| l.device == id)
+                .map(|l| l.node)
+                .collect();
+            json!({"id": id, "bdf": bdf, "generic_initiator_nodes": nodes})
+        })
+        .collect();
+        let state = if self.shut_down && matches!(self.state, State::Created) {
+            "Shutdown"
+        } else {
+            self.state.name()
+        };
+        let memory: u64 = topology.acpi.memory.iter().map(|m| m.size).sum();
+        Ok(ApiReply::Json(json!({
+            "config": config,
+            "state": state,
+            "memory_actual_size": memory,
+            "devices": devices,
+        })))
+    }
+
+    fn acpi(&self) -> Result<ApiReply, ApiError> {
+        use base64::Engine as _;
+        let config = self
+            .config
+            .as_ref()
+            .ok_or_else(|| err(404, "no VM has been created"))?;
+        let topology =
+            guest_topology(config, tessera_arch::vcpu::host_phys_bits()).map_err(topology_err)?;
+        let tables = tessera_acpi::build(
+            &topology.acpi,
+            tessera_acpi::Placement {
+                rsdp_address: tessera_arch::layout::RSDP_START,
+                tables_address: tessera_arch::layout::RSDP_START + 0x40,
+            },
+        )
+        .map_err(|e| ApiError::new(400, e.to_string(), Some(e.field())))?;
+        let list: Vec<Value> = tables
+            .iter()
+            .map(|t| {
+                json!({
+                    "signature": t.signature,
+                    "address": t.address,
+                    "length": t.bytes.len(),
+                    "checksum": t.bytes.get(9).copied().unwrap_or(0),
+                    "base64": base64::engine::general_purpose::STANDARD.encode(&t.bytes),
+                })
+            })
+            .collect();
+        let decoded = |sig: &str| tables.get(sig).map(|t| t.bytes.clone());
+        let decode_err = |e: tessera_acpi::decode::DecodeError| err(500, e.to_string());
+        let srat = decoded("SRAT")
+            .map(|b| tessera_acpi::decode::decode_srat(&b))
+            .transpose()
+            .map_err(decode_err)?;
+        let slit = decoded("SLIT")
+            .map(|b| tessera_acpi::decode::decode_slit(&b))
+            .transpose()
+            .map_err(decode_err)?;
+        let hmat = decoded("HMAT")
+            .map(|b| tessera_acpi::decode::decode_hmat(&b))
+            .transpose()
+            .map_err(decode_err)?;
+        Ok(ApiReply::Json(
+            json!({"tables": list, "srat": srat, "slit": slit, "hmat": hmat}),
+        ))
+    }
+}
+
+fn remove_generic_initiator(
+    c: &mut VmConfig,
+    which: &RemoveGenericInitiator,
+) -> Result<(), ApiError> {
+    let before = c.generic_initiators.len();
+    match (&which.id, &which.device) {
+        (Some(id), _) => c.generic_initiators.retain(|g| g.id.as_ref() != Some(id)),
+        (None, Some(device)) => {
+            let nodes = match (which.node, &which.nodes) {
+                (Some(n), None) => Some(vec![n]),
+                (None, Some(set)) => Some(
+                    tessera_api::config::parse_node_set(set)
+                        .map_err(|m| ApiError::new(400, m, Some("nodes".into())))?,
+                ),
+                (None, None) => None,
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::new(400, "give `node` or `nodes`, not both", None))
+                }
+            };
+            let mut kept = Vec::new();
+            for g in c.generic_initiators.drain(..) {
+                if &g.device != device {
+                    kept.push(g);
+                    continue;
+                }
+                let Some(remove) = &nodes else { continue };
+                // Split a multi-node entry, keeping the nodes not being removed.
+                let own = g.node_list("generic_initiators").map_err(config_err)?;
+                let left: Vec<u32> = own
+                    .iter()
+                    .copied()
+                    .filter(|n| !remove.contains(n))
+                    .collect();
+                kept.extend(left.into_iter().map(|n| {
+                    tessera_api::config::GenericInitiatorConfig {
+                        id: None,
+                        device: g.device.clone(),
+                        node: Some(n),
+                        nodes: None,
+                    }
+                }));
+            }
+            c.generic_initiators = kept;
+        }
+        (None, None) => {
+            return Err(ApiError::new(
+                400,
+                "give the link's `id`, or its `device`",
+                None,
+            ))
+        }
+    }
+    if c.generic_initiators.len() == before && which.id.is_some() {
+        return Err(ApiError::new(
+            404,
+            "no Generic Initiator link matches",
+            Some("id".into()),
+        ));
+    }
+    Ok(())
+}
