@@ -166,3 +166,64 @@ fn typed_input_reaches_the_guest_through_the_serial_port() {
     );
     assert!(run.console.contains("tessera-exit=0"), "{}", run.console);
 }
+
+#[test]
+fn the_api_flow_creates_edits_checks_and_boots_the_topology() {
+    let judge = images().unwrap();
+    let config = format!(
+        r#"{{"cpus": {{"boot_vcpus": 2, "max_vcpus": 2}},
+           "memory": {{"size": 0, "zones": [{{"id": "m0", "size": 268435456}}, {{"id": "m1", "size": 268435456}}]}},
+           "payload": {{"kernel": "{}", "initramfs": "{}", "cmdline": "{CMDLINE}"}},
+           "serial": {{"mode": "File", "file": "/run/serial.log"}},
+           "numa": [{{"guest_numa_id": 0, "cpus": [0], "memory_zones": ["m0"]}},
+                    {{"guest_numa_id": 1, "cpus": [1], "memory_zones": ["m1"]}}]}}"#,
+        judge.vmlinuz.display(),
+        judge.initramfs.display()
+    );
+    std::fs::write("/tmp/tessera-api-flow.json", &config).unwrap();
+    // In L1: tessera serves the API; curl (the host's, chrooted) drives it.
+    let script = format!(
+        r#"sock=/run/api.sock
+in-host {TESSERA} --api-socket $sock 2>/run/tessera.err &
+pid=$!
+while [ ! -S $sock ]; do sleep 0.2; done
+api() {{ in-host curl -s -w ' %{{http_code}}' -X "$1" --unix-socket $sock "http://localhost/api/v1/$2" ${{3:+--data-binary "$3"}}; echo; }}
+echo "create: $(api PUT vm.create @/tmp/tessera-api-flow.json)"
+for n in 2 3 4 5 6 7 8 9; do api PUT vm.add-numa-node "{{\"guest_numa_id\": $n}}"; done
+echo "gi: $(api PUT vm.add-generic-initiator '{{"device": "_host_bridge", "nodes": "2-9"}}')"
+echo "acpi-gi=$(api GET vm.acpi | grep -o '"bdf":"0000:00:00.0"' | wc -l)"
+echo "boot: $(api PUT vm.boot)"
+for i in $(seq 1 120); do grep -q TESSERA-JUDGE-END /run/serial.log 2>/dev/null && break; sleep 1; done
+sleep 1
+echo "late-node: $(api PUT vm.add-numa-node '{{"guest_numa_id": 10}}')"
+echo "state: $(api GET vm.info | grep -o '"state":"[A-Za-z]*"')"
+echo "vmm-shutdown: $(api PUT vmm.shutdown)"
+wait $pid
+echo "tessera-exit=$?"
+cat /run/serial.log
+"#
+    );
+    let run = nested::run(&script, &[]).unwrap();
+    let c = &run.console;
+    assert!(c.contains("create:  204"), "{c}");
+    assert!(c.contains("gi:  204"), "{c}");
+    assert!(
+        c.contains("acpi-gi=8"),
+        "vm.acpi must show 8 GI entries naming 0000:00:00.0:\n{c}"
+    );
+    assert!(c.contains("boot:  204"), "{c}");
+    assert!(
+        c.contains("state: \"state\":\"Shutdown\""),
+        "the guest's poweroff leaves the VM shut down:\n{c}"
+    );
+    assert!(c.contains("tessera-exit=0"), "{c}");
+    let late = c
+        .lines()
+        .find(|l| l.starts_with("late-node:"))
+        .unwrap_or_default();
+    assert!(late.ends_with("409") || late.ends_with("204"), "{late}");
+    let r = report(c);
+    assert_eq!(r.online, (0..=9).collect::<Vec<_>>());
+    assert_eq!(r.has_generic_initiator, (2..=9).collect::<Vec<_>>());
+    assert_eq!(r.has_cpu, vec![0, 1]);
+}
