@@ -156,6 +156,8 @@ pub struct AcpiInfo {
 pub struct AcpiTable {
     /// The four-letter signature (`SRAT`).
     pub signature: String,
+    /// The guest physical address the table is placed at.
+    pub address: u64,
     /// The header's length field, in bytes.
     pub length: u32,
     /// The header's checksum byte.

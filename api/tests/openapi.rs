@@ -287,6 +287,7 @@ fn response_schemas_match_the_types() {
     };
     let acpi = AcpiInfo {
         tables: vec![AcpiTable {
+            address: 0xe_0040,
             signature: "SRAT".into(),
             length: 48,
             checksum: 1,

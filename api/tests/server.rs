@@ -53,6 +53,7 @@ fn info() -> VmInfo {
 fn acpi() -> AcpiInfo {
     AcpiInfo {
         tables: vec![AcpiTable {
+            address: 0xe_0040,
             signature: "SLIT".into(),
             length: 40,
             checksum: 0x5a,

@@ -1,0 +1,389 @@
+//! Cloud Hypervisor-style option strings for the hot-plug requests, as `tessera-ctl`
+//! takes them (`add-device path=...,id=gpu0`), parsed into the API's request bodies by
+//! the rules of the `tessera` command line: `key=value` pairs split on commas outside
+//! `[...]`, unknown or repeated keys refused by name, lists as `[a,b]` or one bare item,
+//! vCPU lists with ranges (`[0-3,6]`), distances as `NODE@DISTANCE`.
+//!
+//! Each parser also makes the checks the API would refuse the body for without asking
+//! the VMM, so a bad string fails here, naming its key, before anything is sent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::config::{
+    parse_node_set, DeviceConfig, GenericInitiatorConfig, NumaConfig, NumaDistance,
+};
+use crate::types::RemoveGenericInitiator;
+
+/// An option string that could not be parsed. The message names the key at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct OptionError {
+    /// The key at fault, if the fault is one key's.
+    pub key: Option<String>,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+impl OptionError {
+    fn key(key: &str, message: impl std::fmt::Display) -> Self {
+        OptionError {
+            key: Some(key.to_owned()),
+            message: format!("{key}: {message}"),
+        }
+    }
+}
+
+/// The `key=value` pairs of one option string.
+struct Options {
+    pairs: BTreeMap<String, String>,
+}
+
+impl Options {
+    fn parse(s: &str, known: &[&str]) -> Result<Self, OptionError> {
+        let mut pairs = BTreeMap::new();
+        for item in split_top_level(s) {
+            if item.is_empty() {
+                continue;
+            }
+            let Some((k, v)) = item.split_once('=') else {
+                return Err(OptionError {
+                    key: None,
+                    message: format!("`{item}` is not key=value"),
+                });
+            };
+            if !known.contains(&k) {
+                return Err(OptionError {
+                    key: Some(k.to_owned()),
+                    message: format!("unknown key `{k}` (known: {})", known.join(", ")),
+                });
+            }
+            if pairs.insert(k.to_owned(), v.to_owned()).is_some() {
+                return Err(OptionError {
+                    key: Some(k.to_owned()),
+                    message: format!("`{k}` is given twice"),
+                });
+            }
+        }
+        Ok(Options { pairs })
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        self.pairs.get(key).cloned()
+    }
+
+    fn required(&self, key: &str) -> Result<String, OptionError> {
+        self.string(key).ok_or_else(|| OptionError {
+            key: Some(key.to_owned()),
+            message: format!("`{key}` is required"),
+        })
+    }
+
+    fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, OptionError> {
+        self.pairs
+            .get(key)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| OptionError::key(key, format!("`{v}` is not a number")))
+            })
+            .transpose()
+    }
+
+    /// `[a,b]` or a bare single item.
+    fn list(&self, key: &str) -> Vec<String> {
+        self.pairs.get(key).map_or_else(Vec::new, |v| {
+            unbracket(v)
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+    }
+
+    /// A node set, `2-9,12`; also `[2-9,12]`, the only way to give one with a comma.
+    fn node_set(&self, key: &str) -> Result<Option<String>, OptionError> {
+        self.pairs
+            .get(key)
+            .map(|v| {
+                let set = unbracket(v);
+                parse_node_set(set).map_err(|m| OptionError::key(key, m))?;
+                Ok(set.to_owned())
+            })
+            .transpose()
+    }
+}
+
+fn unbracket(v: &str) -> &str {
+    v.strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(v)
+}
+
+/// Splits on commas that are not inside brackets.
+fn split_top_level(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(s.get(start..i).unwrap_or_default());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(s.get(start..).unwrap_or_default());
+    parts
+}
+
+/// `path=PATH[,id=ID,pci_segment=N,pci_device_id=N]`: `PUT /vm.add-device`'s body.
+pub fn parse_device(s: &str) -> Result<DeviceConfig, OptionError> {
+    let o = Options::parse(s, &["path", "id", "pci_segment", "pci_device_id"])?;
+    Ok(DeviceConfig {
+        path: PathBuf::from(o.required("path")?),
+        id: o.string("id"),
+        pci_segment: o.number("pci_segment")?,
+        pci_device_id: o.number("pci_device_id")?,
+    })
+}
+
+/// `guest_numa_id=N[,cpus=[..],memory_zones=[..],distances=[N@D,..],pci_segments=[..],device_id=ID]`:
+/// `PUT /vm.add-numa-node`'s body.
+pub fn parse_numa(s: &str) -> Result<NumaConfig, OptionError> {
+    let o = Options::parse(
+        s,
+        &[
+            "guest_numa_id",
+            "cpus",
+            "memory_zones",
+            "distances",
+            "pci_segments",
+            "device_id",
+        ],
+    )?;
+    let cpus = o
+        .list("cpus")
+        .iter()
+        .map(|c| parse_node_set(c).map_err(|m| OptionError::key("cpus", m)))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
+    let distances = o
+        .list("distances")
+        .iter()
+        .map(|d| {
+            let bad = || OptionError::key("distances", format!("`{d}` is not NODE@DISTANCE"));
+            let (dest, dist) = d.split_once('@').ok_or_else(bad)?;
+            Ok(NumaDistance {
+                destination: dest.trim().parse().map_err(|_| bad())?,
+                distance: dist.trim().parse().map_err(|_| bad())?,
+            })
+        })
+        .collect::<Result<Vec<_>, OptionError>>()?;
+    let pci_segments = o
+        .list("pci_segments")
+        .iter()
+        .map(|p| {
+            p.parse::<u16>().map_err(|_| {
+                OptionError::key("pci_segments", format!("`{p}` is not a segment number"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NumaConfig {
+        guest_numa_id: o.number("guest_numa_id")?.ok_or_else(|| OptionError {
+            key: Some("guest_numa_id".into()),
+            message: "`guest_numa_id` is required".into(),
+        })?,
+        cpus,
+        distances,
+        memory_zones: o.list("memory_zones"),
+        pci_segments,
+        device_id: o.string("device_id"),
+    })
+}
+
+/// `device=ID,node=N` or `device=ID,nodes=SET`, with an optional `id=NAME`:
+/// `PUT /vm.add-generic-initiator`'s body. Exactly one of `node`/`nodes` must be given.
+pub fn parse_generic_initiator(s: &str) -> Result<GenericInitiatorConfig, OptionError> {
+    let o = Options::parse(s, &["id", "device", "node", "nodes"])?;
+    let gi = GenericInitiatorConfig {
+        id: o.string("id"),
+        device: o.required("device")?,
+        node: o.number("node")?,
+        nodes: o.node_set("nodes")?,
+    };
+    one_of_node_nodes(gi.node.is_some(), gi.nodes.is_some())?;
+    Ok(gi)
+}
+
+/// `id=NAME`, `device=ID,node=N` or `device=ID,nodes=SET`:
+/// `PUT /vm.remove-generic-initiator`'s body.
+pub fn parse_remove_generic_initiator(s: &str) -> Result<RemoveGenericInitiator, OptionError> {
+    let o = Options::parse(s, &["id", "device", "node", "nodes"])?;
+    let r = RemoveGenericInitiator {
+        id: o.string("id"),
+        device: o.string("device"),
+        node: o.number("node")?,
+        nodes: o.node_set("nodes")?,
+    };
+    match (&r.id, &r.device) {
+        (Some(_), Some(_)) => Err(OptionError {
+            key: Some("id".into()),
+            message: "give `id` alone, or `device` with `node` or `nodes`".into(),
+        }),
+        (Some(_), None) if r.node.is_some() || r.nodes.is_some() => Err(OptionError {
+            key: Some("id".into()),
+            message: "`id` goes alone: it names the links to remove".into(),
+        }),
+        (Some(_), None) => Ok(r),
+        (None, None) => Err(OptionError {
+            key: Some("device".into()),
+            message: "give `id=NAME`, or `device=ID` with `node` or `nodes`".into(),
+        }),
+        (None, Some(_)) => {
+            one_of_node_nodes(r.node.is_some(), r.nodes.is_some())?;
+            Ok(r)
+        }
+    }
+}
+
+fn one_of_node_nodes(node: bool, nodes: bool) -> Result<(), OptionError> {
+    match (node, nodes) {
+        (true, true) => Err(OptionError {
+            key: Some("nodes".into()),
+            message: "give `node` or `nodes`, not both".into(),
+        }),
+        (false, false) => Err(OptionError {
+            key: Some("node".into()),
+            message: "`node` or `nodes` is required".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device() {
+        let d = parse_device(
+            "path=/sys/bus/pci/devices/0000:41:00.0,id=gpu0,pci_segment=1,pci_device_id=3",
+        )
+        .unwrap();
+        assert_eq!(d.path, PathBuf::from("/sys/bus/pci/devices/0000:41:00.0"));
+        assert_eq!(d.id.as_deref(), Some("gpu0"));
+        assert_eq!((d.pci_segment, d.pci_device_id), (Some(1), Some(3)));
+        let e = parse_device("id=gpu0").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("path"));
+        assert!(e.message.contains("`path` is required"), "{e}");
+        let e = parse_device("path=/x,pci_segment=x").unwrap_err();
+        assert_eq!(e.to_string(), "pci_segment: `x` is not a number");
+        let e = parse_device("path=/x,bus=2").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("bus"));
+        let e = parse_device("path=/x,path=/y").unwrap_err();
+        assert!(e.message.contains("given twice"), "{e}");
+        let e = parse_device("/x").unwrap_err();
+        assert_eq!((e.key, e.message.as_str()), (None, "`/x` is not key=value"));
+    }
+
+    #[test]
+    fn numa() {
+        let n = parse_numa(
+            "guest_numa_id=2,cpus=[0-1,4],memory_zones=[m0,m1],distances=[0@20,1@30],pci_segments=[1],device_id=gpu0",
+        )
+        .unwrap();
+        assert_eq!(n.guest_numa_id, 2);
+        assert_eq!(n.cpus, [0, 1, 4]);
+        assert_eq!(n.memory_zones, ["m0", "m1"]);
+        assert_eq!(
+            n.distances,
+            [
+                NumaDistance {
+                    destination: 0,
+                    distance: 20
+                },
+                NumaDistance {
+                    destination: 1,
+                    distance: 30
+                }
+            ]
+        );
+        assert_eq!(n.pci_segments, [1]);
+        assert_eq!(n.device_id.as_deref(), Some("gpu0"));
+        // Bare single items, as the tessera CLI takes them.
+        let n = parse_numa("guest_numa_id=0,cpus=0-3,memory_zones=m0").unwrap();
+        assert_eq!(
+            (n.cpus, n.memory_zones),
+            (vec![0, 1, 2, 3], vec!["m0".to_owned()])
+        );
+        for (s, key) in [
+            ("cpus=[0]", "guest_numa_id"),
+            ("guest_numa_id=0,cpus=[a]", "cpus"),
+            ("guest_numa_id=0,distances=[1-20]", "distances"),
+            ("guest_numa_id=0,pci_segments=[x]", "pci_segments"),
+            ("guest_numa_id=-1", "guest_numa_id"),
+            ("guest_numa_id=0,zones=[m0]", "zones"),
+        ] {
+            let e = parse_numa(s).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{s}: {e}");
+            assert!(e.message.contains(key), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn generic_initiator() {
+        let gi = parse_generic_initiator("device=gpu0,node=2").unwrap();
+        assert_eq!(
+            (gi.device.as_str(), gi.node, gi.nodes),
+            ("gpu0", Some(2), None)
+        );
+        let gi = parse_generic_initiator("device=gpu0,nodes=2-9,id=gi0").unwrap();
+        assert_eq!(
+            (gi.id.as_deref(), gi.nodes.as_deref()),
+            (Some("gi0"), Some("2-9"))
+        );
+        let gi = parse_generic_initiator("device=gpu0,nodes=[2,4-5]").unwrap();
+        assert_eq!(gi.nodes.as_deref(), Some("2,4-5"));
+        for (s, key) in [
+            ("node=2", "device"),
+            ("device=gpu0", "node"),
+            ("device=gpu0,node=1,nodes=2-3", "nodes"),
+            ("device=gpu0,nodes=9-2", "nodes"),
+            ("device=gpu0,node=x", "node"),
+        ] {
+            let e = parse_generic_initiator(s).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn remove_generic_initiator() {
+        let r = parse_remove_generic_initiator("id=gi0").unwrap();
+        assert_eq!(
+            r,
+            RemoveGenericInitiator {
+                id: Some("gi0".into()),
+                ..Default::default()
+            }
+        );
+        let r = parse_remove_generic_initiator("device=gpu0,nodes=2-3").unwrap();
+        assert_eq!(r.nodes.as_deref(), Some("2-3"));
+        assert!(r.check().is_ok());
+        let r = parse_remove_generic_initiator("device=gpu0,node=3").unwrap();
+        assert!(r.check().is_ok());
+        for (s, key) in [
+            ("id=gi0,device=gpu0", "id"),
+            ("id=gi0,node=2", "id"),
+            ("", "device"),
+            ("node=2", "device"),
+            ("device=gpu0", "node"),
+            ("device=gpu0,nodes=x", "nodes"),
+        ] {
+            let e = parse_remove_generic_initiator(s).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{s:?}: {e}");
+        }
+    }
+}
