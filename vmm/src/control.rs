@@ -9,9 +9,12 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::Receiver;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tessera_api::config::{ConfigError, VmConfig};
 use tessera_api::server::{ApiError, ApiReply, ApiRequest, RemoveGenericInitiator, VmAction};
+use tessera_api::types::{
+    AcpiInfo, AcpiTable, DeviceInfo, PciDeviceInfo, VmInfo, VmState, VmmPingResponse,
+};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -28,17 +31,6 @@ enum State {
     Running(Vm),
     /// Booted, vCPUs parked.
     Paused(Vm),
-}
-
-impl State {
-    fn name(&self) -> &'static str {
-        match self {
-            State::Empty => "NotCreated",
-            State::Created => "Created",
-            State::Running(_) => "Running",
-            State::Paused(_) => "Paused",
-        }
-    }
 }
 
 /// Why the control loop returned.
@@ -288,12 +280,14 @@ impl Control {
     /// Handles one API action.
     pub fn handle(&mut self, action: VmAction) -> Result<ApiReply, ApiError> {
         match action {
-            VmAction::Ping => Ok(ApiReply::Json(json!({
-                "build_version": env!("CARGO_PKG_VERSION"),
-                "version": env!("CARGO_PKG_VERSION"),
-                "pid": std::process::id(),
-                "features": ["numa", "generic_initiators", "acpi_tables"],
-            }))),
+            VmAction::Ping => ApiReply::json(&VmmPingResponse {
+                build_version: env!("CARGO_PKG_VERSION").into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: i64::from(std::process::id()),
+                features: ["numa", "generic_initiators", "acpi_tables"]
+                    .map(String::from)
+                    .into(),
+            }),
             VmAction::VmmShutdown => Ok(ApiReply::NoContent),
             VmAction::Create(config) => {
                 if !matches!(self.state, State::Empty) {
@@ -413,9 +407,10 @@ impl Control {
                     .devices
                     .last()
                     .ok_or_else(|| err(500, "device not placed"))?;
-                Ok(ApiReply::Json(
-                    json!({"id": placed.id, "bdf": placed.bdf.to_string()}),
-                ))
+                ApiReply::json(&PciDeviceInfo {
+                    id: placed.id.clone(),
+                    bdf: placed.bdf.to_string(),
+                })
             }
             VmAction::RemoveDevice { id } => {
                 self.edit(|c| {
@@ -501,7 +496,7 @@ impl Control {
             .ok_or_else(|| err(404, "no VM has been created"))?;
         let topology =
             guest_topology(config, tessera_arch::vcpu::host_phys_bits()).map_err(topology_err)?;
-        let devices: Vec<Value> = std::iter::once((
+        let devices: Vec<DeviceInfo> = std::iter::once((
             tessera_api::config::HOST_BRIDGE_ID.to_string(),
             "0000:00:00.0".to_string(),
         ))
@@ -512,28 +507,32 @@ impl Control {
                 .map(|d| (d.id.clone(), d.bdf.to_string())),
         )
         .map(|(id, bdf)| {
-            let nodes: Vec<u32> = topology
+            let generic_initiator_nodes = topology
                 .acpi
                 .generic_initiators
                 .iter()
                 .filter(|l| l.device == id)
                 .map(|l| l.node)
                 .collect();
-            json!({"id": id, "bdf": bdf, "generic_initiator_nodes": nodes})
+            DeviceInfo {
+                id,
+                bdf,
+                generic_initiator_nodes,
+            }
         })
         .collect();
-        let state = if self.shut_down && matches!(self.state, State::Created) {
-            "Shutdown"
-        } else {
-            self.state.name()
+        let state = match &self.state {
+            State::Created if self.shut_down => VmState::Shutdown,
+            State::Running(_) => VmState::Running,
+            State::Paused(_) => VmState::Paused,
+            _ => VmState::Created,
         };
-        let memory: u64 = topology.acpi.memory.iter().map(|m| m.size).sum();
-        Ok(ApiReply::Json(json!({
-            "config": config,
-            "state": state,
-            "memory_actual_size": memory,
-            "devices": devices,
-        })))
+        ApiReply::json(&VmInfo {
+            config: config.clone(),
+            state,
+            memory_actual_size: Some(topology.acpi.memory.iter().map(|m| m.size).sum()),
+            devices,
+        })
     }
 
     fn acpi(&self) -> Result<ApiReply, ApiError> {
@@ -552,16 +551,14 @@ impl Control {
             },
         )
         .map_err(|e| ApiError::new(400, e.to_string(), Some(e.field())))?;
-        let list: Vec<Value> = tables
+        let list: Vec<AcpiTable> = tables
             .iter()
-            .map(|t| {
-                json!({
-                    "signature": t.signature,
-                    "address": t.address,
-                    "length": t.bytes.len(),
-                    "checksum": t.bytes.get(9).copied().unwrap_or(0),
-                    "base64": base64::engine::general_purpose::STANDARD.encode(&t.bytes),
-                })
+            .map(|t| AcpiTable {
+                signature: t.signature.clone(),
+                address: t.address,
+                length: t.bytes.len() as u32,
+                checksum: t.bytes.get(9).copied().unwrap_or(0),
+                base64: base64::engine::general_purpose::STANDARD.encode(&t.bytes),
             })
             .collect();
         let decoded = |sig: &str| tables.get(sig).map(|t| t.bytes.clone());
@@ -578,9 +575,12 @@ impl Control {
             .map(|b| tessera_acpi::decode::decode_hmat(&b))
             .transpose()
             .map_err(decode_err)?;
-        Ok(ApiReply::Json(
-            json!({"tables": list, "srat": srat, "slit": slit, "hmat": hmat}),
-        ))
+        ApiReply::json(&AcpiInfo {
+            tables: list,
+            srat: json!(srat),
+            slit: json!(slit),
+            hmat: json!(hmat),
+        })
     }
 }
 
