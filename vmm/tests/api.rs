@@ -412,3 +412,48 @@ fn sixty_four_concurrent_clients() {
         assert!(th.join().unwrap().iter().all(|&s| s == 200));
     }
 }
+
+#[test]
+fn bad_requests_to_the_real_binary() {
+    let t = Tessera::start();
+    // Malformed JSON, an unknown (Cloud Hypervisor) field, a wrong type: 400 naming it.
+    let (status, e) = t.json("PUT", "vm.create", Some("{\"payload\": "));
+    assert_eq!(status, 400, "{e}");
+    let (status, e) = t.json(
+        "PUT",
+        "vm.create",
+        Some(r#"{"payload": {"kernel": "/k"}, "disks": []}"#),
+    );
+    assert_eq!((status, e["field"].as_str()), (400, Some("disks")), "{e}");
+    let (status, e) = t.json(
+        "PUT",
+        "vm.create",
+        Some(r#"{"payload": {}, "cpus": {"boot_vcpus": "two", "max_vcpus": 2}}"#),
+    );
+    assert_eq!(
+        (status, e["field"].as_str()),
+        (400, Some("cpus.boot_vcpus")),
+        "{e}"
+    );
+    // Over the 1 MiB body limit.
+    let big = format!(
+        "{{\"payload\": {{\"cmdline\": \"{}\"}}}}",
+        "x".repeat(2 << 20)
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), big).unwrap();
+    let (status, _) = t.api(
+        "PUT",
+        "vm.create",
+        Some(&format!("@{}", file.path().display())),
+    );
+    assert_eq!(status, 413);
+    // Wrong method, unknown path.
+    assert_eq!(t.api("GET", "vm.boot", None).0, 405);
+    assert_eq!(t.api("PUT", "vm.info", None).0, 405);
+    let (status, e) = t.json("GET", "vm.snapshot", None);
+    assert_eq!(status, 404, "{e}");
+    assert!(e["error"].as_str().is_some());
+    // Still serving after all that.
+    assert_eq!(t.api("GET", "vmm.ping", None).0, 200);
+}
