@@ -268,15 +268,20 @@ pub fn configure_vcpu(
 /// The host CPU's physical address bits (CPUID 0x8000_0008 `EAX[7:0]`) for laying out the
 /// guest; a guest gets the same width. 36 if the CPU does not say.
 pub fn host_phys_bits() -> u8 {
-    use std::arch::x86_64::__cpuid;
-    if __cpuid(0x8000_0000).eax >= 0x8000_0008 {
-        match (__cpuid(0x8000_0008).eax & 0xff) as u8 {
-            0 => 36,
-            bits => bits,
+    // CPUID traps to the hypervisor when the VMM itself runs in a VM (several µs each
+    // on a nested KVM), and the answer never changes: ask once.
+    static BITS: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *BITS.get_or_init(|| {
+        use std::arch::x86_64::__cpuid;
+        if __cpuid(0x8000_0000).eax >= 0x8000_0008 {
+            match (__cpuid(0x8000_0008).eax & 0xff) as u8 {
+                0 => 36,
+                bits => bits,
+            }
+        } else {
+            36
         }
-    } else {
-        36
-    }
+    })
 }
 
 /// An entry of a leaf whose subleaf (`index`) matters.

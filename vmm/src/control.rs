@@ -367,6 +367,8 @@ impl Control {
             },
             VmAction::Delete => {
                 self.stop_vm();
+                // The next VM may send its serial port elsewhere.
+                self.serial = None;
                 self.config = None;
                 self.state = State::Empty;
                 self.shut_down = false;
@@ -557,7 +559,12 @@ impl Control {
                 signature: t.signature.clone(),
                 address: t.address,
                 length: t.bytes.len() as u32,
-                checksum: t.bytes.get(9).copied().unwrap_or(0),
+                // The RSDP keeps its (first) checksum at byte 8, tables at byte 9.
+                checksum: t
+                    .bytes
+                    .get(if t.signature == "RSDP" { 8 } else { 9 })
+                    .copied()
+                    .unwrap_or(0),
                 base64: base64::engine::general_purpose::STANDARD.encode(&t.bytes),
             })
             .collect();
@@ -588,36 +595,31 @@ fn remove_generic_initiator(
     c: &mut VmConfig,
     which: &RemoveGenericInitiator,
 ) -> Result<(), ApiError> {
-    let before = c.generic_initiators.len();
+    let mut matched = false;
     match (&which.id, &which.device) {
-        (Some(id), _) => c.generic_initiators.retain(|g| g.id.as_ref() != Some(id)),
+        (Some(id), _) => c.generic_initiators.retain(|g| {
+            let hit = g.id.as_ref() == Some(id);
+            matched |= hit;
+            !hit
+        }),
         (None, Some(device)) => {
-            let nodes = match (which.node, &which.nodes) {
-                (Some(n), None) => Some(vec![n]),
-                (None, Some(set)) => Some(
-                    tessera_api::config::parse_node_set(set)
-                        .map_err(|m| ApiError::new(400, m, Some("nodes".into())))?,
-                ),
-                (None, None) => None,
-                (Some(_), Some(_)) => {
-                    return Err(ApiError::new(400, "give `node` or `nodes`, not both", None))
-                }
+            let remove: Vec<u32> = match (which.node, &which.nodes) {
+                (Some(n), None) => vec![n],
+                (None, Some(set)) => tessera_api::config::parse_node_set(set)
+                    .map_err(|m| ApiError::new(400, m, Some("nodes".into())))?,
+                _ => return Err(ApiError::new(400, "give `node` or `nodes`", None)),
             };
             let mut kept = Vec::new();
             for g in c.generic_initiators.drain(..) {
-                if &g.device != device {
+                let own = g.node_list("generic_initiators").map_err(config_err)?;
+                if &g.device != device || !own.iter().any(|n| remove.contains(n)) {
+                    // Untouched: kept as it was, id included.
                     kept.push(g);
                     continue;
                 }
-                let Some(remove) = &nodes else { continue };
+                matched = true;
                 // Split a multi-node entry, keeping the nodes not being removed.
-                let own = g.node_list("generic_initiators").map_err(config_err)?;
-                let left: Vec<u32> = own
-                    .iter()
-                    .copied()
-                    .filter(|n| !remove.contains(n))
-                    .collect();
-                kept.extend(left.into_iter().map(|n| {
+                kept.extend(own.into_iter().filter(|n| !remove.contains(n)).map(|n| {
                     tessera_api::config::GenericInitiatorConfig {
                         id: None,
                         device: g.device.clone(),
@@ -636,11 +638,16 @@ fn remove_generic_initiator(
             ))
         }
     }
-    if c.generic_initiators.len() == before && which.id.is_some() {
+    if !matched {
+        let field = match (&which.id, which.node) {
+            (Some(_), _) => "id",
+            (None, Some(_)) => "node",
+            (None, None) => "nodes",
+        };
         return Err(ApiError::new(
             404,
             "no Generic Initiator link matches",
-            Some("id".into()),
+            Some(field.into()),
         ));
     }
     Ok(())

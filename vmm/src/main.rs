@@ -172,6 +172,14 @@ fn run_api(args: &Args, socket: &str) -> Result<()> {
     let (listener, path) = match socket.strip_prefix("fd=") {
         Some(fd) => {
             let fd: i32 = fd.parse().context("--api-socket fd=N: N is not a number")?;
+            // Taking ownership of a descriptor that is not ours would be undefined
+            // behaviour: check it is open and is a socket first.
+            use std::os::unix::fs::FileTypeExt;
+            let meta = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                .with_context(|| format!("--api-socket fd={fd}: no such open descriptor"))?;
+            if !meta.file_type().is_socket() {
+                anyhow::bail!("--api-socket fd={fd}: the descriptor is not a socket");
+            }
             // SAFETY: the caller handed us this listening socket's descriptor to own.
             #[allow(unsafe_code)]
             let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };

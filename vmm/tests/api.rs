@@ -457,3 +457,107 @@ fn bad_requests_to_the_real_binary() {
     // Still serving after all that.
     assert_eq!(t.api("GET", "vmm.ping", None).0, 200);
 }
+
+#[test]
+fn acpi_checksums_and_link_removal_keep_their_promises() {
+    use base64::Engine as _;
+    let t = Tessera::start();
+    assert_eq!(t.api("PUT", "vm.create", Some(&vm_config())).0, 204);
+    for n in 2..6 {
+        assert_eq!(
+            t.api(
+                "PUT",
+                "vm.add-numa-node",
+                Some(&format!(r#"{{"guest_numa_id": {n}}}"#))
+            )
+            .0,
+            204
+        );
+    }
+    // Every table's reported checksum is its own checksum byte, and the bytes sum to 0.
+    let (_, acpi) = t.json("GET", "vm.acpi", None);
+    for table in acpi["tables"].as_array().unwrap() {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(table["base64"].as_str().unwrap())
+            .unwrap();
+        let (at, summed) = if table["signature"] == "RSDP" {
+            (8, &bytes[..20])
+        } else {
+            (9, &bytes[..])
+        };
+        assert_eq!(table["checksum"], bytes[at], "{}", table["signature"]);
+        assert_eq!(
+            summed.iter().fold(0u8, |a, b| a.wrapping_add(*b)),
+            0,
+            "{}",
+            table["signature"]
+        );
+        assert_eq!(table["length"], bytes.len());
+    }
+
+    // Removing some of a device's links keeps the untouched entries and their ids.
+    assert_eq!(
+        t.api(
+            "PUT",
+            "vm.add-generic-initiator",
+            Some(r#"{"id": "a", "device": "_host_bridge", "node": 2}"#)
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        t.api(
+            "PUT",
+            "vm.add-generic-initiator",
+            Some(r#"{"device": "_host_bridge", "nodes": "3-5"}"#)
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        t.api(
+            "PUT",
+            "vm.remove-generic-initiator",
+            Some(r#"{"device": "_host_bridge", "node": 4}"#)
+        )
+        .0,
+        204
+    );
+    let (_, info) = t.json("GET", "vm.info", None);
+    assert_eq!(
+        info["devices"][0]["generic_initiator_nodes"],
+        serde_json::json!([2, 3, 5])
+    );
+    assert_eq!(
+        t.api("PUT", "vm.remove-generic-initiator", Some(r#"{"id": "a"}"#))
+            .0,
+        204,
+        "the id survived"
+    );
+    // Nothing to remove is a 404, whichever way it is asked.
+    let (status, e) = t.json("PUT", "vm.remove-generic-initiator", Some(r#"{"id": "a"}"#));
+    assert_eq!((status, e["field"].as_str()), (404, Some("id")));
+    let (status, e) = t.json(
+        "PUT",
+        "vm.remove-generic-initiator",
+        Some(r#"{"device": "_host_bridge", "nodes": "4"}"#),
+    );
+    assert_eq!((status, e["field"].as_str()), (404, Some("nodes")));
+}
+
+#[test]
+fn an_inherited_api_socket_must_be_an_open_socket() {
+    let out = Command::new(TESSERA)
+        .args(["--api-socket", "fd=99"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fd=99: no such open descriptor"));
+    let out = Command::new(TESSERA)
+        .args(["--api-socket", "fd=0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+}
