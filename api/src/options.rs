@@ -1,6 +1,6 @@
-//! Cloud Hypervisor-style option strings for the hot-plug requests, as `tessera-ctl`
-//! takes them (`add-device path=...,id=gpu0`), parsed into the API's request bodies by
-//! the rules of the `tessera` command line: `key=value` pairs split on commas outside
+//! Cloud Hypervisor-style option strings, as the `tessera` command line
+//! (`--numa guest_numa_id=0,cpus=[0-1]`) and `tessera-ctl` (`add-device path=...,id=gpu0`)
+//! take them, parsed into the configuration and request types: `key=value` pairs split on commas outside
 //! `[...]`, unknown or repeated keys refused by name, lists as `[a,b]` or one bare item,
 //! vCPU lists with ranges (`[0-3,6]`), distances as `NODE@DISTANCE`.
 //!
@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::config::{
-    parse_node_set, DeviceConfig, GenericInitiatorConfig, NumaConfig, NumaDistance,
+    parse_node_set, ConsoleConfig, ConsoleMode, CpusConfig, DeviceConfig, GenericInitiatorConfig,
+    MemoryConfig, MemoryZoneConfig, NumaConfig, NumaDistance, PlatformConfig,
 };
 use crate::types::RemoveGenericInitiator;
 
@@ -89,6 +90,21 @@ impl Options {
             .transpose()
     }
 
+    fn size(&self, key: &str) -> Result<Option<u64>, OptionError> {
+        self.pairs
+            .get(key)
+            .map(|v| parse_size(v).map_err(|m| OptionError::key(key, m)))
+            .transpose()
+    }
+
+    fn flag(&self, key: &str) -> Result<bool, OptionError> {
+        match self.pairs.get(key).map(String::as_str) {
+            None | Some("off") | Some("false") => Ok(false),
+            Some("on") | Some("true") => Ok(true),
+            Some(v) => Err(OptionError::key(key, format!("`{v}` is not on or off"))),
+        }
+    }
+
     /// `[a,b]` or a bare single item.
     fn list(&self, key: &str) -> Vec<String> {
         self.pairs.get(key).map_or_else(Vec::new, |v| {
@@ -137,6 +153,115 @@ fn split_top_level(s: &str) -> Vec<&str> {
     }
     parts.push(s.get(start..).unwrap_or_default());
     parts
+}
+
+/// `512M`, `2G`, `4096`, `1T`: binary units, as Cloud Hypervisor reads them.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (s.get(..i), 10),
+        Some((i, 'M' | 'm')) => (s.get(..i), 20),
+        Some((i, 'G' | 'g')) => (s.get(..i), 30),
+        Some((i, 'T' | 't')) => (s.get(..i), 40),
+        _ => (Some(s), 0),
+    };
+    digits
+        .and_then(|d| d.parse::<u64>().ok())
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("`{s}` is not a size (a number with an optional K, M, G or T)"))
+}
+
+/// `boot=N[,max=N]`: the `cpus` section (`max` defaults to `boot`).
+pub fn parse_cpus(s: &str) -> Result<CpusConfig, OptionError> {
+    let o = Options::parse(s, &["boot", "max"])?;
+    let boot = o.number("boot")?.unwrap_or(1);
+    Ok(CpusConfig {
+        boot_vcpus: boot,
+        max_vcpus: o.number("max")?.unwrap_or(boot),
+    })
+}
+
+/// `size=SIZE[,shared=on,hugepages=on,hugepage_size=SIZE,prefault=on]`: the `memory`
+/// section without its zones.
+pub fn parse_memory(s: &str) -> Result<MemoryConfig, OptionError> {
+    let o = Options::parse(
+        s,
+        &["size", "shared", "hugepages", "hugepage_size", "prefault"],
+    )?;
+    Ok(MemoryConfig {
+        size: o.size("size")?.unwrap_or(MemoryConfig::default().size),
+        shared: o.flag("shared")?,
+        hugepages: o.flag("hugepages")?,
+        hugepage_size: o.size("hugepage_size")?,
+        prefault: o.flag("prefault")?,
+        zones: Vec::new(),
+    })
+}
+
+/// `id=ID,size=SIZE[,host_numa_node=N,shared=on,hugepages=on,hugepage_size=SIZE,prefault=on]`.
+pub fn parse_memory_zone(s: &str) -> Result<MemoryZoneConfig, OptionError> {
+    let o = Options::parse(
+        s,
+        &[
+            "id",
+            "size",
+            "shared",
+            "hugepages",
+            "hugepage_size",
+            "host_numa_node",
+            "prefault",
+        ],
+    )?;
+    Ok(MemoryZoneConfig {
+        id: o.required("id")?,
+        size: o
+            .size("size")?
+            .ok_or_else(|| OptionError::key("size", "is required"))?,
+        shared: o.flag("shared")?,
+        hugepages: o.flag("hugepages")?,
+        hugepage_size: o.size("hugepage_size")?,
+        host_numa_node: o.number("host_numa_node")?,
+        prefault: o.flag("prefault")?,
+    })
+}
+
+/// `num_pci_segments=N`.
+pub fn parse_platform(s: &str) -> Result<PlatformConfig, OptionError> {
+    let o = Options::parse(s, &["num_pci_segments"])?;
+    Ok(PlatformConfig {
+        num_pci_segments: o.number("num_pci_segments")?.unwrap_or(1),
+    })
+}
+
+/// `off`, `null`, `tty`, `pty`, `file=PATH` or `socket=PATH`: the `serial` section.
+pub fn parse_serial(s: &str) -> Result<ConsoleConfig, OptionError> {
+    let console = |mode| ConsoleConfig {
+        mode,
+        file: None,
+        socket: None,
+    };
+    Ok(match s {
+        "off" => console(ConsoleMode::Off),
+        "null" => console(ConsoleMode::Null),
+        "tty" => console(ConsoleMode::Tty),
+        "pty" => console(ConsoleMode::Pty),
+        _ => match s.split_once('=') {
+            Some(("file", path)) => ConsoleConfig {
+                file: Some(path.into()),
+                ..console(ConsoleMode::File)
+            },
+            Some(("socket", path)) => ConsoleConfig {
+                socket: Some(path.into()),
+                ..console(ConsoleMode::Socket)
+            },
+            _ => {
+                return Err(OptionError {
+                    key: None,
+                    message: format!("`{s}` is not off, null, tty, pty, file=PATH or socket=PATH"),
+                })
+            }
+        },
+    })
 }
 
 /// `path=PATH[,id=ID,pci_segment=N,pci_device_id=N]`: `PUT /vm.add-device`'s body.
