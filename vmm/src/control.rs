@@ -42,6 +42,8 @@ pub enum LoopExit {
     Signal,
     /// The API went away.
     ApiClosed,
+    /// The guest powered off and the VMM was asked to end with it.
+    GuestPoweredOff,
 }
 
 /// The VMM behind the API.
@@ -52,6 +54,8 @@ pub struct Control {
     /// Whether the VM has been shut down (CH reports "Shutdown" until it boots again).
     shut_down: bool,
     serial: Option<SerialSink>,
+    /// End the loop when the guest powers off (the command line without an API).
+    exit_on_poweroff: bool,
 }
 
 fn err(status: u16, error: impl Into<String>) -> ApiError {
@@ -89,7 +93,15 @@ impl Control {
             state,
             shut_down: false,
             serial: None,
+            exit_on_poweroff: false,
         }
+    }
+
+    /// Makes [`Control::run`] return when the guest powers off, as `tessera` without an
+    /// API socket does, instead of keeping the VM's configuration for another boot.
+    pub fn exit_on_poweroff(mut self) -> Self {
+        self.exit_on_poweroff = true;
+        self
     }
 
     /// Runs until vmm.shutdown, a signal on `stop`, or the API closing. Requests arrive
@@ -153,6 +165,9 @@ impl Control {
                 tracing::info!("guest powered off");
                 self.stop_vm();
                 self.shut_down = true;
+                if self.exit_on_poweroff {
+                    return Ok(LoopExit::GuestPoweredOff);
+                }
             } else if fired.contains(&3) {
                 tracing::info!("guest rebooting");
                 self.stop_vm();
@@ -212,7 +227,11 @@ impl Control {
             .clone()
             .ok_or_else(|| err(404, "no VM has been created"))?;
         if self.serial.is_none() {
-            self.serial = Some(SerialSink::open(&config).map_err(vm_err)?);
+            let sink = SerialSink::open(&config).map_err(vm_err)?;
+            if let Some(pty) = &sink.pty {
+                eprintln!("tessera: serial port on {}", pty.display());
+            }
+            self.serial = Some(sink);
         }
         let serial = self
             .serial

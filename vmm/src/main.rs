@@ -4,7 +4,6 @@
 //! Exit status: 0 when the guest powers off or the VMM is stopped by SIGTERM/SIGINT,
 //! 1 when the configuration or the host refuses the VM (the message names the field).
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,8 +11,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tessera_api::config::VmConfig;
+use tessera_api::server::VmAction;
 use tessera_vmm::cli::VmArgs;
-use tessera_vmm::vm::{SerialSink, Vm, VmExit};
+use tessera_vmm::control::{Control, LoopExit};
 
 /// Runs one VM that gives its guest the true topology of its devices.
 #[derive(Parser, Debug)]
@@ -132,26 +132,20 @@ fn run(args: &Args) -> Result<()> {
     if let Some(dir) = &args.dump_acpi {
         return dump_acpi(&config, dir);
     }
+    // The same control loop as under the API, ending with the guest.
     let kvm = kvm_ioctls::Kvm::new().context("cannot open /dev/kvm")?;
-    let serial = SerialSink::open(&config)?;
-    if let Some(pty) = &serial.pty {
-        eprintln!("tessera: serial port on {}", pty.display());
-    }
     let stop_rx = signal_pipe()?;
-    loop {
-        let vm = Vm::boot(&kvm, &config, &serial)?;
-        match vm.wait(&stop_rx.as_raw_fd())? {
-            VmExit::PowerOff => {
-                tracing::info!("guest powered off");
-                return Ok(());
-            }
-            VmExit::Stopped => {
-                eprintln!("tessera: stopped by signal, guest shut down");
-                return Ok(());
-            }
-            VmExit::Reboot => tracing::info!("guest rebooting"),
-        }
+    let wake = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?;
+    // No API: nothing is ever sent, but the sender must live for the loop to keep going.
+    let (_no_api, no_requests) = std::sync::mpsc::channel();
+    let mut control = Control::new(kvm, Some(config)).exit_on_poweroff();
+    if let Err(e) = control.handle(VmAction::Boot) {
+        anyhow::bail!("{}", e.error);
     }
+    if control.run(&no_requests, &wake, &stop_rx)? == LoopExit::Signal {
+        eprintln!("tessera: stopped by signal, guest shut down");
+    }
+    Ok(())
 }
 
 /// A socket that becomes readable when SIGTERM or SIGINT arrives.
@@ -240,9 +234,9 @@ fn run_api(args: &Args, socket: &str) -> Result<()> {
                 Ok(())
             })?;
 
-    let mut control = tessera_vmm::control::Control::new(kvm, initial.clone());
+    let mut control = Control::new(kvm, initial.clone());
     if initial.is_some() {
-        if let Err(e) = control.handle(tessera_api::server::VmAction::Boot) {
+        if let Err(e) = control.handle(VmAction::Boot) {
             shutdown.notify_one();
             let _ = server.join();
             anyhow::bail!("{}", e.error);

@@ -27,7 +27,6 @@ use tessera_devices::pci::{PciConfigIo, PciConfigMmio, PciHostBridge, PciSegment
 use tessera_devices::power::AcpiPowerDevice;
 use tessera_devices::serial::SerialDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -111,17 +110,6 @@ impl VmError {
             _ => None,
         }
     }
-}
-
-/// Why a boot ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VmExit {
-    /// The guest powered off (S5).
-    PowerOff,
-    /// The guest asked to reboot (ACPI reset register or a triple fault).
-    Reboot,
-    /// The VMM was asked to stop (SIGTERM, SIGINT).
-    Stopped,
 }
 
 /// Where the serial port's bytes go, opened once per VMM so a reboot keeps writing to
@@ -458,61 +446,6 @@ impl Vm {
         })
     }
 
-    /// Waits until the guest powers off or reboots, or `stop` becomes readable; then stops
-    /// every vCPU. A vCPU that failed is reported as an error.
-    pub fn wait(mut self, stop: &impl AsRawFd) -> Result<VmExit, VmError> {
-        let epoll = Epoll::new().map_err(|source| VmError::Os {
-            what: "epoll",
-            source,
-        })?;
-        for (fd, token) in [
-            (self.exit_evt.as_raw_fd(), 0u64),
-            (self.reset_evt.as_raw_fd(), 1),
-            (stop.as_raw_fd(), 2),
-        ] {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .map_err(|source| VmError::Os {
-                    what: "epoll_ctl",
-                    source,
-                })?;
-        }
-        let mut events = [EpollEvent::default(); 3];
-        let exit = loop {
-            // Wake up now and then to notice a vCPU thread that died.
-            let n = match epoll.wait(200, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(VmError::Os {
-                        what: "epoll_wait",
-                        source,
-                    })
-                }
-            };
-            let fired: Vec<u64> = events.iter().take(n).map(EpollEvent::data).collect();
-            // Power-off wins over a reset requested at the same moment.
-            if fired.contains(&0) {
-                break VmExit::PowerOff;
-            }
-            if fired.contains(&2) {
-                break VmExit::Stopped;
-            }
-            if fired.contains(&1) {
-                break VmExit::Reboot;
-            }
-            self.check_vcpus()?;
-        };
-        stop_vcpus(&self.control, &mut self.vcpus);
-        Ok(exit)
-    }
-}
-
-impl Vm {
     /// Stops every vCPU at the next exit and waits until all are parked.
     pub fn pause(&self) -> Result<(), VmError> {
         self.control.set_paused(true);
