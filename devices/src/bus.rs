@@ -1,13 +1,14 @@
 //! The I/O buses: one address space (port I/O or MMIO) split into non-overlapping ranges,
 //! each owned by a device, and the dispatch of a guest access to the device that owns it.
 //!
-//! A [`Bus`] is filled once while the VM is assembled, then shared read-only by the vCPU
-//! threads (`Arc<Bus>`); each device sits behind its own `Mutex`, so vCPUs that touch
-//! different devices do not contend.
+//! A [`Bus`] is filled while the VM is assembled, then shared by the vCPU threads
+//! (`Arc<Bus>`). Afterwards only [`Bus::relocate`] changes it (the guest moving a
+//! passed-through device's BAR), so lookups take a read lock that is released before the
+//! device's own `Mutex` is taken: a device may relocate its own ranges from inside an access.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// A device model reachable through a [`Bus`].
 pub trait BusDevice: Send {
@@ -40,6 +41,12 @@ pub enum BusError {
         /// Base address of the rejected range.
         base: u64,
     },
+    /// No range starts at the address given.
+    #[error("no bus range starts at {base:#x}")]
+    NoRange {
+        /// The address.
+        base: u64,
+    },
     /// The range runs past the end of the 64-bit address space.
     #[error("bus range {base:#x}+{len:#x} runs past the end of the address space")]
     Overflow {
@@ -69,14 +76,15 @@ impl BusRange {
 #[derive(Default)]
 pub struct Bus {
     /// Ranges by base address.
-    ranges: BTreeMap<u64, BusRange>,
+    ranges: RwLock<BTreeMap<u64, BusRange>>,
 }
 
 impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ranges = self.ranges.read().unwrap_or_else(PoisonError::into_inner);
         f.debug_list()
             .entries(
-                self.ranges
+                ranges
                     .iter()
                     .map(|(base, r)| format!("{base:#x}+{:#x}", r.len)),
             )
@@ -100,33 +108,42 @@ impl Bus {
         len: u64,
         device: Arc<Mutex<dyn BusDevice>>,
     ) -> Result<(), BusError> {
-        if len == 0 {
-            return Err(BusError::ZeroLength { base });
+        let ranges = self
+            .ranges
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        check_free(ranges, base, len, None)?;
+        ranges.insert(base, BusRange { len, device });
+        Ok(())
+    }
+
+    /// Moves the range based at `old_base` to `new_base`, keeping its device and length;
+    /// used when the guest reprograms a BAR. Fails, changing nothing, when no range starts
+    /// at `old_base` or the new place overlaps another range.
+    pub fn relocate(&self, old_base: u64, new_base: u64) -> Result<(), BusError> {
+        let mut ranges = self.ranges.write().unwrap_or_else(PoisonError::into_inner);
+        let len = ranges
+            .get(&old_base)
+            .map(|r| r.len)
+            .ok_or(BusError::NoRange { base: old_base })?;
+        check_free(&ranges, new_base, len, Some(old_base))?;
+        if let Some(range) = ranges.remove(&old_base) {
+            ranges.insert(new_base, range);
         }
-        let last = base
-            .checked_add(len - 1)
-            .ok_or(BusError::Overflow { base, len })?;
-        // The existing range with the highest base not above `last` is the only one that
-        // can overlap: any range below it ends before it starts.
-        if let Some((&other_base, other)) = self.ranges.range(..=last).next_back() {
-            if other.last(other_base) >= base {
-                return Err(BusError::Overlap { base, len });
-            }
-        }
-        self.ranges.insert(base, BusRange { len, device });
         Ok(())
     }
 
     /// The device whose range covers `[addr, addr + len)` entirely, with `addr`'s offset
     /// into that range.
-    fn resolve(&self, addr: u64, len: usize) -> Option<(u64, &Arc<Mutex<dyn BusDevice>>)> {
+    fn resolve(&self, addr: u64, len: usize) -> Option<(u64, Arc<Mutex<dyn BusDevice>>)> {
         let len = u64::try_from(len).ok().filter(|&l| l > 0)?;
         let access_last = addr.checked_add(len - 1)?;
-        let (&base, range) = self.ranges.range(..=addr).next_back()?;
+        let ranges = self.ranges.read().unwrap_or_else(PoisonError::into_inner);
+        let (&base, range) = ranges.range(..=addr).next_back()?;
         if access_last > range.last(base) {
             return None;
         }
-        Some((addr - base, &range.device))
+        Some((addr - base, range.device.clone()))
     }
 
     /// Reads `data.len()` bytes at `addr` from the device that covers them.
@@ -160,6 +177,34 @@ impl Bus {
     }
 }
 
+/// Checks that `[base, base + len)` is a valid range that overlaps none in `ranges`
+/// except the one at `ignore` (the range being moved).
+fn check_free(
+    ranges: &BTreeMap<u64, BusRange>,
+    base: u64,
+    len: u64,
+    ignore: Option<u64>,
+) -> Result<(), BusError> {
+    if len == 0 {
+        return Err(BusError::ZeroLength { base });
+    }
+    let last = base
+        .checked_add(len - 1)
+        .ok_or(BusError::Overflow { base, len })?;
+    // Ranges are disjoint, so only the one with the highest base not above `last` (or,
+    // when that is the range being moved, the one below it) can overlap.
+    let mut candidates = ranges
+        .range(..=last)
+        .rev()
+        .filter(|(b, _)| Some(**b) != ignore);
+    if let Some((&other_base, other)) = candidates.next() {
+        if other.last(other_base) >= base {
+            return Err(BusError::Overlap { base, len });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +233,31 @@ mod tests {
 
     fn accesses(d: &Arc<Mutex<Recorder>>) -> Vec<(&'static str, u64, Vec<u8>)> {
         d.lock().unwrap().accesses.clone()
+    }
+
+    #[test]
+    fn relocate_moves_a_range_and_refuses_overlaps() {
+        let mut bus = Bus::new();
+        bus.insert(0x1000, 0x100, recorder()).unwrap();
+        bus.insert(0x2000, 0x100, recorder()).unwrap();
+        assert_eq!(
+            bus.relocate(0x1000, 0x1f80),
+            Err(BusError::Overlap {
+                base: 0x1f80,
+                len: 0x100
+            })
+        );
+        assert_eq!(
+            bus.relocate(0x3000, 0x4000),
+            Err(BusError::NoRange { base: 0x3000 })
+        );
+        // Overlapping its own old place is fine.
+        bus.relocate(0x1000, 0x1080).unwrap();
+        let mut b = [0u8; 1];
+        assert!(!bus.read(0x1000, &mut b));
+        assert!(bus.read(0x1080, &mut b));
+        assert_eq!(b, [0x10], "offset 0 of the moved range");
+        assert!(bus.read(0x2000, &mut b));
     }
 
     #[test]

@@ -8,9 +8,12 @@
 pub mod bus;
 pub mod cmos;
 pub mod ged;
+pub mod interrupt;
+pub mod msi;
 pub mod pci;
 pub mod power;
 pub mod serial;
+pub mod vfio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use cmos::{CmosRtc, CMOS_PORT, CMOS_PORT_LEN};

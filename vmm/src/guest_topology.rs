@@ -238,6 +238,11 @@ fn distance(config: &VmConfig, from: u32, to: u32) -> u8 {
         .unwrap_or(tessera_acpi::DEFAULT_REMOTE_DISTANCE)
 }
 
+/// The GSI of `slot`'s interrupt `pin` (1..=4 = INTA#..INTD#), as the `_PRT` routes it.
+pub fn intx_gsi(slot: u8, pin: u8) -> u32 {
+    INTX_GSI_BASE + (u32::from(slot) + u32::from(pin.saturating_sub(1))) % INTX_GSI_COUNT
+}
+
 /// Slot `s` pin `p` → GSI `16 + (s + p) % 8`, the PC swizzle.
 fn intx_routes() -> Vec<IntxRoute> {
     (0..32u8)

@@ -26,12 +26,13 @@ use tessera_devices::ged::GedDevice;
 use tessera_devices::pci::{PciConfigIo, PciConfigMmio, PciHostBridge, PciSegment};
 use tessera_devices::power::AcpiPowerDevice;
 use tessera_devices::serial::SerialDevice;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::guest_topology::{guest_topology, GuestTopology, GED_GSI, SERIAL_GSI};
 use crate::memory;
+use crate::vfio::{KvmInterruptRouter, Passthrough};
 
 /// KVM's TSS and identity-map pages, in the 32-bit gap above everything we place there.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -89,6 +90,9 @@ pub enum VmError {
         /// 1 MiB.
         limit: u64,
     },
+    /// A device cannot be passed through.
+    #[error(transparent)]
+    Vfio(#[from] crate::vfio::VfioHostError),
     /// A vCPU stopped with an error.
     #[error("vCPU {index}: {message}")]
     VcpuRun {
@@ -107,6 +111,7 @@ impl VmError {
             VmError::Memory(e) => Some(e.field()),
             VmError::Payload { field, .. } => Some((*field).to_string()),
             VmError::Serial(_) => Some("serial".into()),
+            VmError::Vfio(e) => Some(e.field.clone()),
             _ => None,
         }
     }
@@ -249,6 +254,9 @@ pub struct Vm {
     exit_evt: EventFd,
     reset_evt: EventFd,
     ged: Arc<Mutex<GedDevice>>,
+    /// Passed-through devices: reset and unmapped before the VM fd and memory go.
+    _passthrough: Option<Passthrough>,
+    _router: Arc<KvmInterruptRouter>,
     _vm_fd: Arc<VmFd>,
     _memory: GuestMemoryMmap,
     /// The guest's topology (BDFs, nodes), for reporting.
@@ -316,17 +324,7 @@ impl Vm {
         let phys_bits = tessera_arch::vcpu::host_phys_bits();
         let topology = guest_topology(config, phys_bits)?;
         check_payload(config)?;
-        if let Some(device) = config.devices.first() {
-            // Placement and GI links already apply to devices; passing them through does
-            // not yet, and a device silently missing from the guest is worse than no VM.
-            return Err(VmError::Payload {
-                field: "devices[0]",
-                message: format!(
-                    "{}: VFIO passthrough is not available yet; remove the device to boot",
-                    device.path.display()
-                ),
-            });
-        }
+        crate::vfio::check_host(config)?;
         memory::check_host(config, &topology.layout)?;
 
         let kvm_err = |what| move |source| VmError::Kvm { what, source };
@@ -349,6 +347,15 @@ impl Vm {
 
         let guest_memory = memory::allocate(config, &topology.layout)?;
         memory::register(&vm_fd, &guest_memory)?;
+        let router = Arc::new(KvmInterruptRouter::new(vm_fd.clone()));
+        let passthrough = Passthrough::open(
+            &vm_fd,
+            &guest_memory,
+            config,
+            &topology,
+            &router,
+            guest_memory.num_regions() as u32,
+        )?;
 
         let kernel_path = config.payload.kernel.clone().unwrap_or_default();
         let kernel = load_kernel(&guest_memory, &kernel_path).map_err(|e| VmError::Payload {
@@ -387,8 +394,17 @@ impl Vm {
 
         let exit_evt = event_fd()?;
         let reset_evt = event_fd()?;
-        let (pio, mmio, ged) =
-            wire_devices(&vm_fd, &topology.layout, serial, &exit_evt, &reset_evt)?;
+        let (pio, mmio, ged) = wire_devices(
+            &vm_fd,
+            &topology.layout,
+            serial,
+            &exit_evt,
+            &reset_evt,
+            passthrough.as_ref(),
+        )?;
+        if let Some(p) = &passthrough {
+            p.follow_bars(&pio, &mmio);
+        }
 
         let cpu_count = config.cpus.boot_vcpus;
         let mut vcpu_fds = Vec::with_capacity(cpu_count as usize);
@@ -440,6 +456,8 @@ impl Vm {
             exit_evt,
             reset_evt,
             ged,
+            _passthrough: passthrough,
+            _router: router,
             _vm_fd: vm_fd,
             _memory: guest_memory,
             topology,
@@ -689,6 +707,7 @@ fn wire_devices(
     serial: &SerialSink,
     exit_evt: &EventFd,
     reset_evt: &EventFd,
+    passthrough: Option<&Passthrough>,
 ) -> Result<Wired, VmError> {
     let dev_err = |what: &str, e: &dyn std::fmt::Display| VmError::Devices(format!("{what}: {e}"));
     let os = |what| move |source| VmError::Os { what, source };
@@ -750,13 +769,18 @@ fn wire_devices(
     mmio.insert(GED_START, tessera_devices::GED_MMIO_LEN, ged_dev)
         .map_err(|e| dev_err("GED", &e))?;
 
-    for (id, windows) in layout.segments.iter().enumerate() {
-        let mut segment = PciSegment::new(id as u16);
-        if id == 0 {
-            segment
-                .add_device(0, Arc::new(Mutex::new(PciHostBridge::new())))
-                .map_err(|e| dev_err("PCI host bridge", &e))?;
-        }
+    let mut segments: Vec<PciSegment> = (0..layout.segments.len())
+        .map(|id| PciSegment::new(id as u16))
+        .collect();
+    if let Some(seg0) = segments.first_mut() {
+        seg0.add_device(0, Arc::new(Mutex::new(PciHostBridge::new())))
+            .map_err(|e| dev_err("PCI host bridge", &e))?;
+    }
+    if let Some(p) = passthrough {
+        p.attach(&mut segments, &mut pio, &mut mmio)
+            .map_err(|e| dev_err("VFIO", &e))?;
+    }
+    for ((id, windows), segment) in layout.segments.iter().enumerate().zip(segments) {
         let segment = Arc::new(Mutex::new(segment));
         if id == 0 {
             let cfg: Arc<Mutex<dyn BusDevice>> =

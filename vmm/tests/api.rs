@@ -237,11 +237,15 @@ fn the_vm_lifecycle_and_its_errors() {
         serde_json::json!([2, 3, 4, 5])
     );
 
-    // Devices are placed but not yet passed through: boot says so rather than drop them.
+    // The devices do not exist on this host: boot names the first one, touching nothing.
     let (status, e) = t.json("PUT", "vm.boot", None);
     assert_eq!(
         (status, e["field"].as_str()),
-        (400, Some("devices[0]")),
+        (400, Some("devices[0].path")),
+        "{e}"
+    );
+    assert!(
+        e["error"].as_str().unwrap().contains("does not exist"),
         "{e}"
     );
     assert_eq!(
