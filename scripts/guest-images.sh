@@ -5,12 +5,15 @@
 #   $TESSERA_CACHE/judge/kernel-package     "name version" of the .deb it came from
 #   $TESSERA_CACHE/judge/vmlinux            the ELF kernel inside the bzImage (PVH boots)
 #   $TESSERA_CACHE/judge/initramfs.cpio.gz  busybox-static + scripts/judge-init.sh as /init
+#                                           + /bin/pci-bar (tests/guest/pci_bar.rs, built
+#                                           here with rustc, static against glibc)
 # TESSERA_CACHE defaults to ~/.cache/tessera. Set TESSERA_JUDGE_REFRESH=1 to fetch the
 # kernel again. Logs go to stderr; the last stdout line is the judge directory.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 init_script=$here/judge-init.sh
+pci_bar_src=$here/../tests/guest/pci_bar.rs
 out=${TESSERA_CACHE:-$HOME/.cache/tessera}/judge
 mkdir -p "$out"
 # Test binaries may run this concurrently: one builder at a time.
@@ -74,9 +77,15 @@ fi
 [ -x /bin/busybox ] && dpkg -S /bin/busybox 2>/dev/null | grep -q '^busybox-static:' \
     || { log "installing busybox-static"; sudo_if_needed apt-get install -y -qq busybox-static >&2; }
 command -v cpio >/dev/null || { log "installing cpio"; sudo_if_needed apt-get install -y -qq cpio >&2; }
+# pci-bar links glibc statically: libc.a is in libc6-dev.
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || { log "installing libc6-dev";
+    sudo_if_needed apt-get install -y -qq --no-install-recommends libc6-dev >&2; }
+command -v rustc >/dev/null || { log "rustc not found: install a Rust toolchain (scripts/setup.sh)"; exit 1; }
 
-# Everything that goes into the image, plus the recipe below (this script).
-key=$(cat "$init_script" /bin/busybox "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
+# Everything that goes into the image, plus the recipe below (this script). pci-bar is
+# compiled only on a rebuild, so its source and compiler stand in for the binary.
+key=$( (cat "$init_script" /bin/busybox "${BASH_SOURCE[0]}" "$pci_bar_src"; rustc -vV) \
+    | sha256sum | cut -d' ' -f1)
 if [ ! -s "$out/initramfs.cpio.gz" ] || [ "$(cat "$out/initramfs.key" 2>/dev/null)" != "$key" ]; then
     log "building initramfs ($key)"
     root=$work/initramfs
@@ -86,6 +95,10 @@ if [ ! -s "$out/initramfs.cpio.gz" ] || [ "$(cat "$out/initramfs.key" 2>/dev/nul
         [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
     done
     ln -s bin "$root/sbin"
+    # Statically linked: the initramfs has no libc. Plain rustc: it is not a workspace
+    # crate (it needs `unsafe` for mmap, which the workspace denies).
+    rustc --edition 2021 -O -C target-feature=+crt-static -C strip=symbols \
+        -o "$root/bin/pci-bar" "$pci_bar_src" >&2
     install -m 0755 "$init_script" "$root/init"
     (cd "$root" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \
         | cpio --null --create --format=newc --owner=0:0 --quiet --reproducible) \

@@ -2,9 +2,11 @@
 # /init of the Linux judge initramfs (copied in by scripts/guest-images.sh).
 #
 # Prints what the guest kernel made of the NUMA topology as key=value lines between
-# TESSERA-JUDGE-BEGIN and TESSERA-JUDGE-END on the console, then powers off (or reboots,
-# with judge.action=reboot on the kernel command line).
-# tests/src/linux_judge.rs parses this block; keep the two in step.
+# TESSERA-JUDGE-BEGIN and TESSERA-JUDGE-END on the console; with judge.devices=1 on the
+# kernel command line, then what it could do with its NVMe, edu and mtty PCI devices
+# between TESSERA-DEVICES-BEGIN and TESSERA-DEVICES-END (using /bin/pci-bar, built from
+# tests/guest/pci_bar.rs); then powers off (or reboots, with judge.action=reboot).
+# tests/src/linux_judge.rs parses both blocks; keep the two in step.
 export PATH=/bin
 
 mount -t proc proc /proc
@@ -69,6 +71,127 @@ echo "pci=$pci"
 
 dmesg | grep -iE 'srat|numa|hmat|slit|node|generic initiator|acpi: ' | sed 's/^/dmesg: /'
 echo TESSERA-JUDGE-END
+
+# --- judge.devices=1: what the guest can do with its (passed-through) PCI devices ------
+# Prints key=value lines `KIND.BDF.what=...` and `irq.BDF=...` between
+# TESSERA-DEVICES-BEGIN and TESSERA-DEVICES-END, for the devices it knows:
+#   NVMe (class 0x010802)  driver, namespace, rw (1 MiB written, caches dropped, read back),
+#                          msix_vectors / msix_irqs / msix_interrupts (enabled MSI-X
+#                          vectors, their Linux irqs, and their total count in /proc/interrupts)
+#   edu (1234:11e8)        id (BAR0 register 0x00), liveness (0x04 reads back inverted)
+#   mtty (4348:3253)       tty (the 8250_pci ports, comma-joined), loopback (a line written
+#                          to every port in raw mode reads back: mtty's UART loops TX to RX)
+# Keep serial output short: every console byte is a trapped I/O exit in a nested guest.
+
+# Driver bound to the PCI device at sysfs path $1, or "none".
+driver_of() {
+    if [ -e "$1/driver" ]; then basename "$(readlink "$1/driver")"; else echo none; fi
+}
+
+# NVMe: $1 BDF, $2 sysfs path.
+nvme_report() {
+    local p=nvme.$1 ns= name i rw=fail irqs= n=0 f total
+    echo "$p.driver=$(driver_of "$2")"
+    # The driver resets the controller and scans namespaces asynchronously: wait for one.
+    i=0
+    while [ -z "$ns" ] && [ "$i" -lt 100 ]; do
+        for f in "$2"/nvme/nvme*/nvme*n*; do
+            [ -e "$f" ] || continue
+            # With native multipath the controller holds the hidden path nvmeScCnN; the
+            # block device is the subsystem's nvmeSnN.
+            name=$(echo "${f##*/}" | sed 's/c[0-9]*n/n/')
+            [ -b "/dev/$name" ] && ns=$name && break
+        done
+        [ -n "$ns" ] || { sleep 0.1; i=$((i + 1)); }
+    done
+    echo "$p.namespace=$ns"
+    if [ -n "$ns" ] \
+        && dd if=/dev/urandom of=/tmp/nvme.out bs=1M count=1 2>/dev/null \
+        && dd if=/tmp/nvme.out of="/dev/$ns" bs=1M count=1 conv=fsync 2>/dev/null \
+        && echo 3 >/proc/sys/vm/drop_caches \
+        && dd if="/dev/$ns" of=/tmp/nvme.in bs=1M count=1 2>/dev/null \
+        && cmp -s /tmp/nvme.out /tmp/nvme.in; then
+        rw=ok
+    fi
+    rm -f /tmp/nvme.out /tmp/nvme.in
+    echo "$p.rw=$rw"
+    # msi_irqs/N holds "msix" or "msi" for each Linux irq N of the device.
+    for f in "$2"/msi_irqs/*; do
+        [ -e "$f" ] && [ "$(cat "$f")" = msix ] || continue
+        n=$((n + 1))
+        irqs="$irqs${irqs:+,}${f##*/}"
+    done
+    total=$(awk -v irqs=",$irqs," '
+        { irq = $1; sub(/:$/, "", irq) }
+        index(irqs, "," irq ",") { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i }
+        END { print s + 0 }' /proc/interrupts)
+    echo "$p.msix_vectors=$n"
+    echo "$p.msix_irqs=$irqs"
+    echo "$p.msix_interrupts=$total"
+}
+
+# edu: $1 BDF, $2 sysfs path. No driver binds it: enable it (memory decoding) ourselves.
+edu_report() {
+    local p=edu.$1 bar=$2/resource0 live=ok v got
+    { echo 1 >"$2/enable"; } 2>/dev/null
+    echo "$p.id=$(pci-bar "$bar" 0 2>&1)"
+    for v in 0x12345678 0xa5a5a5a5 $((RANDOM * 65536 + RANDOM)); do
+        got=$(pci-bar "$bar" 4 "$v" 2>&1)
+        [ "$got" = "$(printf '0x%08x' $((v ^ 0xffffffff)))" ] || live=fail
+    done
+    echo "$p.liveness=$live"
+}
+
+# Writes a line to the tty $1 in raw mode and reads it back; mtty's UART hands whatever
+# is written to THR back through RBR (a 16-byte FIFO, so the line is kept shorter).
+# Run it in a subshell: a failing `exec` redirection ends the shell that runs it.
+tty_loopback() {
+    local msg="tessera-$2" line=
+    # One open for both directions: closing the port would clear its FIFOs.
+    exec 3<>"/dev/$1" || return 1
+    stty raw -echo 115200 <&3 || { exec 3<&-; return 1; }
+    printf '%s\n' "$msg" >&3
+    read -t 3 -r line <&3
+    exec 3<&-
+    [ "$line" = "$msg" ]
+}
+
+# mtty: $1 BDF, $2 sysfs path.
+mtty_report() {
+    local p=mtty.$1 ttys t loop=ok
+    ttys=$(ls "$2/tty" 2>/dev/null)
+    echo "$p.tty=$(echo $ttys | tr ' ' ',')"
+    [ -n "$ttys" ] || loop=fail
+    for t in $ttys; do
+        (tty_loopback "$t" "$t") || loop=fail
+    done
+    echo "$p.loopback=$loop"
+}
+
+devices_report() {
+    local dev bdf id class bdfs=
+    echo TESSERA-DEVICES-BEGIN
+    for dev in /sys/bus/pci/devices/*; do
+        [ -e "$dev" ] || continue
+        bdf=${dev##*/}
+        id=$(cat "$dev/vendor"):$(cat "$dev/device")
+        class=$(cat "$dev/class")
+        case $id:$class in
+        *:0x010802) nvme_report "$bdf" "$dev" ;;
+        0x1234:0x11e8:*) edu_report "$bdf" "$dev" ;;
+        0x4348:0x3253:*) mtty_report "$bdf" "$dev" ;;
+        *) continue ;;
+        esac
+        echo "irq.$bdf=$(cat "$dev/irq")"
+        bdfs="$bdfs|$bdf"
+    done
+    [ -n "$bdfs" ] && dmesg | grep -E "nvme|ttyS[1-9]${bdfs}" | sed 's/^/dmesg: /'
+    echo TESSERA-DEVICES-END
+}
+
+case " $(cat /proc/cmdline) " in
+*" judge.devices=1 "*) devices_report ;;
+esac
 
 # `judge.action=reboot` on the command line: reboot instead of powering off, so a test
 # can watch a VMM boot the guest again.

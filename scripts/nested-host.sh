@@ -8,7 +8,10 @@
 #       Builds (once, cached) the L1 images in $TESSERA_CACHE/nested:
 #         vmlinuz, config, kernel-package   Debian 12's generic kernel (never installed here)
 #         kernel.deb                        the package they came from (for module rebuilds)
+#         mtty.ko                           the mtty sample mdev driver, built from Debian's
+#                                           linux-source against that kernel's headers
 #         modules                           the modules in the initramfs, in load order
+#                                           (mtty last)
 #         initramfs.cpio.gz                 busybox-static + modules + scripts/nested-init.sh
 #         nvme.img                          template backing file for L1's NVMe device
 #       Logs go to stderr; the last stdout line is that directory.
@@ -29,7 +32,9 @@ init_script=$here/nested-init.sh
 out=${TESSERA_CACHE:-$HOME/.cache/tessera}/nested
 
 # Modules L1 needs; their dependencies are added from the kernel's modules.dep.
-wanted_modules=(virtio_pci 9pnet_virtio 9p kvm-amd vfio vfio_iommu_type1 vfio-pci mdev)
+# i2c_i801 binds the ICH9 SMBus (00:1f.3), so its IOMMU group (with 00:1f.0 and 00:1f.2)
+# is not viable for VFIO: tests of that refusal need a real driver there.
+wanted_modules=(virtio_pci 9pnet_virtio 9p kvm-amd vfio vfio_iommu_type1 vfio-pci mdev i2c_i801)
 nvme_size=64M
 
 log() { echo "nested-host: $*" >&2; }
@@ -78,6 +83,52 @@ load_order() {
         }' "$dep"
 }
 
+# Builds $out/mtty.ko from Debian's linux-source (samples/vfio-mdev/mtty.c) against the
+# headers of exactly the kernel in $out/kernel-package: a module only loads into the
+# kernel whose vermagic and symbol versions it was built against. Packages are fetched
+# with `apt-get download` and unpacked under $1, never installed.
+# Its cache key is this function's text plus the kernel package (see build()).
+build_mtty() {
+    local dir=$1 image version kver abi series root src hdr deb
+    read -r image version <"$out/kernel-package"
+    kver=${image#linux-image-}           # 6.1.0-56-amd64
+    abi=${kver%-*}                       # 6.1.0-56
+    series=$(echo "$abi" | cut -d. -f1,2) # 6.1
+    log "building mtty.ko for $kver ($version)"
+    mkdir -p "$dir/deb"
+    # apt's download sandbox user must be able to write here.
+    chmod 0777 "$dir/deb"
+    # Exact versions: the headers must be those of the kernel we boot. If they are gone
+    # from the archive, the kernel is stale too.
+    (cd "$dir/deb" && apt-get download -q "linux-headers-$kver=$version" \
+        "linux-headers-$abi-common=$version" "linux-kbuild-$series=$version" \
+        "linux-source-$series=$version" >&2) \
+        || die "cannot download the $version headers/source; TESSERA_NESTED_REFRESH=1 fetches the current kernel"
+
+    root=$dir/root
+    for deb in "$dir"/deb/linux-headers-*.deb "$dir"/deb/linux-kbuild-*.deb; do
+        dpkg-deb -x "$deb" "$root"
+    done
+    hdr=$root/usr/src/linux-headers-$kver
+    # The flavour's Makefile includes the common one by absolute path.
+    sed -i "s|^include /usr/src/|include $root/usr/src/|" "$hdr/Makefile"
+
+    # Only mtty.c out of the 138 MB source tarball, streamed (never written out whole).
+    src=$dir/src
+    mkdir -p "$src"
+    dpkg-deb --fsys-tarfile "$dir"/deb/linux-source-*.deb \
+        | tar -xOf - "./usr/src/linux-source-$series.tar.xz" \
+        | tar -xJf - -C "$src" --strip-components=3 "linux-source-$series/samples/vfio-mdev/mtty.c"
+    echo 'obj-m := mtty.o' >"$src/Kbuild"
+    # Stdout is for the cache dir only; kbuild's chatter (e.g. "Skipping BTF generation")
+    # goes to the log.
+    make -s -C "$hdr" M="$src" modules >&2
+    grep -aq "vermagic=$kver " "$src/mtty.ko" || die "mtty.ko was not built for $kver"
+    # Debug info is 90% of the file and L1 has no use for it.
+    strip --strip-debug -o "$out/mtty.ko.tmp" "$src/mtty.ko"
+    mv "$out/mtty.ko.tmp" "$out/mtty.ko"
+}
+
 build() {
     mkdir -p "$out"
     # Test binaries may run this concurrently: one builder at a time.
@@ -105,11 +156,36 @@ build() {
     [ -x /bin/busybox ] && dpkg -S /bin/busybox 2>/dev/null | grep -q '^busybox-static:' \
         || { log "installing busybox-static"; sudo_if_needed apt-get install -y -qq busybox-static >&2; }
     command -v cpio >/dev/null || { log "installing cpio"; sudo_if_needed apt-get install -y -qq cpio >&2; }
+    # What building mtty.ko needs (scripts/setup.sh installs these): the compiler the
+    # Debian kernel was built with (its headers call gcc-12), make, xz for the source
+    # tarball, strip, and libelf for the prebuilt objtool.
+    local need=()
+    command -v gcc-12 >/dev/null || need+=(gcc)
+    command -v make >/dev/null || need+=(make)
+    command -v xz >/dev/null || need+=(xz-utils)
+    command -v strip >/dev/null || need+=(binutils)
+    [ -e /usr/lib/x86_64-linux-gnu/libelf.so.1 ] || need+=(libelf1)
+    if [ ${#need[@]} -gt 0 ]; then
+        log "installing ${need[*]}"
+        sudo_if_needed env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+    fi
+
+    # --- mtty.ko ------------------------------------------------------------------
+    local mtty_key
+    mtty_key=$( (declare -f build_mtty; cat "$out/kernel-package") | sha256sum | cut -d' ' -f1)
+    if [ ! -s "$out/mtty.ko" ] || [ "$(cat "$out/mtty.key" 2>/dev/null)" != "$mtty_key" ]; then
+        local t0=$SECONDS
+        build_mtty "$work/mtty"
+        echo "$mtty_key" >"$out/mtty.key"
+        log "mtty.ko built in $((SECONDS - t0))s"
+    fi
 
     # --- initramfs (and vmlinuz, from the same package) ---------------------------
     # Everything that goes into the images, plus the recipe below (this script).
     local key
-    key=$( (cat "$init_script" /bin/busybox "$self"; cat "$out/kernel-package") | sha256sum | cut -d' ' -f1)
+    key=$( (cat "$init_script" /bin/busybox "$self" "$out/mtty.ko"; cat "$out/kernel-package") \
+        | sha256sum | cut -d' ' -f1)
     if [ ! -s "$out/initramfs.cpio.gz" ] || [ ! -s "$out/vmlinuz" ] \
         || [ "$(cat "$out/initramfs.key" 2>/dev/null)" != "$key" ]; then
         log "building initramfs ($key)"
@@ -131,6 +207,10 @@ build() {
             mkdir -p "$root/lib/modules/$(dirname "$module")"
             cp "$tree/lib/modules/$kver/$module" "$root/lib/modules/$module"
         done <"$work/load-order"
+        # mtty needs vfio and mdev, which are in the list already: it goes last.
+        mkdir -p "$root/lib/modules/extra"
+        cp "$out/mtty.ko" "$root/lib/modules/extra/mtty.ko"
+        echo extra/mtty.ko >>"$work/load-order"
         cp "$work/load-order" "$root/lib/modules/load-order"
         install -m 0755 "$init_script" "$root/init"
         (cd "$root" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \

@@ -2,7 +2,8 @@
 # /init of the nested test host's L1 initramfs (copied in by scripts/nested-host.sh).
 #
 # Loads the modules listed in /lib/modules/load-order (dependency order, worked out at
-# build time from the kernel's modules.dep), mounts the host's / (shared read-only over
+# build time from the kernel's modules.dep; the list ends with extra/mtty.ko, the mtty
+# sample mdev driver built by nested-host.sh, after the vfio and mdev it needs), mounts the host's / (shared read-only over
 # virtio-9p as "hostroot") at /host, makes /host usable as a chroot (proc, sys, dev and
 # a writable /run), then runs the host script named by `tessera.run=PATH` on the kernel
 # command line as `sh /host/PATH` (busybox ash, outside the chroot; `in-host CMD...`

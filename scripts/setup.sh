@@ -8,7 +8,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-# Debian packages, with the command each provides that we check for.
+# Debian packages, with the command (or, for a library, the file) each provides that we
+# check for.
 packages=(
     acpica-tools:iasl            # iasl / acpiexec: the ACPI table judges
     acpica-tools:acpiexec
@@ -19,6 +20,15 @@ packages=(
     coreutils:timeout
     lz4:lz4                      # unpacks the judge bzImage's vmlinux for the PVH boot test
     curl:curl                    # the API tests and docs/api.md's examples talk to the socket with it
+    # The nested test host builds the mtty sample driver against Debian's kernel headers,
+    # whose Makefile calls gcc-12; the prebuilt objtool links libelf; the source is .tar.xz.
+    gcc:gcc-12
+    binutils:strip
+    make:make
+    xz-utils:xz
+    libelf1:/usr/lib/x86_64-linux-gnu/libelf.so.1
+    # The judge initramfs's pci-bar (tests/guest/pci_bar.rs) links glibc statically.
+    libc6-dev:/usr/lib/x86_64-linux-gnu/libc.a
 )
 
 log() { echo "setup: $*" >&2; }
@@ -32,6 +42,8 @@ for entry in "${packages[@]}"; do
     if [ "$pkg" = busybox-static ]; then
         dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" \
             || missing+=("$pkg")
+    elif [ "${cmd#/}" != "$cmd" ]; then
+        [ -e "$cmd" ] || missing+=("$pkg")
     elif ! command -v "$cmd" >/dev/null 2>&1; then
         missing+=("$pkg")
     fi

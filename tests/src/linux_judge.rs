@@ -439,6 +439,157 @@ pub fn parse_report(raw: &str) -> Result<Option<GuestReport>, JudgeError> {
     Ok(None)
 }
 
+const DEVICES_BEGIN: &str = "TESSERA-DEVICES-BEGIN";
+const DEVICES_END: &str = "TESSERA-DEVICES-END";
+
+/// How a device-report field's value must look.
+#[derive(Clone, Copy)]
+enum FieldKind {
+    /// Free text (a driver name, a tty list, a register value that may be an error).
+    Text,
+    /// A decimal number.
+    Number,
+    /// `ok` or `fail`.
+    Verdict,
+    /// Comma-separated decimal numbers, possibly none.
+    Numbers,
+}
+
+/// The fields `scripts/judge-init.sh` prints for each device kind.
+fn device_field(kind: &str, field: &str) -> Option<FieldKind> {
+    use FieldKind::{Number, Numbers, Text, Verdict};
+    Some(match (kind, field) {
+        ("nvme", "driver" | "namespace") => Text,
+        ("nvme", "rw") => Verdict,
+        ("nvme", "msix_vectors" | "msix_interrupts") => Number,
+        ("nvme", "msix_irqs") => Numbers,
+        ("edu", "id") => Text,
+        ("edu", "liveness") => Verdict,
+        ("mtty", "tty") => Text,
+        ("mtty", "loopback") => Verdict,
+        _ => return None,
+    })
+}
+
+/// What the guest could do with its PCI devices: the `TESSERA-DEVICES-BEGIN`/`END`
+/// block `scripts/judge-init.sh` prints with `judge.devices=1` on the kernel command line.
+///
+/// Keys are `KIND.BDF.FIELD` (KIND `nvme`, `edu` or `mtty`; BDF as in sysfs,
+/// `0000:00:03.0`) and `irq.BDF`:
+///
+/// | Key | Value |
+/// |---|---|
+/// | `nvme.BDF.driver` | driver bound to the controller (`nvme`), or `none` |
+/// | `nvme.BDF.namespace` | its block device (`nvme0n1`), empty if none appeared |
+/// | `nvme.BDF.rw` | `ok` if 1 MiB written, caches dropped, read back the same |
+/// | `nvme.BDF.msix_vectors` | MSI-X vectors enabled |
+/// | `nvme.BDF.msix_irqs` | their Linux irq numbers, comma-separated |
+/// | `nvme.BDF.msix_interrupts` | interrupts counted on them in `/proc/interrupts` |
+/// | `edu.BDF.id` | BAR0 register 0x00 as `0x%08x` (`0x010000ed`), or pci-bar's error |
+/// | `edu.BDF.liveness` | `ok` if register 0x04 read back inverted for every value written |
+/// | `mtty.BDF.tty` | the device's serial ports (`ttyS1,ttyS2`) |
+/// | `mtty.BDF.loopback` | `ok` if a line written to every port read back the same |
+/// | `irq.BDF` | the device's `irq` in sysfs |
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceReport {
+    /// Every key=value line of the block.
+    pub values: BTreeMap<String, String>,
+    /// dmesg lines about the devices (nvme, serial ports, their BDFs), without the prefix.
+    pub dmesg: Vec<String>,
+}
+
+impl DeviceReport {
+    /// The value of `key`, if reported.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// The BDFs of the devices of `kind` (`nvme`, `edu`, `mtty`) the guest found, sorted.
+    pub fn devices(&self, kind: &str) -> Vec<&str> {
+        let bdfs: std::collections::BTreeSet<&str> = self
+            .values
+            .keys()
+            .filter_map(|k| k.strip_prefix(kind)?.strip_prefix('.')?.rsplit_once('.'))
+            .map(|(bdf, _)| bdf)
+            .collect();
+        bdfs.into_iter().collect()
+    }
+
+    /// `KIND.BDF.FIELD`, if reported.
+    pub fn field(&self, kind: &str, bdf: &str, field: &str) -> Option<&str> {
+        self.get(&format!("{kind}.{bdf}.{field}"))
+    }
+
+    /// Whether `KIND.BDF.FIELD` is `ok`.
+    pub fn is_ok(&self, kind: &str, bdf: &str, field: &str) -> bool {
+        self.field(kind, bdf, field) == Some("ok")
+    }
+
+    /// `KIND.BDF.FIELD` as a number (decimal, or hex with `0x`).
+    pub fn number(&self, kind: &str, bdf: &str, field: &str) -> Option<u64> {
+        let v = self.field(kind, bdf, field)?;
+        match v.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => v.parse().ok(),
+        }
+    }
+
+    /// The device's legacy irq (`irq.BDF`).
+    pub fn irq(&self, bdf: &str) -> Option<u32> {
+        self.get(&format!("irq.{bdf}"))?.parse().ok()
+    }
+}
+
+fn check_device_key(key: &str, value: &str) -> Result<(), JudgeError> {
+    let unknown = || JudgeError::UnknownKey(key.to_string());
+    let (kind, rest) = key.split_once('.').ok_or_else(unknown)?;
+    let field_kind = if kind == "irq" {
+        FieldKind::Number
+    } else {
+        let (_bdf, field) = rest.rsplit_once('.').ok_or_else(unknown)?;
+        device_field(kind, field).ok_or_else(unknown)?
+    };
+    let valid = match field_kind {
+        FieldKind::Text => true,
+        FieldKind::Number => value.parse::<u64>().is_ok(),
+        FieldKind::Verdict => matches!(value, "ok" | "fail"),
+        FieldKind::Numbers => value
+            .split(',')
+            .filter(|v| !v.is_empty())
+            .all(|v| v.parse::<u32>().is_ok()),
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(bad(key, value))
+    }
+}
+
+/// Parses console output for the device block; `Ok(None)` if it holds no complete one.
+///
+/// As with [`parse_report`], lines without `=` are skipped, and unknown keys or values of
+/// the wrong shape (a non-number count, a verdict other than `ok`/`fail`) are errors.
+pub fn parse_device_report(console: &str) -> Result<Option<DeviceReport>, JudgeError> {
+    let mut lines = console.split(['\n', '\r']).map(str::trim_end);
+    if !lines.any(|l| l.ends_with(DEVICES_BEGIN)) {
+        return Ok(None);
+    }
+    let mut report = DeviceReport::default();
+    for line in lines {
+        if line.ends_with(DEVICES_END) {
+            return Ok(Some(report));
+        }
+        if let Some(msg) = line.strip_prefix("dmesg: ") {
+            report.dmesg.push(msg.to_string());
+        } else if let Some((key, value)) = line.split_once('=') {
+            let (key, value) = (key.trim(), value.trim());
+            check_device_key(key, value)?;
+            report.values.insert(key.to_string(), value.to_string());
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -494,6 +645,93 @@ TESSERA-JUDGE-END\r\n[    2.0] reboot: Power down\r\n";
             vec!["[    0.1] SRAT: PXM 0 -> APIC 0x00 -> Node 0"]
         );
         assert_eq!(r.raw, CANNED);
+    }
+
+    const DEVICES: &str = "TESSERA-JUDGE-END\r\nTESSERA-DEVICES-BEGIN\r\n\
+nvme.0000:00:05.0.driver=nvme\r\nnvme.0000:00:05.0.namespace=nvme0n1\r\n\
+nvme.0000:00:05.0.rw=ok\r\nnvme.0000:00:05.0.msix_vectors=2\r\n\
+nvme.0000:00:05.0.msix_irqs=24,25\r\nnvme.0000:00:05.0.msix_interrupts=137\r\n\
+irq.0000:00:05.0=11\r\nedu.0000:00:06.0.id=0x010000ed\r\nedu.0000:00:06.0.liveness=ok\r\n\
+irq.0000:00:06.0=10\r\nmtty.0000:00:07.0.tty=ttyS1,ttyS2\r\nmtty.0000:00:07.0.loopback=fail\r\n\
+irq.0000:00:07.0=11\r\n\
+dmesg: [    1.2] 0000:00:07.0: ttyS1 at I/O 0xc000 (irq = 11, base_baud = 115200) is a 16550A\r\n\
+TESSERA-DEVICES-END\r\n[    9.0] reboot: Power down\r\n";
+
+    #[test]
+    fn device_block() {
+        let r = parse_device_report(DEVICES).unwrap().unwrap();
+        assert_eq!(r.devices("nvme"), vec!["0000:00:05.0"]);
+        assert_eq!(r.devices("edu"), vec!["0000:00:06.0"]);
+        assert_eq!(r.devices("mtty"), vec!["0000:00:07.0"]);
+        assert!(r.devices("virtio").is_empty());
+        let nvme = "0000:00:05.0";
+        assert_eq!(r.field("nvme", nvme, "driver"), Some("nvme"));
+        assert!(r.is_ok("nvme", nvme, "rw"));
+        assert_eq!(r.number("nvme", nvme, "msix_vectors"), Some(2));
+        assert_eq!(r.number("nvme", nvme, "msix_interrupts"), Some(137));
+        assert_eq!(r.field("nvme", nvme, "msix_irqs"), Some("24,25"));
+        assert_eq!(r.number("edu", "0000:00:06.0", "id"), Some(0x0100_00ed));
+        assert!(r.is_ok("edu", "0000:00:06.0", "liveness"));
+        assert_eq!(r.field("mtty", "0000:00:07.0", "tty"), Some("ttyS1,ttyS2"));
+        assert!(!r.is_ok("mtty", "0000:00:07.0", "loopback"));
+        assert!(!r.is_ok("mtty", "0000:00:07.0", "missing"));
+        assert_eq!(r.irq("0000:00:07.0"), Some(11));
+        assert_eq!(r.irq("0000:00:08.0"), None);
+        // The value holds '=' and '(': dmesg lines are taken whole.
+        assert_eq!(r.dmesg.len(), 1);
+        assert!(r.dmesg[0].ends_with("is a 16550A"), "{:?}", r.dmesg);
+        assert_eq!(r.values.len(), 13);
+        // The NUMA block's parser ignores the device block and vice versa.
+        assert!(parse_report(DEVICES).unwrap().is_none());
+        assert!(parse_device_report(CANNED).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_device_blocks() {
+        let block = |body: &str| format!("TESSERA-DEVICES-BEGIN\n{body}\nTESSERA-DEVICES-END\n");
+        // Incomplete, or empty.
+        assert!(
+            parse_device_report("TESSERA-DEVICES-BEGIN\nirq.0000:00:03.0=5\n")
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            parse_device_report(&block("")).unwrap(),
+            Some(DeviceReport::default())
+        );
+        // pci-bar's error text is a legitimate edu id; number() just does not parse it.
+        let r = parse_device_report(&block("edu.0000:00:04.0.id=pci-bar: mmap failed"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.number("edu", "0000:00:04.0", "id"), None);
+        for bad_value in [
+            "nvme.0000:00:03.0.rw=maybe",
+            "nvme.0000:00:03.0.msix_vectors=two",
+            "nvme.0000:00:03.0.msix_irqs=24,x",
+            "irq.0000:00:03.0=",
+        ] {
+            assert!(
+                matches!(
+                    parse_device_report(&block(bad_value)),
+                    Err(JudgeError::BadValue { .. })
+                ),
+                "{bad_value}"
+            );
+        }
+        for unknown in [
+            "nvme.0000:00:03.0.speed=fast",
+            "gpu.0000:00:03.0.driver=x",
+            "nvme=1",
+            "edu.liveness=ok",
+        ] {
+            assert!(
+                matches!(
+                    parse_device_report(&block(unknown)),
+                    Err(JudgeError::UnknownKey(_))
+                ),
+                "{unknown}"
+            );
+        }
     }
 
     #[test]
