@@ -152,3 +152,18 @@ fn dump_acpi_writes_one_file_per_table() {
         }
     }
 }
+
+#[test]
+fn a_missing_passthrough_device() {
+    let k = judge_kernel();
+    refused(
+        &[
+            "--kernel",
+            &k,
+            "--device",
+            "id=gpu0,path=/sys/bus/pci/devices/0000:7f:1f.7",
+        ],
+        "devices[0].path",
+        "/sys/bus/pci/devices/0000:7f:1f.7 does not exist",
+    );
+}

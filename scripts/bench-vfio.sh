@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# VFIO benchmark, tessera against QEMU (issue 5's "Measure"); run by hand, not in CI.
+#
+# In ONE boot of the nested test host (docs/nested-test-host.md), with L1's NVMe
+# (00:03.0) bound to vfio-pci:
+#  1. DMA-map time: boots the judge guest with the NVMe passed through and 512 MiB, then
+#     2 GiB, of guest RAM under target/release/tessera and under QEMU (q35, KVM), each
+#     under `strace -f -T -e trace=ioctl`, and sums the time spent in the
+#     VFIO_IOMMU_MAP_DMA ioctls (the same measure for both: the kernel pinning and
+#     mapping guest RAM, whatever each VMM does around it).
+#  2. Boot time: BENCH_ROUNDS (3) alternating rounds of both with 512 MiB and the NVMe,
+#     through target/release/vmm-bootbench (spawn to TESSERA-INIT), no strace.
+# Output: L1's console, then `bench-vfio:` summary lines (medians, tessera/QEMU ratios)
+# also saved to target/bench-vfio.log. Exit 0 if every run reached /init.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd)
+
+rounds=${BENCH_ROUNDS:-3}
+log=$repo/target/bench-vfio.log
+cmdline='console=ttyS0 panic=-1 loglevel=4'
+command -v strace >/dev/null || { echo "bench-vfio: strace is not installed (scripts/setup.sh)" >&2; exit 1; }
+
+cargo build --quiet --release --locked -p tessera-vmm -p tessera-tests --bins
+judge=$(scripts/guest-images.sh | tail -n 1)
+kernel=$judge/vmlinuz
+initrd=$judge/initramfs.cpio.gz
+bench=$repo/target/release/vmm-bootbench
+tessera=$repo/target/release/tessera
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || rev="$rev+changes"
+
+tessera_cmd() { # RAM-MiB
+    echo "$tessera --kernel $kernel --initramfs $initrd --cmdline '$cmdline' \
+--cpus boot=2 --memory size=$1M --device id=nvme0,path=/sys/bus/pci/devices/0000:00:03.0"
+}
+qemu_cmd() { # RAM-MiB
+    echo "qemu-system-x86_64 -machine q35,accel=kvm -cpu host -smp 2 -m $1 \
+-nodefaults -no-user-config -nographic -no-reboot -serial stdio \
+-kernel $kernel -initrd $initrd -append '$cmdline' -device vfio-pci,host=0000:00:03.0"
+}
+
+l1=$(mktemp /tmp/tessera-bench-vfio.XXXXXX)
+trap 'rm -f "$l1"' EXIT
+chmod 0644 "$l1"
+{
+    cat <<EOF
+# Written by scripts/bench-vfio.sh: runs in L1 under busybox ash.
+. "\$HOST$repo/scripts/l1-vfio.sh"
+group=\$(vfio_bind 0000:00:03.0) || exit 1
+echo "bench-vfio: L1 \$(uname -r), \$(nproc) CPUs, NVMe in IOMMU group \$group; \$(in-host qemu-system-x86_64 --version | head -n 1)"
+echo "bench-vfio: tessera $rev; guest kernel $(cat "$judge/kernel-package")"
+# Sums the VFIO_IOMMU_MAP_DMA ioctl times (strace -T) of trace \$2 as milliseconds.
+dma_ms() {
+    grep -E 'VFIO_IOMMU_MAP_DMA|0x3b71' "\$2" | sed -n 's/.*<\\([0-9.]*\\)>\$/\\1/p' \\
+        | awk -v name="\$1" '{ s += \$1; n++ } END { printf "bench-vfio: dma name=%s ms=%.1f ioctls=%d\\n", name, s * 1000, n }'
+}
+EOF
+    for mib in 512 2048; do
+        cat <<EOF
+in-host strace -f -T -e trace=ioctl -o /run/tmp/tessera.strace $(tessera_cmd $mib) >/dev/null 2>&1
+dma_ms tessera-$mib /run/tmp/tessera.strace
+in-host strace -f -T -e trace=ioctl -o /run/tmp/qemu.strace $(qemu_cmd $mib) >/dev/null 2>&1
+dma_ms qemu-$mib /run/tmp/qemu.strace
+EOF
+    done
+    for i in $(seq 1 "$rounds"); do
+        cat <<EOF
+echo "bench-vfio: round $i"
+in-host $bench --name tessera --guest-ram-mib 512 -- $(tessera_cmd 512)
+in-host $bench --name qemu-q35 --guest-ram-mib 512 -- $(qemu_cmd 512)
+EOF
+    done
+    echo 'echo "bench-vfio: after: 0000:00:03.0 bound to $(driver_of 0000:00:03.0)"'
+} >"$l1"
+
+mkdir -p "$(dirname "$log")"
+status=0
+TESSERA_NESTED_TIMEOUT_SECS=${TESSERA_NESTED_TIMEOUT_SECS:-1500} \
+    scripts/nested-host.sh run "$l1" 2>&1 | tee "$log" || status=${PIPESTATUS[0]}
+
+tr -d '\r' <"$log" | awk -v status="$status" '
+    function median(list,    n, v, i, j, t) {
+        n = split(list, v, " ")
+        if (n == 0) return ""
+        for (i = 2; i <= n; i++)
+            for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+        return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    function field(key,    i) {
+        for (i = 2; i <= NF; i++) if (index($i, key "=") == 1) return substr($i, length(key) + 2)
+        return ""
+    }
+    /^bench-vfio: dma / { dma[field("name")] = field("ms"); print }
+    /^bootbench name=/ {
+        name = field("name"); ms = field("to_init_ms"); ex = field("exit")
+        if (ms != "none" && ex == "0") times[name] = times[name] " " ms
+        else failed++
+    }
+    END {
+        for (m = 512; m <= 2048; m *= 4)
+            if (dma["qemu-" m] > 0)
+                printf "bench-vfio: ratio tessera/qemu DMA-map %d MiB: %.1f ms / %.1f ms = %.2f\n", m, dma["tessera-" m], dma["qemu-" m], dma["tessera-" m] / dma["qemu-" m]
+        t = median(times["tessera"]); q = median(times["qemu-q35"])
+        printf "bench-vfio: boot to /init with the NVMe, medians: tessera %s ms (%s), qemu-q35 %s ms (%s)\n", t, times["tessera"], q, times["qemu-q35"]
+        if (q > 0) printf "bench-vfio: ratio tessera/qemu-q35 boot to /init: %.2f\n", t / q
+        exit (failed > 0 || t == "") ? 1 : 0
+    }' | tee -a "$log" || { [ "$status" != 0 ] || status=1; }
+exit "$status"
