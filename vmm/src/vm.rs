@@ -258,7 +258,7 @@ pub struct Vm {
     _passthrough: Option<Passthrough>,
     _router: Arc<KvmInterruptRouter>,
     _vm_fd: Arc<VmFd>,
-    _memory: GuestMemoryMmap,
+    _memory: memory::GuestRam,
     /// The guest's topology (BDFs, nodes), for reporting.
     pub topology: GuestTopology,
 }

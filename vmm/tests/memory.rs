@@ -8,7 +8,7 @@ use std::path::Path;
 use tessera_api::config::{MemoryZoneConfig, VmConfig};
 use tessera_arch::layout::lay_out;
 use tessera_vmm::memory::{allocate, check_host_at, register};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 const MIB: u64 = 1 << 20;
 
@@ -118,6 +118,11 @@ fn ram_is_mapped_per_range_and_registered_with_kvm() {
             (4096 * MIB, 1024 * MIB)
         ]
     );
+    // Host addresses are 2 MiB aligned like the guest's, so huge pages can back them.
+    for r in mem.iter() {
+        let host = r.get_host_address(MemoryRegionAddress(0)).unwrap() as usize;
+        assert_eq!(host % (2 << 20), 0, "region at {:#x}", r.start_addr().0);
+    }
     mem.write_obj(0xfeed_u32, GuestAddress(4096 * MIB + 8))
         .unwrap();
     assert_eq!(

@@ -4,7 +4,12 @@
 //! configuration field and says what to do. (The nested-host tests make the same mistakes
 //! with real devices.)
 
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};

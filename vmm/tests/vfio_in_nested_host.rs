@@ -4,7 +4,8 @@
 //! driver binds and moves data with MSI-X, edu's registers answer through its BAR, the
 //! mdev's serial port carries bytes, and its NUMA report lists the GI nodes. After the
 //! guest powers off the devices are still bound to vfio-pci and the mdev still exists, and
-//! a second boot does the same. Bad devices fail before boot with a message that says why.
+//! a second boot does the same. Bad devices fail before boot with a message that says why;
+//! two devices of one IOMMU group pass through together once the whole group is bound.
 
 #![allow(
     clippy::unwrap_used,
@@ -139,11 +140,21 @@ fn bad_devices_fail_before_boot_and_say_why() {
          vfio_bind 0000:00:1f.2 >/dev/null || exit 1\n\
          {notviable}\
          {missing}\
+         vfio_bind 0000:00:1f.3 >/dev/null && vfio_bind 0000:00:1f.0 >/dev/null || exit 1\n\
+         echo case=samegroup\n\
+         {samegroup} >/run/tmp/case.out 2>&1\n\
+         echo \"samegroup-exit=$?\"\n\
+         grep -a '^pci=' /run/tmp/case.out\n\
          echo \"after: nvme=$(driver_of 0000:00:03.0) open=$(ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c /dev/vfio/)\"\n",
         nodriver = case("nodriver", "path=/sys/bus/pci/devices/0000:00:03.0"),
         busy = case("busy", "path=/sys/bus/pci/devices/0000:00:03.0"),
         notviable = case("notviable", "path=/sys/bus/pci/devices/0000:00:1f.2"),
         missing = case("missing", "path=/sys/bus/pci/devices/0000:00:09.0"),
+        // Several devices of one group: once the whole group is bound to vfio-pci.
+        samegroup = tessera(&format!(
+            "{base} --device path=/sys/bus/pci/devices/0000:00:1f.2 \
+             --device path=/sys/bus/pci/devices/0000:00:1f.3"
+        )),
     );
     let out = nested::run(&script, &[]).unwrap();
     let console = out.console;
@@ -190,6 +201,18 @@ fn bad_devices_fail_before_boot_and_say_why() {
             "{name}: nothing may boot"
         );
     }
+    assert!(
+        console.contains("samegroup-exit=0"),
+        "two devices of one group boot together:\n{console}"
+    );
+    let pci = console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pci="))
+        .unwrap_or_else(|| panic!("the two-device guest printed no report:\n{console}"));
+    assert!(
+        pci.contains("0000:00:01.0") && pci.contains("0000:00:02.0"),
+        "the guest must see both functions: {pci}"
+    );
     assert!(
         console.contains("after: nvme=vfio-pci open=0"),
         "nothing may keep a VFIO group open:\n{console}"
