@@ -4,8 +4,9 @@
 # In ONE boot of the nested test host (docs/nested-test-host.md), with L1's NVMe
 # (00:03.0) bound to vfio-pci:
 #  1. DMA-map time: boots the judge guest with the NVMe passed through and 512 MiB, then
-#     2 GiB, of guest RAM under target/release/tessera and under QEMU (q35, KVM), each
-#     under `strace -f -T -e trace=ioctl`, and sums the time spent in the
+#     2 GiB, of guest RAM under target/release/tessera and under QEMU (q35, KVM, started
+#     paused with -S and killed after 40 s), each under `strace -f -T -e trace=ioctl`,
+#     and sums the time spent in the
 #     VFIO_IOMMU_MAP_DMA ioctls (the same measure for both: the kernel pinning and
 #     mapping guest RAM, whatever each VMM does around it).
 #  2. Boot time: BENCH_ROUNDS (3) alternating rounds of both with 512 MiB and the NVMe,
@@ -60,7 +61,9 @@ EOF
         cat <<EOF
 in-host strace -f -T -e trace=ioctl -o /run/tmp/tessera.strace $(tessera_cmd $mib) >/dev/null 2>&1
 dma_ms tessera-$mib /run/tmp/tessera.strace
-in-host strace -f -T -e trace=ioctl -o /run/tmp/qemu.strace $(qemu_cmd $mib) >/dev/null 2>&1
+# -S: QEMU maps guest RAM while it sets the machine up and then waits, its vCPUs never
+# run (SeaBIOS under strace would take ages); 40 s is ample for the maps to finish.
+in-host strace -f -T -e trace=ioctl -o /run/tmp/qemu.strace timeout 40 $(qemu_cmd $mib) -S >/dev/null 2>&1
 dma_ms qemu-$mib /run/tmp/qemu.strace
 EOF
     done

@@ -20,6 +20,7 @@ packages=(
     coreutils:timeout
     lz4:lz4                      # unpacks the judge bzImage's vmlinux for the PVH boot test
     curl:curl                    # the API tests and docs/api.md's examples talk to the socket with it
+    strace:strace                # scripts/bench-vfio.sh times the VMMs' DMA-map ioctls with it
     # The nested test host builds the mtty sample driver against Debian's kernel headers,
     # whose Makefile calls gcc-12; the prebuilt objtool links libelf; the source is .tar.xz.
     gcc:gcc-12

@@ -1,26 +1,42 @@
 //! The demo: Tessera boots a guest with 2 CPU nodes and 8 Generic Initiator nodes linked
-//! to a PCI device, and prints what the guest's Linux reports about them.
+//! to a passed-through PCI device, and prints what the guest's Linux reports about them
+//! and what it could do with the device.
 //!
-//! Where /dev/kvm can boot an unmodified guest, tessera runs directly; where it cannot
-//! (a paravirtual nested KVM, as on our CI machines), it runs inside the nested test
-//! host. Run through `scripts/demo.sh`, which builds `target/release/tessera`.
+//! Where /dev/kvm can boot an unmodified guest, tessera runs directly and passes through
+//! the device named by `TESSERA_DEMO_DEVICE` (a `/sys/bus/pci/devices/BDF` bound to
+//! vfio-pci; without it the GI nodes go to the host bridge). Where it cannot (a
+//! paravirtual nested KVM, as on our CI machines), it runs inside the nested test host
+//! and passes through L1's NVMe. Run through `scripts/demo.sh`, which builds
+//! `target/release/tessera`.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use tessera_tests::linux_judge::{images, parse_report, GuestReport};
+use tessera_tests::linux_judge::{images, parse_device_report, parse_report, GuestReport};
 use tessera_tests::nested;
 
-/// The VM, as tessera's command line.
+/// The VM, as tessera's command line, without its device.
 const VM: &str = "--cpus boot=2 --memory size=0 \
     --memory-zone id=m0,size=256M --memory-zone id=m1,size=256M \
     --numa guest_numa_id=0,cpus=[0],memory_zones=m0,distances=[1@20] \
     --numa guest_numa_id=1,cpus=[1],memory_zones=m1,distances=[0@20] \
     --numa guest_numa_id=2 --numa guest_numa_id=3 --numa guest_numa_id=4 \
     --numa guest_numa_id=5 --numa guest_numa_id=6 --numa guest_numa_id=7 \
-    --numa guest_numa_id=8 --numa guest_numa_id=9 \
-    --generic-initiator device=_host_bridge,nodes=2-9";
+    --numa guest_numa_id=8 --numa guest_numa_id=9";
+
+/// L1's NVMe in the nested test host.
+const NESTED_DEVICE: &str = "/sys/bus/pci/devices/0000:00:03.0";
+
+/// The device option and its GI links, or GI links to the host bridge without a device.
+fn device_args(device: Option<&str>) -> String {
+    match device {
+        Some(path) => {
+            format!("--device id=dev0,path={path} --generic-initiator device=dev0,nodes=2-9")
+        }
+        None => "--generic-initiator device=_host_bridge,nodes=2-9".into(),
+    }
+}
 
 /// Whether this host's KVM is the paravirtual kind that cannot boot unmodified guests.
 fn needs_nested_host() -> bool {
@@ -38,24 +54,38 @@ fn main() -> Result<()> {
         .canonicalize()
         .with_context(|| format!("{} (build it first)", tessera.display()))?;
     let judge = images()?;
+    let nested_host = needs_nested_host();
+    let device = if nested_host {
+        Some(NESTED_DEVICE.to_string())
+    } else {
+        std::env::var("TESSERA_DEMO_DEVICE").ok()
+    };
+    let vm = format!("{VM} {}", device_args(device.as_deref()));
     let command = format!(
-        "{} --kernel {} --initramfs {} --cmdline 'console=ttyS0 panic=-1 loglevel=4' {VM}",
+        "{} --kernel {} --initramfs {} \
+         --cmdline 'console=ttyS0 panic=-1 loglevel=4 judge.devices=1' {vm}",
         tessera.display(),
         judge.vmlinuz.display(),
         judge.initramfs.display()
     );
     println!(
         "The VM:\n  tessera {}\n",
-        VM.split_whitespace().collect::<Vec<_>>().join(" ")
+        vm.split_whitespace().collect::<Vec<_>>().join(" ")
     );
 
-    let (status, console) = if needs_nested_host() {
+    let (status, console) = if nested_host {
         println!("This host's /dev/kvm cannot boot unmodified guests: running tessera inside the");
         println!(
             "nested test host (QEMU TCG with emulated SVM; see docs/nested-test-host.md)...\n"
         );
+        println!("L1's NVMe (00:03.0) is bound to vfio-pci and passed through.\n");
+        let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         let run = nested::run(
-            &format!("in-host {command}\necho \"tessera-exit=$?\"\n"),
+            &format!(
+                ". \"$HOST{repo}/scripts/l1-vfio.sh\"\n\
+                 vfio_bind 0000:00:03.0 >/dev/null || exit 1\n\
+                 in-host {command}\necho \"tessera-exit=$?\"\n"
+            ),
             &[],
         )?;
         let status = run
@@ -75,7 +105,13 @@ fn main() -> Result<()> {
     let Some(report) = parse_report(&console)? else {
         bail!("the guest printed no report; console:\n{console}");
     };
-    print_report(&report);
+    print_report(&report, device.is_some());
+    if let Some(d) = parse_device_report(&console)? {
+        println!("\nWhat the guest did with the passed-through devices:");
+        for (k, v) in &d.values {
+            println!("  {k} = {v}");
+        }
+    }
     println!(
         "\ntessera exited with status {} after the guest's poweroff -f.",
         status.map_or("?".into(), |s| s.to_string())
@@ -83,7 +119,7 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn print_report(r: &GuestReport) {
+fn print_report(r: &GuestReport, passed_through: bool) {
     let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     println!("What the guest's Linux reports (/sys/devices/system/node):");
     println!("  online:                {}", list(&r.online));
@@ -109,5 +145,9 @@ fn print_report(r: &GuestReport) {
     }
     let devices: Vec<String> = r.pci_numa.keys().cloned().collect();
     println!("\n  PCI devices in the guest: {}", devices.join(", "));
-    println!("  (the GI entries name 0000:00:00.0, the host bridge; passed-through devices come with VFIO)");
+    if passed_through {
+        println!("  (the GI entries name 0000:00:01.0, the passed-through device)");
+    } else {
+        println!("  (no device given: the GI entries name 0000:00:00.0, the host bridge)");
+    }
 }
