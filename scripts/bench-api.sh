@@ -11,7 +11,10 @@
 # clients.
 #
 # BENCH_CLIENT_THREADS (1) is api-bench's tokio threads: 1 leaves the other CPUs to
-# tessera, which serves on 2 threads and answers from its control loop.
+# tessera, which serves the API on one thread and answers vmm.ping and vm.info from the
+# snapshot its control loop publishes. Client and server share the machine's CPUs, so
+# the last line says where the CPU time of the runs went: tessera, api-bench, and
+# everything else on the machine (other load makes the figures worse, not better).
 # Exit status: 0 if every request was answered 200 and tessera exited 0.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -53,10 +56,20 @@ EOF
 
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || rev="$rev+changes"
-echo "bench-api: tessera $rev on $(nproc) CPUs ($(uname -r)); $requests requests or ${seconds}s per configuration; client threads $threads"
+echo "bench-api: tessera $rev on $(nproc) CPUs ($(uname -r)), shared by tessera and the client; $requests requests or ${seconds}s per configuration; client threads $threads"
+# CPU time in clock ticks: the machine's (busy, all) and tessera's, before and after.
+ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+tessera_ticks() { awk '{print $14+$15}' "/proc/$pid/stat"; }
+read -r busy0 all0 < <(ticks)
+tessera0=$(tessera_ticks)
 status=0
-"$bench" --socket "$sock" --path vmm.ping --path vm.info --clients 1 --clients 64 \
-    --requests "$requests" --seconds "$seconds" --threads "$threads" | tee "$dir/bench.out" || status=1
+TIMEFORMAT='%U %S'
+{ time "$bench" --socket "$sock" --path vmm.ping --path vm.info --clients 1 --clients 64 \
+    --requests "$requests" --seconds "$seconds" --threads "$threads" >"$dir/bench.out"; } \
+    2>"$dir/bench.time" || status=1
+read -r busy1 all1 < <(ticks)
+tessera1=$(tessera_ticks)
+cat "$dir/bench.out"
 
 # The summary table, from api-bench's lines.
 awk '
@@ -68,6 +81,17 @@ awk '
     /^api-bench / {
         printf "bench-api: %-20s %7s %9s %9s %9s %7s\n", $2 " " $3, field("clients"), field("p50_us"), field("p99_us"), field("rps"), field("errors")
     }' "$dir/bench.out"
+# Where the CPU time went while api-bench ran (api-bench's own from `time`).
+hz=$(getconf CLK_TCK)
+head -n -1 "$dir/bench.time" >&2 # api-bench's own messages, if any
+read -r client_user client_sys < <(tail -n 1 "$dir/bench.time")
+awk -v hz="$hz" -v busy=$((busy1 - busy0)) -v all=$((all1 - all0)) \
+    -v tessera=$((tessera1 - tessera0)) -v client="$client_user $client_sys" '
+    BEGIN {
+        split(client, c, " "); client = c[1] + c[2]; busy /= hz; all /= hz; tessera /= hz
+        other = busy - tessera - client; if (other < 0) other = 0
+        printf "bench-api: CPU time during the runs: tessera %.1fs, api-bench %.1fs, other load %.1fs, idle %.1fs (of %.1fs)\n", tessera, client, other, all - busy, all
+    }'
 
 api -X PUT http://localhost/api/v1/vmm.shutdown
 code=0

@@ -1,11 +1,12 @@
 //! The HTTP API server: [`VmAction`], the typed requests it hands the VMM over a channel,
+//! [`Published`], the answers to read-only requests the VMM keeps up to date for it,
 //! [`bind`] for the Unix socket and [`serve`], which answers HTTP on it. It never touches
 //! KVM; the VMM decides every answer except parse errors (400/404/405/413) and an absent
 //! VMM (503).
 
 use std::future::{Future, IntoFuture};
 use std::os::unix::net::UnixListener;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -15,6 +16,8 @@ use crate::config::{DeviceConfig, GenericInitiatorConfig, NumaConfig, VmConfig};
 pub use crate::error::{ApiError, BindError};
 pub use crate::socket::bind;
 pub use crate::types::RemoveGenericInitiator;
+/// The bytes of a pre-serialized answer ([`ApiReply::JsonText`]).
+pub use axum::body::Bytes;
 
 /// Every endpoint's path starts with this.
 pub const API_PREFIX: &str = "/api/v1";
@@ -53,7 +56,9 @@ pub enum VmAction {
     Delete,
     /// `PUT /vm.power-button`.
     PowerButton,
-    /// `PUT /vm.add-device`: answer [`crate::types::PciDeviceInfo`] (200) or 204.
+    /// `PUT /vm.add-device`: add the device to the configuration of a VM not booted, and
+    /// answer 204, as Cloud Hypervisor answers a cold add. (CH answers a hot-plug with
+    /// 200 and a [`crate::types::PciDeviceInfo`]; Tessera refuses hot-plug with 409.)
     AddDevice(DeviceConfig),
     /// `PUT /vm.remove-device` `{"id": ...}`.
     RemoveDevice {
@@ -93,6 +98,9 @@ pub enum ApiReply {
     NoContent,
     /// 200 OK with this JSON body.
     Json(serde_json::Value),
+    /// 200 OK with this body, JSON already serialized: an answer made once and given
+    /// many times ([`Snapshot`]) costs no serialization per request.
+    JsonText(Bytes),
 }
 
 impl ApiReply {
@@ -100,7 +108,80 @@ impl ApiReply {
     pub fn json<T: Serialize>(value: &T) -> Result<Self, ApiError> {
         serde_json::to_value(value)
             .map(ApiReply::Json)
-            .map_err(|e| ApiError::new(500, format!("cannot serialize the answer: {e}"), None))
+            .map_err(serialize_error)
+    }
+
+    /// 200 with `value` as JSON, serialized now ([`ApiReply::JsonText`]): the same bytes
+    /// [`ApiReply::json`] would send (object keys sorted), made once.
+    pub fn json_text<T: Serialize>(value: &T) -> Result<Self, ApiError> {
+        // Through a Value, whose maps are sorted, so that the text does not depend on
+        // which of the two constructors made it.
+        serde_json::to_value(value)
+            .and_then(|v| serde_json::to_vec(&v))
+            .map(|text| ApiReply::JsonText(Bytes::from(text)))
+            .map_err(serialize_error)
+    }
+}
+
+fn serialize_error(e: serde_json::Error) -> ApiError {
+    ApiError::new(500, format!("cannot serialize the answer: {e}"), None)
+}
+
+/// The answers to the read-only requests that do not need the VMM at the time they are
+/// asked, as of the VMM's last change. The server gives them without a round trip to
+/// the VMM; `None` sends the request to the VMM as usual.
+///
+/// `vm.counters` is not here: its values change with every VM exit, so it is always
+/// asked of the VMM.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// `GET /vmm.ping`'s answer.
+    pub ping: Option<Result<ApiReply, ApiError>>,
+    /// `GET /vm.info`'s answer.
+    pub info: Option<Result<ApiReply, ApiError>>,
+    /// `GET /vm.acpi`'s answer.
+    pub acpi: Option<Result<ApiReply, ApiError>>,
+}
+
+impl Snapshot {
+    /// Every answer is 503: the VMM has stopped taking requests.
+    pub fn closed() -> Self {
+        Snapshot {
+            ping: Some(Err(ApiError::unavailable())),
+            info: Some(Err(ApiError::unavailable())),
+            acpi: Some(Err(ApiError::unavailable())),
+        }
+    }
+}
+
+/// Where the VMM publishes its [`Snapshot`] for [`serve`]: one writer, the VMM, and any
+/// number of readers, the connections. Starts empty (every request goes to the VMM).
+///
+/// Read-your-writes: the VMM publishes the snapshot a change gives *before* it answers
+/// the request that made the change, so a request sent after that answer sees it.
+#[derive(Debug, Default)]
+pub struct Published {
+    // A lock held only to swap or clone an Arc: readers never wait on a snapshot being
+    // made, and a snapshot is never seen half-made.
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl Published {
+    /// An empty one: every request goes to the VMM until the first [`Published::publish`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the snapshot; requests that start after this returns see `snapshot`.
+    pub fn publish(&self, snapshot: Snapshot) {
+        let snapshot = Arc::new(snapshot);
+        // A poisoned lock still holds a whole Arc: a panic cannot leave it half-written.
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = snapshot;
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -116,29 +197,36 @@ pub fn openapi_json() -> &'static str {
     crate::routes::OPENAPI
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves, forwarding each request to `vmm`
-/// and answering from its reply. After `shutdown`, open requests get up to
+/// Serves HTTP on `listener` until `shutdown` resolves, answering read-only requests
+/// from `published` where it has their answer, and forwarding every other request to
+/// `vmm` and answering from its reply. After `shutdown`, open requests get up to
 /// [`SHUTDOWN_GRACE`] to finish. Removes nothing (the caller removes the socket file).
 ///
 /// Must run on a tokio runtime with IO and time enabled (`enable_all`). After it returns,
 /// drop the runtime: connections cut off by the grace period hold `vmm` senders until then.
 ///
 /// ```no_run
-/// # use tessera_api::server::{bind, serve, ApiReply, ApiRequest};
+/// # use std::sync::Arc;
+/// # use tessera_api::server::{bind, serve, ApiReply, ApiRequest, Published, Snapshot};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let path = std::path::Path::new("/run/tessera/api.sock");
 /// let listener = bind(path)?; // on the main thread: errors before anything starts
 /// let (tx, mut rx) = tokio::sync::mpsc::channel::<ApiRequest>(64);
+/// let published = Arc::new(Published::new());
 /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// let view = Arc::clone(&published);
 /// let api = std::thread::spawn(move || {
-///     rt.block_on(serve(listener, tx, async { let _ = stopped.await; }))
+///     rt.block_on(serve(listener, tx, view, async { let _ = stopped.await; }))
 /// });
 /// // The VMM's control loop (blocking_recv, or poll rx alongside its other events):
 /// while let Some(req) = rx.blocking_recv() {
+///     // Apply the request, publish what changed, and only then answer.
+///     published.publish(Snapshot::default());
 ///     let _ = req.reply.send(Ok(ApiReply::NoContent)); // ignore: the client may be gone
 ///     # break;
 /// }
+/// published.publish(Snapshot::closed());
 /// let _ = stop.send(()); // on vmm.shutdown, after replying
 /// api.join().ok();
 /// std::fs::remove_file(path)?;
@@ -147,17 +235,23 @@ pub fn openapi_json() -> &'static str {
 pub async fn serve(
     listener: UnixListener,
     vmm: mpsc::Sender<ApiRequest>,
+    published: Arc<Published>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     let stop = Arc::new(Notify::new());
     let stopping = Arc::clone(&stop);
-    let server =
-        axum::serve(listener, crate::routes::router(vmm)).with_graceful_shutdown(async move {
-            shutdown.await;
-            stop.notify_one();
-        });
+    let server = axum::serve(listener, {
+        use axum::handler::Handler as _;
+        crate::routes::dispatch
+            .with_state(crate::routes::shared(vmm, published))
+            .into_make_service()
+    })
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        stop.notify_one();
+    });
     tokio::select! {
         result = server.into_future() => result,
         () = async {

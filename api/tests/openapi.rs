@@ -1,6 +1,8 @@
 //! The served OpenAPI document is valid JSON, lists exactly the router's routes with the
-//! right methods and request bodies, and its schemas match the Rust types field for
-//! field: names, which are required, and that unknown fields are refused.
+//! right methods and request bodies, documents every answer the server gives on its own
+//! (400, 413, 503), and its schemas match the Rust types field for field: names, which
+//! are required, and that unknown fields are refused. (The VMM's answers, in every
+//! state of the VM, are held to the document by `vmm/tests/api.rs`.)
 
 #![allow(
     clippy::unwrap_used,
@@ -13,6 +15,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use common::Harness;
 use serde::de::DeserializeOwned;
@@ -21,7 +24,9 @@ use serde_json::{json, Value};
 use tessera_api::config::{
     ConsoleMode, DeviceConfig, GenericInitiatorConfig, NumaConfig, VmConfig,
 };
-use tessera_api::server::{openapi_json, routes, ApiError, ApiReply, VmAction};
+use tessera_api::server::{
+    openapi_json, routes, ApiError, ApiReply, ApiRequest, Snapshot, VmAction, MAX_BODY,
+};
 use tessera_api::types::{
     AcpiInfo, AcpiTable, DeviceInfo, PciDeviceInfo, RemoveGenericInitiator, VmInfo, VmRemoveDevice,
     VmRemoveNumaNode, VmState, VmmPingResponse,
@@ -87,6 +92,92 @@ async fn documented_request_bodies_are_the_ones_the_server_needs() {
             assert_eq!(r.status, 204, "{path}: {r:?}");
         }
     }
+}
+
+/// The statuses `openapi.json` documents for `method` (lower case) on `path`.
+fn documented(d: &Value, method: &str, path: &str) -> BTreeSet<u16> {
+    d["paths"][path][method]["responses"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{method} {path} is not documented"))
+        .keys()
+        .map(|k| k.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_servers_own_answers_are_documented() {
+    let d = doc();
+    let ops: Vec<(String, String)> = d["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(|m| (m.clone(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let h = Harness::start(|_| Ok(ApiReply::NoContent));
+    // Every route reads its body, with or without one documented, and refuses one over
+    // the limit before anything else.
+    let big = vec![b' '; MAX_BODY + 1];
+    for (method, path) in &ops {
+        let r = h
+            .call(
+                &method.to_uppercase(),
+                &format!("/api/v1{path}"),
+                Some(&big),
+            )
+            .await;
+        assert_eq!(r.status, 413, "{method} {path}");
+        assert!(
+            documented(&d, method, path).contains(&413),
+            "{method} {path} 413"
+        );
+    }
+    assert!(h.actions().is_empty());
+
+    // Without a VMM, everything but this document is 503: when its channel is closed,
+    // and, for the answers the VMM publishes, when its snapshot says it has stopped.
+    let (tx, rx) = tokio::sync::mpsc::channel::<ApiRequest>(1);
+    drop(rx);
+    let gone = Harness::with_channel(tx, Arc::new(Mutex::new(Vec::new())));
+    h.published.publish(Snapshot::closed());
+    let mut published = 0;
+    for (method, path) in &ops {
+        let needs_body = d["paths"][path][method].get("requestBody").is_some();
+        // A body the server refuses before asking the VMM would be a 400.
+        let body = needs_body.then(|| match path.as_str() {
+            "/vm.create" => r#"{"payload": {"kernel": "/k"}}"#,
+            "/vm.add-device" => r#"{"path": "/p"}"#,
+            "/vm.remove-device" => r#"{"id": "d"}"#,
+            "/vm.add-numa-node" | "/vm.remove-numa-node" => r#"{"guest_numa_id": 1}"#,
+            "/vm.add-generic-initiator" => r#"{"device": "d", "node": 1}"#,
+            "/vm.remove-generic-initiator" => r#"{"id": "g"}"#,
+            _ => panic!("{path}: give an example body"),
+        });
+        let method_uc = method.to_uppercase();
+        let url = format!("/api/v1{path}");
+        let r = gone.call(&method_uc, &url, body.map(str::as_bytes)).await;
+        let asked = h.actions().len();
+        let s = h.call(&method_uc, &url, body.map(str::as_bytes)).await;
+        if path == "/openapi.json" {
+            assert_eq!((r.status, s.status), (200, 200));
+            continue;
+        }
+        r.assert_error(503, None);
+        assert!(
+            documented(&d, method, path).contains(&503),
+            "{method} {path} 503"
+        );
+        if h.actions().len() == asked {
+            s.assert_error(503, None);
+            published += 1;
+        }
+    }
+    assert_eq!(published, 3, "vmm.ping, vm.info and vm.acpi are published");
 }
 
 #[test]

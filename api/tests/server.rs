@@ -20,7 +20,7 @@ use common::{Client, Harness};
 use serde_json::json;
 use tessera_api::config::{DeviceConfig, GenericInitiatorConfig, NumaConfig, VmConfig};
 use tessera_api::server::{
-    routes, ApiError, ApiReply, ApiRequest, RemoveGenericInitiator, VmAction, MAX_BODY,
+    routes, ApiError, ApiReply, ApiRequest, RemoveGenericInitiator, Snapshot, VmAction, MAX_BODY,
     SHUTDOWN_GRACE,
 };
 use tessera_api::types::{
@@ -625,6 +625,85 @@ async fn no_vmm_is_503() {
         .await
         .assert_error(503, None);
     assert!(e.contains("VMM"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn published_answers_are_given_without_the_vmm() {
+    let h = Harness::start(script);
+    // Nothing published yet: they reach the VMM.
+    assert_eq!(
+        h.call("GET", "/api/v1/vmm.ping", None).await.json(),
+        json!(ping())
+    );
+    assert_eq!(
+        h.call("GET", "/api/v1/vm.info", None).await.json(),
+        json!(info())
+    );
+    assert_eq!(h.actions(), [VmAction::Ping, VmAction::Info]);
+
+    let mut created = info();
+    created.state = VmState::Created;
+    h.published.publish(Snapshot {
+        ping: Some(ApiReply::json_text(&ping())),
+        info: Some(ApiReply::json_text(&created)),
+        acpi: Some(ApiReply::json_text(&acpi())),
+    });
+    for _ in 0..3 {
+        let r = h.call("GET", "/api/v1/vm.info", None).await;
+        assert_eq!(
+            (r.status, r.content_type.as_deref()),
+            (200, Some("application/json"))
+        );
+        assert_eq!(r.json(), json!(created));
+        let r = h.call("GET", "/api/v1/vmm.ping", None).await;
+        assert_eq!(r.json(), json!(ping()));
+        let r = h.call("GET", "/api/v1/vm.acpi", None).await;
+        assert_eq!(r.json(), json!(acpi()));
+    }
+    // A published error is answered as such; what is not published still goes to the VMM.
+    h.published.publish(Snapshot {
+        ping: Some(ApiReply::json_text(&ping())),
+        info: Some(Err(ApiError::new(404, "no VM has been created", None))),
+        acpi: None,
+    });
+    h.call("GET", "/api/v1/vm.info", None)
+        .await
+        .assert_error(404, None);
+    assert_eq!(h.call("GET", "/api/v1/vm.counters", None).await.status, 200);
+    assert_eq!(h.call("GET", "/api/v1/vm.acpi", None).await.status, 200);
+    assert_eq!(
+        h.actions()[2..],
+        [VmAction::Counters, VmAction::Acpi],
+        "{:?}",
+        h.actions()
+    );
+    // The wrong method is still a 405, and a body still has its limit.
+    assert_eq!(h.call("PUT", "/api/v1/vm.info", None).await.status, 405);
+    let big = vec![b' '; MAX_BODY + 1];
+    h.call("GET", "/api/v1/vmm.ping", Some(&big))
+        .await
+        .assert_error(413, None);
+
+    // A VMM that has stopped: 503, as when its channel is gone.
+    h.published.publish(Snapshot::closed());
+    for path in ["/api/v1/vmm.ping", "/api/v1/vm.info", "/api/v1/vm.acpi"] {
+        let e = h.call("GET", path, None).await.assert_error(503, None);
+        assert!(e.contains("VMM"), "{e}");
+    }
+    assert_eq!(h.actions().len(), 4);
+}
+
+#[test]
+fn json_text_is_the_text_json_sends() {
+    // The two constructors give the same bytes on the wire (sorted keys), so a published
+    // answer reads exactly like one the VMM makes per request.
+    let ApiReply::Json(value) = ApiReply::json(&info()).unwrap() else {
+        panic!("not JSON")
+    };
+    assert_eq!(
+        ApiReply::json_text(&info()).unwrap(),
+        ApiReply::JsonText(value.to_string().into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,16 +5,22 @@
 //! Configuration edits (devices, NUMA nodes, Generic Initiator links) are only taken
 //! before boot: Linux reads the SRAT once. Every edit is applied to a copy and checked
 //! whole before it replaces the configuration, so a refused edit changes nothing.
+//!
+//! After every change, and before answering the request that made it, the loop
+//! publishes the answers to `vmm.ping`, `vm.info` and `vm.acpi` ([`Snapshot`]): the API
+//! server gives those from the snapshot, without waiting for the loop, and still sees
+//! every change that has been answered.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 
 use serde_json::json;
 use tessera_api::config::{ConfigError, VmConfig};
-use tessera_api::server::{ApiError, ApiReply, ApiRequest, RemoveGenericInitiator, VmAction};
-use tessera_api::types::{
-    AcpiInfo, AcpiTable, DeviceInfo, PciDeviceInfo, VmInfo, VmState, VmmPingResponse,
+use tessera_api::server::{
+    ApiError, ApiReply, ApiRequest, Published, RemoveGenericInitiator, Snapshot, VmAction,
 };
+use tessera_api::types::{AcpiInfo, AcpiTable, DeviceInfo, VmInfo, VmState, VmmPingResponse};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -56,6 +62,10 @@ pub struct Control {
     serial: Option<SerialSink>,
     /// End the loop when the guest powers off (the command line without an API).
     exit_on_poweroff: bool,
+    /// `vmm.ping`'s answer, which never changes.
+    ping: Result<ApiReply, ApiError>,
+    /// Where the read-only answers go for the API server.
+    published: Arc<Published>,
 }
 
 fn err(status: u16, error: impl Into<String>) -> ApiError {
@@ -87,14 +97,40 @@ impl Control {
         } else {
             State::Empty
         };
-        Control {
+        let ping = ApiReply::json_text(&VmmPingResponse {
+            build_version: env!("CARGO_PKG_VERSION").into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: i64::from(std::process::id()),
+            features: ["numa", "generic_initiators", "acpi_tables"]
+                .map(String::from)
+                .into(),
+        });
+        let control = Control {
             kvm,
             config,
             state,
             shut_down: false,
             serial: None,
             exit_on_poweroff: false,
-        }
+            ping,
+            published: Arc::new(Published::new()),
+        };
+        control.publish();
+        control
+    }
+
+    /// The read-only answers this VMM publishes, for [`tessera_api::server::serve`].
+    pub fn published(&self) -> Arc<Published> {
+        Arc::clone(&self.published)
+    }
+
+    /// Publishes the answers to `vmm.ping`, `vm.info` and `vm.acpi` as they are now.
+    fn publish(&self) {
+        self.published.publish(Snapshot {
+            ping: Some(self.ping.clone()),
+            info: Some(self.info()),
+            acpi: Some(self.acpi()),
+        });
     }
 
     /// Makes [`Control::run`] return when the guest powers off, as `tessera` without an
@@ -105,8 +141,20 @@ impl Control {
     }
 
     /// Runs until vmm.shutdown, a signal on `stop`, or the API closing. Requests arrive
-    /// on `requests`; `wake` is written whenever one was sent.
+    /// on `requests`; `wake` is written whenever one was sent. However it returns, the
+    /// published answers are 503 from then on: no VMM stands behind them.
     pub fn run(
+        &mut self,
+        requests: &Receiver<ApiRequest>,
+        wake: &EventFd,
+        stop: &impl AsRawFd,
+    ) -> Result<LoopExit, VmError> {
+        let exit = self.run_loop(requests, wake, stop);
+        self.published.publish(Snapshot::closed());
+        exit
+    }
+
+    fn run_loop(
         &mut self,
         requests: &Receiver<ApiRequest>,
         wake: &EventFd,
@@ -161,10 +209,13 @@ impl Control {
                 self.stop_vm();
                 return Ok(LoopExit::Signal);
             }
+            // Whether the guest changed the VM's state on its own.
+            let mut changed = false;
             if fired.contains(&2) {
                 tracing::info!("guest powered off");
                 self.stop_vm();
                 self.shut_down = true;
+                changed = true;
                 if self.exit_on_poweroff {
                     return Ok(LoopExit::GuestPoweredOff);
                 }
@@ -174,13 +225,18 @@ impl Control {
                 if let Err(e) = self.boot() {
                     tracing::error!("reboot failed: {}", e.error);
                 }
+                changed = true;
             }
             if let State::Running(vm) | State::Paused(vm) = &mut self.state {
                 if let Err(e) = vm.check_vcpus() {
                     tracing::error!("{e}");
                     self.stop_vm();
                     self.shut_down = true;
+                    changed = true;
                 }
+            }
+            if changed {
+                self.publish();
             }
             if fired.contains(&0) {
                 let _ = wake.read();
@@ -190,9 +246,13 @@ impl Control {
                     Ok(request) => {
                         let shutdown = matches!(request.action, VmAction::VmmShutdown);
                         let reply = self.handle(request.action);
+                        if shutdown {
+                            // Before the answer: a client told the VMM is gone must not
+                            // then be answered from its last snapshot.
+                            self.published.publish(Snapshot::closed());
+                        }
                         let _ = request.reply.send(reply);
                         if shutdown {
-                            self.stop_vm();
                             return Ok(LoopExit::VmmShutdown);
                         }
                     }
@@ -250,7 +310,7 @@ impl Control {
         &mut self,
         list: &str,
         edit: impl FnOnce(&mut VmConfig) -> Result<usize, ApiError>,
-    ) -> Result<VmConfig, ApiError> {
+    ) -> Result<(), ApiError> {
         let mut index = None;
         self.edit(|c| {
             index = Some(edit(c)?);
@@ -280,7 +340,7 @@ impl Control {
     fn edit(
         &mut self,
         edit: impl FnOnce(&mut VmConfig) -> Result<(), ApiError>,
-    ) -> Result<VmConfig, ApiError> {
+    ) -> Result<(), ApiError> {
         match self.state {
             State::Empty => return Err(err(404, "no VM has been created")),
             State::Running(_) | State::Paused(_) => return Err(err(409, FIXED_AT_BOOT)),
@@ -292,22 +352,34 @@ impl Control {
             .ok_or_else(|| err(404, "no VM has been created"))?;
         edit(&mut config)?;
         guest_topology(&config, tessera_arch::vcpu::host_phys_bits()).map_err(topology_err)?;
-        self.config = Some(config.clone());
-        Ok(config)
+        self.config = Some(config);
+        Ok(())
     }
 
-    /// Handles one API action.
+    /// Handles one API action; the published answers reflect it when this returns.
     pub fn handle(&mut self, action: VmAction) -> Result<ApiReply, ApiError> {
+        let read_only = matches!(
+            action,
+            VmAction::Ping | VmAction::Info | VmAction::Counters | VmAction::Acpi
+        );
+        let reply = self.apply(action);
+        if !read_only {
+            // Even a refused request may have changed the state (a failed reboot leaves
+            // the VM stopped). Publishing costs one vm.info and one vm.acpi, a fraction
+            // of a millisecond, and requests that change things are rare.
+            self.publish();
+        }
+        reply
+    }
+
+    fn apply(&mut self, action: VmAction) -> Result<ApiReply, ApiError> {
         match action {
-            VmAction::Ping => ApiReply::json(&VmmPingResponse {
-                build_version: env!("CARGO_PKG_VERSION").into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                pid: i64::from(std::process::id()),
-                features: ["numa", "generic_initiators", "acpi_tables"]
-                    .map(String::from)
-                    .into(),
-            }),
-            VmAction::VmmShutdown => Ok(ApiReply::NoContent),
+            VmAction::Ping => self.ping.clone(),
+            VmAction::VmmShutdown => {
+                // Stopped before the answer, so that vmm.shutdown's answer means it.
+                self.stop_vm();
+                Ok(ApiReply::NoContent)
+            }
             VmAction::Create(config) => {
                 if !matches!(self.state, State::Empty) {
                     return Err(err(
@@ -402,7 +474,7 @@ impl Control {
                 _ => Err(err(405, "the VM is not running")),
             },
             VmAction::AddDevice(device) => {
-                let config = self.append("devices", |c| {
+                self.append("devices", |c| {
                     if let Some(id) = &device.id {
                         if c.devices.iter().any(|d| d.id.as_ref() == Some(id)) {
                             return Err(ApiError::new(
@@ -422,16 +494,10 @@ impl Control {
                     c.devices.push(device);
                     Ok(c.devices.len() - 1)
                 })?;
-                let topology = guest_topology(&config, tessera_arch::vcpu::host_phys_bits())
-                    .map_err(topology_err)?;
-                let placed = topology
-                    .devices
-                    .last()
-                    .ok_or_else(|| err(500, "device not placed"))?;
-                ApiReply::json(&PciDeviceInfo {
-                    id: placed.id.clone(),
-                    bdf: placed.bdf.to_string(),
-                })
+                // A cold add, as Cloud Hypervisor answers it: 204, no PciDeviceInfo (CH
+                // gives that, with 200, only for a hot-plug, which Tessera refuses: the
+                // SRAT is fixed at boot). vm.info tells where the device landed.
+                Ok(ApiReply::NoContent)
             }
             VmAction::RemoveDevice { id } => {
                 self.edit(|c| {
@@ -548,7 +614,8 @@ impl Control {
             State::Paused(_) => VmState::Paused,
             _ => VmState::Created,
         };
-        ApiReply::json(&VmInfo {
+        // Serialized here, once per change, rather than once per request.
+        ApiReply::json_text(&VmInfo {
             config: config.clone(),
             state,
             memory_actual_size: Some(topology.acpi.memory.iter().map(|m| m.size).sum()),
@@ -601,7 +668,8 @@ impl Control {
             .map(|b| tessera_acpi::decode::decode_hmat(&b))
             .transpose()
             .map_err(decode_err)?;
-        ApiReply::json(&AcpiInfo {
+        // Serialized here, once per change, rather than once per request.
+        ApiReply::json_text(&AcpiInfo {
             tables: list,
             srat: json!(srat),
             slit: json!(slit),

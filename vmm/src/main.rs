@@ -207,34 +207,39 @@ fn run_api(args: &Args, socket: &str) -> Result<()> {
     let (to_vmm, from_api) = std::sync::mpsc::channel();
     let shutdown = std::sync::Arc::new(tokio::sync::Notify::new());
     let shutdown_api = shutdown.clone();
-    let server =
-        std::thread::Builder::new()
-            .name("api".into())
-            .spawn(move || -> Result<()> {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-                    // Requests go to the control loop's std channel; the eventfd wakes it.
-                    tokio::spawn(async move {
-                        while let Some(request) = rx.recv().await {
-                            if to_vmm.send(request).is_err() {
-                                break;
-                            }
-                            let _ = wake_api.write(1);
-                        }
-                    });
-                    tessera_api::server::serve(listener, tx, async move {
-                        shutdown_api.notified().await
-                    })
-                    .await
-                })?;
-                Ok(())
-            })?;
-
+    // Made before the server starts, so that its first requests find a snapshot.
     let mut control = Control::new(kvm, initial.clone());
+    let published = control.published();
+    let server = std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || -> Result<()> {
+            // One thread for every connection. The server answers vmm.ping, vm.info and
+            // vm.acpi itself, from the control loop's snapshot, and hands only the rest
+            // to the loop, so it has little work per request: on a pool of workers,
+            // waking one another and passing tasks between them cost more than the work,
+            // and took CPU time from the vCPUs and the clients.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+                // Requests go to the control loop's std channel; the eventfd wakes it.
+                tokio::spawn(async move {
+                    while let Some(request) = rx.recv().await {
+                        if to_vmm.send(request).is_err() {
+                            break;
+                        }
+                        let _ = wake_api.write(1);
+                    }
+                });
+                tessera_api::server::serve(listener, tx, published, async move {
+                    shutdown_api.notified().await
+                })
+                .await
+            })?;
+            Ok(())
+        })?;
+
     if initial.is_some() {
         if let Err(e) = control.handle(VmAction::Boot) {
             shutdown.notify_one();
@@ -243,6 +248,9 @@ fn run_api(args: &Args, socket: &str) -> Result<()> {
         }
     }
     let exit = control.run(&from_api, &wake, &stop_rx);
+    // Requests still queued, or sent from now on, are answered 503 at once instead of
+    // waiting out the server's grace period for an answer that cannot come.
+    drop(from_api);
     shutdown.notify_one();
     match server.join() {
         Ok(result) => result?,

@@ -3,6 +3,11 @@
 //! their refusal after it, vm.acpi showing the GI entries an orchestrator asked for,
 //! socket handling, signals, and many clients at once.
 //!
+//! Every answer is held to `api/openapi.json` (its status is documented for the
+//! request, and its body has the documented shape), and every request is made in every
+//! state of the VM, against the state table of `docs/api.md`. Reads see the writes
+//! answered before them, on the same connection or another.
+//!
 //! Runs on this host: a booted guest here runs on a paravirtual KVM that cannot get far
 //! into Linux, which is enough for the API's state machine (guest-visible results are
 //! judged in the nested host tests).
@@ -15,8 +20,11 @@
     missing_docs
 )]
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -42,8 +50,11 @@ impl Tessera {
         }
     }
 
+    /// One request; its answer must be one `openapi.json` documents.
     fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        curl(&self.socket, method, path, body)
+        let (status, text) = curl(&self.socket, method, path, body);
+        assert_documented(method, path, status, &text);
+        (status, text)
     }
 
     fn json(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
@@ -109,6 +120,97 @@ fn curl(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, St
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// `openapi.json`, which every answer is held to.
+fn openapi() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| serde_json::from_str(tessera_api::server::openapi_json()).unwrap())
+}
+
+fn resolve(schema: &Value) -> &Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => openapi()
+            .pointer(r.strip_prefix('#').unwrap())
+            .unwrap_or_else(|| panic!("dangling $ref {r}")),
+        None => schema,
+    }
+}
+
+/// Panics unless `value` has the shape of `schema`: the types, the required properties,
+/// no property the schema does not allow.
+fn assert_conforms(schema: &Value, value: &Value, at: &str) {
+    let s = resolve(schema);
+    if value.is_null() {
+        assert_eq!(s["nullable"], true, "{at}: null");
+        return;
+    }
+    match s.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let map = value
+                .as_object()
+                .unwrap_or_else(|| panic!("{at}: not an object"));
+            let props = s.get("properties").and_then(Value::as_object);
+            for name in s["required"].as_array().into_iter().flatten() {
+                let name = name.as_str().unwrap();
+                assert!(map.contains_key(name), "{at}: no `{name}`");
+            }
+            for (k, v) in map {
+                let at = format!("{at}.{k}");
+                match (props.and_then(|p| p.get(k)), &s["additionalProperties"]) {
+                    (Some(p), _) => assert_conforms(p, v, &at),
+                    (None, Value::Bool(false)) => panic!("{at}: not a documented property"),
+                    (None, extra) if extra.is_object() => assert_conforms(extra, v, &at),
+                    (None, _) => {}
+                }
+            }
+        }
+        Some("array") => {
+            let items = value
+                .as_array()
+                .unwrap_or_else(|| panic!("{at}: not an array"));
+            for (i, v) in items.iter().enumerate() {
+                assert_conforms(&s["items"], v, &format!("{at}[{i}]"));
+            }
+        }
+        Some("string") => {
+            assert!(value.is_string(), "{at}: not a string");
+            if let Some(e) = s.get("enum").and_then(Value::as_array) {
+                assert!(e.contains(value), "{at}: {value} is not one of {e:?}");
+            }
+        }
+        Some("integer") => assert!(value.is_i64() || value.is_u64(), "{at}: not an integer"),
+        Some("number") => assert!(value.is_number(), "{at}: not a number"),
+        Some("boolean") => assert!(value.is_boolean(), "{at}: not a boolean"),
+        Some(other) => panic!("{at}: schema type {other}"),
+        None => {}
+    }
+}
+
+/// Panics unless `openapi.json` documents this answer to `method path`: its status is
+/// one of the request's responses, a response without content has no body, and a body
+/// has the documented schema's shape. A method or path that is no endpoint is the
+/// router's business (404, 405), not the document's.
+fn assert_documented(method: &str, path: &str, status: u16, body: &str) {
+    let path = format!("/{}", path.split('?').next().unwrap_or_default());
+    let Some(op) = openapi()["paths"]
+        .get(&path)
+        .and_then(|p| p.get(method.to_lowercase()))
+    else {
+        return;
+    };
+    let what = format!("{method} {path} answered {status} {body:?}");
+    let response = op["responses"]
+        .get(status.to_string())
+        .unwrap_or_else(|| panic!("{what}: openapi.json does not document {status} here"));
+    match resolve(response).pointer("/content/application~1json/schema") {
+        None => assert!(body.is_empty(), "{what}: documented without a body"),
+        Some(schema) => {
+            let value: Value = serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("{what}: documented as JSON: {e}"));
+            assert_conforms(schema, &value, &what);
+        }
+    }
+}
+
 fn kernel() -> String {
     tessera_tests::linux_judge::images()
         .unwrap()
@@ -141,18 +243,25 @@ fn the_vm_lifecycle_and_its_errors() {
     assert_eq!(t.api("PUT", "vm.create", Some(&vm_config())).0, 204);
     assert_eq!(t.api("PUT", "vm.create", Some(&vm_config())).0, 409);
 
-    // Two devices, ten nodes, sixteen GI links, before boot.
+    // Two devices, ten nodes, sixteen GI links, before boot. A cold add is a 204, as
+    // in Cloud Hypervisor; vm.info tells where each device landed.
     for (id, bdf) in [("gpu0", "0000:00:01.0"), ("gpu1", "0000:00:02.0")] {
         let body = format!(
             r#"{{"path": "/sys/bus/pci/devices/0000:41:00.{}", "id": "{id}"}}"#,
             &id[3..]
         );
-        let (status, placed) = t.json("PUT", "vm.add-device", Some(&body));
         assert_eq!(
-            (status, placed["bdf"].as_str()),
-            (200, Some(bdf)),
-            "{placed}"
+            t.api("PUT", "vm.add-device", Some(&body)),
+            (204, String::new())
         );
+        let (_, info) = t.json("GET", "vm.info", None);
+        let placed = info["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {info}"));
+        assert_eq!(placed["bdf"], bdf, "{info}");
     }
     let (status, dup) = t.json(
         "PUT",
@@ -564,4 +673,276 @@ fn an_inherited_api_socket_must_be_an_open_socket() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+}
+
+/// A keep-alive HTTP/1.1 connection to the API, spoken by hand, so that a test controls
+/// which connection each request goes on.
+struct Conn {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Conn {
+    fn open(socket: &Path) -> Self {
+        let writer = UnixStream::connect(socket).unwrap();
+        writer
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Conn {
+            reader: BufReader::new(writer.try_clone().unwrap()),
+            writer,
+        }
+    }
+
+    /// One request and its answer, or why there was none (the connection closed).
+    fn try_call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String), String> {
+        let body = body.unwrap_or_default();
+        write!(
+            self.writer,
+            "{method} /api/v1/{path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no status line: {line:?}"))?;
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.reader
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut text = vec![0; length];
+        self.reader
+            .read_exact(&mut text)
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8(text).unwrap();
+        assert_documented(method, path, status, &text);
+        Ok((status, text))
+    }
+
+    fn call(&mut self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        self.try_call(method, path, body).unwrap()
+    }
+
+    fn info(&mut self) -> Value {
+        let (status, text) = self.call("GET", "vm.info", None);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+#[test]
+fn reads_see_every_write_answered_before_them() {
+    let t = Tessera::start();
+    // One connection only reads, another only writes: a read that follows a write's
+    // answer sees the write, whichever connection it comes on.
+    let mut reader = Conn::open(&t.socket);
+    let mut writer = Conn::open(&t.socket);
+    assert_eq!(reader.call("GET", "vm.info", None).0, 404);
+    assert_eq!(writer.call("PUT", "vm.create", Some(&vm_config())).0, 204);
+    assert_eq!(reader.info()["state"], "Created");
+    for node in 2..34 {
+        let body = format!(r#"{{"guest_numa_id": {node}}}"#);
+        assert_eq!(writer.call("PUT", "vm.add-numa-node", Some(&body)).0, 204);
+        let info = reader.info();
+        let numa = info["config"]["numa"].as_array().unwrap();
+        assert_eq!(numa.last().unwrap()["guest_numa_id"], node, "{info}");
+        // And on the writer's own connection, and a new one.
+        assert_eq!(writer.info(), info);
+        assert_eq!(
+            serde_json::from_str::<Value>(&t.api("GET", "vm.info", None).1).unwrap(),
+            info
+        );
+    }
+    for (request, state) in [
+        ("vm.boot", "Running"),
+        ("vm.pause", "Paused"),
+        ("vm.resume", "Running"),
+        ("vm.reboot", "Running"),
+        ("vm.shutdown", "Shutdown"),
+        ("vm.boot", "Running"),
+    ] {
+        assert_eq!(writer.call("PUT", request, None).0, 204, "{request}");
+        assert_eq!(reader.info()["state"], state, "after {request}");
+    }
+    assert_eq!(writer.call("PUT", "vm.delete", None).0, 204);
+    assert_eq!(reader.call("GET", "vm.info", None).0, 404);
+
+    // Many writers at once, each reading its own writes on a second connection while
+    // the others write.
+    assert_eq!(writer.call("PUT", "vm.create", Some(&vm_config())).0, 204);
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let socket = t.socket.clone();
+            std::thread::spawn(move || {
+                let (mut put, mut get) = (Conn::open(&socket), Conn::open(&socket));
+                let id = format!("dev{i}");
+                let has = |info: &Value| {
+                    info["devices"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|d| d["id"] == id.as_str())
+                };
+                for _ in 0..25 {
+                    let body = format!(r#"{{"path": "/sys/bus/pci/devices/{id}", "id": "{id}"}}"#);
+                    assert_eq!(put.call("PUT", "vm.add-device", Some(&body)).0, 204);
+                    assert!(has(&get.info()), "{id} added");
+                    let body = format!(r#"{{"id": "{id}"}}"#);
+                    assert_eq!(put.call("PUT", "vm.remove-device", Some(&body)).0, 204);
+                    assert!(!has(&get.info()), "{id} removed");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+
+    // Once vmm.shutdown has answered, no read is answered from the VM it stopped.
+    assert_eq!(writer.call("PUT", "vm.boot", None).0, 204);
+    assert_eq!(reader.info()["state"], "Running");
+    assert_eq!(writer.call("PUT", "vmm.shutdown", None).0, 204);
+    for path in ["vm.info", "vmm.ping"] {
+        match reader.try_call("GET", path, None) {
+            Ok((status, text)) => assert_eq!(status, 503, "{path}: {text}"),
+            Err(_closed) => break,
+        }
+    }
+    assert_eq!(t.wait(), (0, false));
+}
+
+/// The VM's states, in the order of the columns of `docs/api.md`'s state table.
+const STATES: [&str; 5] = ["NotCreated", "Created", "Running", "Paused", "Shutdown"];
+
+/// `docs/api.md`'s table of answers by request and state: (request, status per state).
+/// A request may be a pattern ending in `*` (`vm.add-*`).
+fn docs_state_table() -> Vec<(String, [u16; 5])> {
+    let page = include_str!("../../docs/api.md");
+    let header = format!("| request | {} |", STATES.join(" | "));
+    let mut lines = page.lines().skip_while(|l| *l != header).skip(2);
+    let mut rows = Vec::new();
+    for line in lines.by_ref().take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let statuses: Vec<u16> = cells[1..]
+            .iter()
+            .map(|c| {
+                c.parse()
+                    .unwrap_or_else(|_| panic!("{line}: {c} is no status"))
+            })
+            .collect();
+        let statuses: [u16; 5] = statuses.try_into().unwrap();
+        for name in cells[0].split('`').skip(1).step_by(2) {
+            rows.push((name.to_owned(), statuses));
+        }
+    }
+    assert!(rows.len() > 10, "docs/api.md has no state table: {header}");
+    rows
+}
+
+#[test]
+fn every_request_in_every_state_is_answered_as_documented() {
+    let t = Tessera::start();
+    let table = docs_state_table();
+    let expected = |name: &str| {
+        table
+            .iter()
+            .find(|(n, _)| match n.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => n == name,
+            })
+            .map(|(_, s)| *s)
+    };
+    // Nodes 0 to 3, 2 and 3 without CPUs or memory, and a GI link to node 2: every edit
+    // below is valid when edits are allowed.
+    let config = format!(
+        r#"{{"cpus": {{"boot_vcpus": 2, "max_vcpus": 2}},
+           "memory": {{"size": 0, "zones": [{{"id": "m0", "size": 134217728}}, {{"id": "m1", "size": 134217728}}]}},
+           "payload": {{"kernel": "{}", "cmdline": "console=ttyS0"}},
+           "serial": {{"mode": "Null"}},
+           "numa": [{{"guest_numa_id": 0, "cpus": [0], "memory_zones": ["m0"]}},
+                    {{"guest_numa_id": 1, "cpus": [1], "memory_zones": ["m1"]}},
+                    {{"guest_numa_id": 2}}, {{"guest_numa_id": 3}}],
+           "generic_initiators": [{{"id": "gi0", "device": "_host_bridge", "node": 2}}]}}"#,
+        kernel()
+    );
+    let body = |name: &str| -> Option<String> {
+        Some(match name {
+            "vm.create" => config.clone(),
+            "vm.add-device" => {
+                r#"{"path": "/sys/bus/pci/devices/0000:41:00.1", "id": "gpu1"}"#.into()
+            }
+            "vm.remove-device" => r#"{"id": "gpu0"}"#.into(),
+            "vm.add-numa-node" => r#"{"guest_numa_id": 4}"#.into(),
+            "vm.remove-numa-node" => r#"{"guest_numa_id": 3}"#.into(),
+            "vm.add-generic-initiator" => r#"{"device": "_host_bridge", "node": 3}"#.into(),
+            "vm.remove-generic-initiator" => r#"{"id": "gi0"}"#.into(),
+            _ => return None,
+        })
+    };
+    let mut checked = 0;
+    for (column, state) in STATES.iter().enumerate() {
+        for (method, path) in tessera_api::server::routes() {
+            let name = path.strip_prefix("/api/v1/").unwrap().to_owned();
+            if name == "vmm.shutdown" {
+                continue; // last, below
+            }
+            // Into the state, from scratch.
+            assert_eq!(t.api("PUT", "vm.delete", None).0, 204);
+            if *state != "NotCreated" {
+                assert_eq!(t.api("PUT", "vm.create", Some(&config)).0, 204);
+            }
+            let steps: &[&str] = match *state {
+                "Running" => &["vm.boot"],
+                "Paused" => &["vm.boot", "vm.pause"],
+                "Shutdown" => &["vm.boot", "vm.shutdown"],
+                _ => &[],
+            };
+            for step in steps {
+                assert_eq!(t.api("PUT", step, None).0, 204, "{state}: {step}");
+            }
+            if name == "vm.remove-device" && matches!(*state, "Created" | "Shutdown") {
+                let device = r#"{"path": "/sys/bus/pci/devices/0000:41:00.0", "id": "gpu0"}"#;
+                assert_eq!(t.api("PUT", "vm.add-device", Some(device)).0, 204);
+            }
+            // `api` holds the answer to openapi.json; the table gives its status.
+            let (status, text) = t.api(method, &name, body(&name).as_deref());
+            match expected(&name) {
+                Some(statuses) => {
+                    assert_eq!(
+                        status, statuses[column],
+                        "{method} {name} in {state}: {text}"
+                    );
+                    checked += 1;
+                }
+                None => assert!(
+                    matches!(name.as_str(), "vmm.ping" | "openapi.json"),
+                    "docs/api.md's state table has no row for {name}"
+                ),
+            }
+        }
+    }
+    assert!(checked >= 5 * 16, "{checked}");
+    assert_eq!(t.api("PUT", "vmm.shutdown", None).0, 204);
+    assert_eq!(t.wait(), (0, false));
 }

@@ -71,7 +71,8 @@ enum Command {
     Delete,
     /// Press the VM's ACPI power button (PUT /vm.power-button).
     PowerButton,
-    /// Add a VFIO PCI device; print where it landed (PUT /vm.add-device).
+    /// Add a VFIO PCI device (PUT /vm.add-device); print where it landed if the VMM says
+    /// (a hot-plug's 200; a cold add is a 204, and `info` shows the device's BDF).
     AddDevice {
         /// path=/sys/bus/pci/devices/BDF[,id=ID,pci_segment=N,pci_device_id=N]
         #[arg(value_name = "SPEC", required_unless_present = "file")]

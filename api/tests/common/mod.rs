@@ -18,7 +18,7 @@ use axum::http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tessera_api::server::{bind, serve, ApiError, ApiReply, ApiRequest, VmAction};
+use tessera_api::server::{bind, serve, ApiError, ApiReply, ApiRequest, Published, VmAction};
 use tokio::sync::{mpsc, oneshot};
 
 /// How the fake VMM answers an action.
@@ -30,6 +30,9 @@ pub struct Harness {
     pub socket: PathBuf,
     /// Every action the fake VMM received, in order.
     pub actions: Arc<Mutex<Vec<VmAction>>>,
+    /// The server's snapshot of read-only answers: empty unless a test publishes one,
+    /// so that every request reaches the fake VMM.
+    pub published: Arc<Published>,
     stop: Option<oneshot::Sender<()>>,
     pub server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -55,13 +58,15 @@ impl Harness {
         let socket = dir.path().join("api.sock");
         let listener = bind(&socket).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, tx, async move {
+        let published = Arc::new(Published::new());
+        let server = tokio::spawn(serve(listener, tx, Arc::clone(&published), async move {
             let _ = stopped.await;
         }));
         Harness {
             _dir: dir,
             socket,
             actions,
+            published,
             stop: Some(stop),
             server,
         }
