@@ -169,11 +169,14 @@ fn typed_input_reaches_the_guest_through_the_serial_port() {
 
 #[test]
 fn the_api_flow_creates_edits_checks_and_boots_the_topology() {
+    // Issue 4's full flow: create, add 2 passed-through devices, 10 NUMA nodes and 16 GI
+    // links over the API; vm.acpi shows the 16 SRAT GI entries with the devices' BDFs; the
+    // guest boots in L2 and its kernel reports the nodes and drives the devices.
     let judge = images().unwrap();
     let config = format!(
         r#"{{"cpus": {{"boot_vcpus": 2, "max_vcpus": 2}},
            "memory": {{"size": 0, "zones": [{{"id": "m0", "size": 268435456}}, {{"id": "m1", "size": 268435456}}]}},
-           "payload": {{"kernel": "{}", "initramfs": "{}", "cmdline": "{CMDLINE}"}},
+           "payload": {{"kernel": "{}", "initramfs": "{}", "cmdline": "{CMDLINE} judge.devices=1"}},
            "serial": {{"mode": "File", "file": "/run/serial.log"}},
            "numa": [{{"guest_numa_id": 0, "cpus": [0], "memory_zones": ["m0"]}},
                     {{"guest_numa_id": 1, "cpus": [1], "memory_zones": ["m1"]}}]}}"#,
@@ -181,49 +184,76 @@ fn the_api_flow_creates_edits_checks_and_boots_the_topology() {
         judge.initramfs.display()
     );
     std::fs::write("/tmp/tessera-api-flow.json", &config).unwrap();
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     // In L1: tessera serves the API; curl (the host's, chrooted) drives it.
     let script = format!(
-        r#"sock=/run/api.sock
+        r#". "$HOST{repo}/scripts/l1-vfio.sh"
+vfio_bind 0000:00:03.0 >/dev/null && vfio_bind 0000:00:04.0 >/dev/null || exit 1
+sock=/run/api.sock
 in-host {TESSERA} --api-socket $sock 2>/run/tessera.err &
 pid=$!
 while [ ! -S $sock ]; do sleep 0.2; done
 api() {{ in-host curl -s -w ' %{{http_code}}' -X "$1" --unix-socket $sock "http://localhost/api/v1/$2" ${{3:+--data-binary "$3"}}; echo; }}
 echo "create: $(api PUT vm.create @/tmp/tessera-api-flow.json)"
+echo "dev-nvme: $(api PUT vm.add-device '{{"id": "nvme0", "path": "/sys/bus/pci/devices/0000:00:03.0"}}')"
+echo "dev-edu: $(api PUT vm.add-device '{{"id": "edu0", "path": "/sys/bus/pci/devices/0000:00:04.0"}}')"
 for n in 2 3 4 5 6 7 8 9; do api PUT vm.add-numa-node "{{\"guest_numa_id\": $n}}"; done
-echo "gi: $(api PUT vm.add-generic-initiator '{{"device": "_host_bridge", "nodes": "2-9"}}')"
-echo "acpi-gi=$(api GET vm.acpi | grep -o '"bdf":"0000:00:00.0"' | wc -l)"
+echo "gi-nvme: $(api PUT vm.add-generic-initiator '{{"device": "nvme0", "nodes": "2-9"}}')"
+for n in 2 3 4 5 6 7 8 9; do api PUT vm.add-generic-initiator "{{\"id\": \"e$n\", \"device\": \"edu0\", \"node\": $n}}"; done
+acpi=$(api GET vm.acpi)
+echo "acpi-gi-nvme=$(echo "$acpi" | grep -o '"bdf":"0000:00:01.0"' | wc -l)"
+echo "acpi-gi-edu=$(echo "$acpi" | grep -o '"bdf":"0000:00:02.0"' | wc -l)"
 echo "boot: $(api PUT vm.boot)"
-for i in $(seq 1 120); do grep -q TESSERA-JUDGE-END /run/serial.log 2>/dev/null && break; sleep 1; done
+for i in $(seq 1 120); do grep -q TESSERA-DEVICES-END /run/serial.log 2>/dev/null && break; sleep 1; done
 sleep 1
 echo "late-node: $(api PUT vm.add-numa-node '{{"guest_numa_id": 10}}')"
 echo "state: $(api GET vm.info | grep -o '"state":"[A-Za-z]*"')"
 echo "vmm-shutdown: $(api PUT vmm.shutdown)"
 wait $pid
 echo "tessera-exit=$?"
+cat /run/tessera.err
 cat /run/serial.log
+echo "after: nvme=$(driver_of 0000:00:03.0) edu=$(driver_of 0000:00:04.0)"
 "#
     );
     let run = nested::run(&script, &[]).unwrap();
     let c = &run.console;
     assert!(c.contains("create:  204"), "{c}");
-    assert!(c.contains("gi:  204"), "{c}");
+    for dev in ["dev-nvme", "dev-edu"] {
+        let line = c
+            .lines()
+            .find(|l| l.starts_with(&format!("{dev}:")))
+            .unwrap_or_default();
+        assert!(
+            line.ends_with(" 200") || line.ends_with(" 204"),
+            "{line}\n{c}"
+        );
+    }
+    assert!(c.contains("gi-nvme:  204"), "{c}");
     assert!(
-        c.contains("acpi-gi=8"),
-        "vm.acpi must show 8 GI entries naming 0000:00:00.0:\n{c}"
+        c.contains("acpi-gi-nvme=8") && c.contains("acpi-gi-edu=8"),
+        "vm.acpi must show 16 GI entries, 8 per device BDF:\n{c}"
     );
     assert!(c.contains("boot:  204"), "{c}");
-    assert!(
-        c.contains("state: \"state\":\"Shutdown\""),
-        "the guest's poweroff leaves the VM shut down:\n{c}"
-    );
-    assert!(c.contains("tessera-exit=0"), "{c}");
     let late = c
         .lines()
         .find(|l| l.starts_with("late-node:"))
         .unwrap_or_default();
     assert!(late.ends_with("409") || late.ends_with("204"), "{late}");
+    assert!(
+        c.contains("state: \"state\":\"Shutdown\""),
+        "the guest's poweroff leaves the VM shut down:\n{c}"
+    );
+    assert!(c.contains("tessera-exit=0"), "{c}");
+    assert!(c.contains("after: nvme=vfio-pci edu=vfio-pci"), "{c}");
     let r = report(c);
     assert_eq!(r.online, (0..=9).collect::<Vec<_>>());
     assert_eq!(r.has_generic_initiator, (2..=9).collect::<Vec<_>>());
     assert_eq!(r.has_cpu, vec![0, 1]);
+    let d = tessera_tests::linux_judge::parse_device_report(c)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no device report:\n{c}"));
+    assert_eq!(d.field("nvme", "0000:00:01.0", "driver"), Some("nvme"));
+    assert!(d.is_ok("nvme", "0000:00:01.0", "rw"), "{d:?}");
+    assert_eq!(d.field("edu", "0000:00:02.0", "id"), Some("0x010000ed"));
 }
