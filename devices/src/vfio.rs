@@ -28,7 +28,10 @@ use crate::interrupt::InterruptRouter;
 use crate::msi::{
     MsiCapability, MsiTransition, MsixCapability, MsixLocation, PCI_CAP_ID_MSI, PCI_CAP_ID_MSIX,
 };
-use crate::pci::{PciBar, PciBarType, PciConfiguration, PciDevice, PciError, PciIds};
+use crate::pci::{
+    PciBar, PciBarType, PciConfiguration, PciDevice, PciError, PciIds, REG_BAR0, REG_CAPABILITIES,
+    REG_COMMAND_STATUS, REG_HEADER_TYPE, REG_INTERRUPT,
+};
 
 /// Guest pages, the granularity of KVM slots and of VFIO mmaps.
 pub const PAGE_SIZE: u64 = 4096;
@@ -36,18 +39,10 @@ pub const PAGE_SIZE: u64 = 4096;
 /// the BARs).
 pub const ROM_BAR: usize = 6;
 
-/// Register 1: command (15:0).
-const REG_COMMAND: usize = 1;
-/// Register 3: header type in bits 23:16.
-const REG_HEADER_TYPE: usize = 3;
-/// Register 4..=9: the BARs.
-const REG_BAR0: usize = 4;
+/// Register 1: command (15:0), status (31:16).
+const REG_COMMAND: usize = REG_COMMAND_STATUS;
 /// Register 12: expansion ROM base address.
 const REG_ROM: usize = 12;
-/// Register 13: capabilities pointer.
-const REG_CAPABILITIES: usize = 13;
-/// Register 15: interrupt line (7:0) and pin (15:8).
-const REG_INTERRUPT: usize = 15;
 /// Command register: I/O space decode.
 const COMMAND_IO: u32 = 1;
 /// Command register: memory space decode.

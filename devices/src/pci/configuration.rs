@@ -27,19 +27,19 @@ const STANDARD_CONFIG_BYTES: usize = 0x100;
 /// Register 0: vendor ID (15:0), device ID (31:16).
 const REG_ID: usize = 0;
 /// Register 1: command (15:0), status (31:16).
-const REG_COMMAND_STATUS: usize = 1;
+pub(crate) const REG_COMMAND_STATUS: usize = 1;
 /// Register 2: revision (7:0), class code (31:8).
 const REG_CLASS_REVISION: usize = 2;
 /// Register 3: cache line size (7:0), latency timer, header type (23:16), BIST.
-const REG_HEADER_TYPE: usize = 3;
+pub(crate) const REG_HEADER_TYPE: usize = 3;
 /// Register 4: BAR 0; BARs 1..=5 follow.
-const REG_BAR0: usize = 4;
+pub(crate) const REG_BAR0: usize = 4;
 /// Register 11: subsystem vendor ID (15:0), subsystem ID (31:16).
 const REG_SUBSYSTEM: usize = 11;
 /// Register 13: capabilities pointer (7:0).
-const REG_CAPABILITIES: usize = 13;
+pub(crate) const REG_CAPABILITIES: usize = 13;
 /// Register 15: interrupt line (7:0), interrupt pin (15:8).
-const REG_INTERRUPT: usize = 15;
+pub(crate) const REG_INTERRUPT: usize = 15;
 
 /// Command register bits a type 0 function implements: I/O space (0), memory space (1),
 /// bus master (2), parity error response (6), SERR# enable (8), INTx disable (10). The

@@ -17,6 +17,9 @@ pub use configuration::{
     PciBar, PciBarType, PciConfiguration, PciIds, PCI_CONFIG_REGISTER_COUNT, PCI_FIRST_CAPABILITY,
     PCI_NUM_BARS,
 };
+pub(crate) use configuration::{
+    REG_BAR0, REG_CAPABILITIES, REG_COMMAND_STATUS, REG_HEADER_TYPE, REG_INTERRUPT,
+};
 pub use host_bridge::{
     PciHostBridge, PCI_CLASS_BRIDGE_HOST, PCI_DEVICE_ID_REDHAT_PCIE_HOST, PCI_VENDOR_ID_REDHAT,
 };
