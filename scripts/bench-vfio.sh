@@ -4,7 +4,8 @@
 # In ONE boot of the nested test host (docs/nested-test-host.md), with L1's NVMe
 # (00:03.0) bound to vfio-pci:
 #  1. DMA-map time: boots the judge guest with the NVMe passed through and 512 MiB, then
-#     2 GiB, of guest RAM under target/release/tessera and under QEMU (q35, KVM, started
+#     2 GiB, of guest RAM, twice each in the order tessera, QEMU, QEMU, tessera (means
+#     reported), under target/release/tessera and under QEMU (q35, KVM, started
 #     paused with -S and killed after 40 s), each under `strace -f -T -e trace=ioctl`,
 #     and sums the time spent in the
 #     VFIO_IOMMU_MAP_DMA ioctls (the same measure for both: the kernel pinning and
@@ -57,15 +58,24 @@ dma_ms() {
         | awk -v name="\$1" '{ s += \$1; n++ } END { printf "bench-vfio: dma name=%s ms=%.1f ioctls=%d\\n", name, s * 1000, n }'
 }
 EOF
+    # Each VMM twice per size, in the order A B B A: whoever runs first finds L1's free
+    # memory most fragmented (fewer free huge pages), which alone skews one run.
     for mib in 512 2048; do
-        cat <<EOF
-in-host strace -f -T -e trace=ioctl -o /run/tmp/tessera.strace $(tessera_cmd $mib) >/dev/null 2>&1
+        for vmm in tessera qemu qemu tessera; do
+            if [ "$vmm" = tessera ]; then
+                cat <<EOF
+in-host strace -f -T -e trace=ioctl -o /run/tmp/tessera.strace timeout 120 $(tessera_cmd $mib) >/dev/null 2>&1
 dma_ms tessera-$mib /run/tmp/tessera.strace
+EOF
+            else
+                cat <<EOF
 # -S: QEMU maps guest RAM while it sets the machine up and then waits, its vCPUs never
 # run (SeaBIOS under strace would take ages); 40 s is ample for the maps to finish.
 in-host strace -f -T -e trace=ioctl -o /run/tmp/qemu.strace timeout 40 $(qemu_cmd $mib) -S >/dev/null 2>&1
 dma_ms qemu-$mib /run/tmp/qemu.strace
 EOF
+            fi
+        done
     done
     for i in $(seq 1 "$rounds"); do
         cat <<EOF
@@ -94,16 +104,18 @@ tr -d '\r' <"$log" | awk -v status="$status" '
         for (i = 2; i <= NF; i++) if (index($i, key "=") == 1) return substr($i, length(key) + 2)
         return ""
     }
-    /^bench-vfio: dma / { dma[field("name")] = field("ms"); print }
+    /^bench-vfio: dma / { n = field("name"); dma[n] += field("ms"); runs[n]++; print }
     /^bootbench name=/ {
         name = field("name"); ms = field("to_init_ms"); ex = field("exit")
         if (ms != "none" && ex == "0") times[name] = times[name] " " ms
         else failed++
     }
     END {
-        for (m = 512; m <= 2048; m *= 4)
-            if (dma["qemu-" m] > 0)
-                printf "bench-vfio: ratio tessera/qemu DMA-map %d MiB: %.1f ms / %.1f ms = %.2f\n", m, dma["tessera-" m], dma["qemu-" m], dma["tessera-" m] / dma["qemu-" m]
+        for (m = 512; m <= 2048; m *= 4) {
+            t = "tessera-" m; q = "qemu-" m
+            if (runs[t] > 0 && runs[q] > 0 && dma[q] > 0)
+                printf "bench-vfio: ratio tessera/qemu DMA-map %d MiB (means of %d and %d runs): %.1f ms / %.1f ms = %.2f\n", m, runs[t], runs[q], dma[t] / runs[t], dma[q] / runs[q], (dma[t] / runs[t]) / (dma[q] / runs[q])
+        }
         t = median(times["tessera"]); q = median(times["qemu-q35"])
         printf "bench-vfio: boot to /init with the NVMe, medians: tessera %s ms (%s), qemu-q35 %s ms (%s)\n", t, times["tessera"], q, times["qemu-q35"]
         if (q > 0) printf "bench-vfio: ratio tessera/qemu-q35 boot to /init: %.2f\n", t / q

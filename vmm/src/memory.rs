@@ -242,10 +242,6 @@ fn map_aligned(len: usize, flags: libc::c_int) -> std::io::Result<*mut u8> {
     let result = if addr == libc::MAP_FAILED {
         Err(std::io::Error::last_os_error())
     } else {
-        // Ask for transparent huge pages even where THP is madvise-only, as QEMU does;
-        // where THP is off this fails, and 4 KiB pages are still correct.
-        // SAFETY: advice on the mapping just made; it changes no contents.
-        unsafe { libc::madvise(addr, len, libc::MADV_HUGEPAGE) };
         Ok(aligned as *mut u8)
     };
     let (head, tail_start) = match result {
