@@ -210,10 +210,12 @@ struct BarState {
     mapped_at: Option<u64>,
 }
 
-/// INTx wiring: the device signals `trigger`; KVM writes `unmask` at the guest's EOI.
+/// INTx wiring: the device signals `trigger`, which raises `gsi`; KVM writes `unmask` at
+/// the guest's EOI.
 struct Intx {
     trigger: EventFd,
     unmask: EventFd,
+    gsi: u32,
     enabled: bool,
 }
 
@@ -471,6 +473,7 @@ impl VfioPciDevice {
         self.intx = Some(Intx {
             trigger,
             unmask,
+            gsi,
             enabled: false,
         });
         self.set_intx(true).map_err(VfioPciError::Interrupts)
@@ -644,9 +647,9 @@ impl Drop for VfioPciDevice {
     fn drop(&mut self) {
         self.stop_interrupts();
         if let Some(intx) = self.intx.take() {
-            // The GSI is shared; unregistering by fd is what KVM needs.
-            let gsi = u32::from(self.interrupt_line);
-            let _ = self.router.unregister_irqfd(&intx.trigger, gsi);
+            // The GSI wired at enable_intx, not the interrupt line: the guest may have
+            // written anything there since.
+            let _ = self.router.unregister_irqfd(&intx.trigger, intx.gsi);
         }
     }
 }
