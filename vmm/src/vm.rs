@@ -31,8 +31,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::guest_topology::{guest_topology, GuestTopology, GED_GSI, SERIAL_GSI};
+use crate::irq_routing::KvmInterruptRouter;
 use crate::memory;
-use crate::vfio::{KvmInterruptRouter, Passthrough};
+use crate::vfio::Passthrough;
 
 /// KVM's TSS and identity-map pages, in the 32-bit gap above everything we place there.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -324,7 +325,7 @@ impl Vm {
         let phys_bits = tessera_arch::vcpu::host_phys_bits();
         let topology = guest_topology(config, phys_bits)?;
         check_payload(config)?;
-        crate::vfio::check_host(config)?;
+        let vfio_hosts = crate::vfio::check_host(config)?;
         memory::check_host(config, &topology.layout)?;
 
         let kvm_err = |what| move |source| VmError::Kvm { what, source };
@@ -351,7 +352,7 @@ impl Vm {
         let passthrough = Passthrough::open(
             &vm_fd,
             &guest_memory,
-            config,
+            &vfio_hosts,
             &topology,
             &router,
             guest_memory.num_regions() as u32,

@@ -1,416 +1,39 @@
-//! VFIO passthrough for one boot, the host side: checking each configured device before
-//! anything is opened (path, driver, IOMMU group and its viability, who holds it), then the
-//! VFIO container and groups, DMA mapping of all guest RAM, the devices' BARs mmapped into
-//! the guest as KVM slots (and, best effort, into the IOMMU for peer-to-peer DMA), and the
-//! KVM GSI routing table that MSI and MSI-X vectors are routed through.
+//! VFIO passthrough for one boot, the host side: the VFIO container and groups, DMA
+//! mapping of all guest RAM, the devices' BARs placed in their segment's windows and
+//! mmapped into the guest as KVM slots (and, best effort, into the IOMMU for peer-to-peer
+//! DMA). The checks made before anything is opened are in [`host`].
 //!
 //! [`Passthrough`] owns all of it; dropping it resets the devices, removes the slots,
 //! unmaps the BARs and the DMA mappings and closes the groups, leaving the devices bound to
 //! vfio-pci as they were found.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod host;
+
+pub use host::{check_host, check_host_at, HostDevice, VfioHostError};
+
 use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Instant;
 
 use kvm_bindings::{
-    kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_irq_routing_entry,
-    kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_userspace_memory_region,
 };
 use kvm_ioctls::VmFd;
-use tessera_api::config::VmConfig;
 use tessera_arch::layout::Range;
 use tessera_devices::bus::{Bus, BusDevice};
-use tessera_devices::interrupt::{InterruptRouter, MsiMessage};
+use tessera_devices::interrupt::InterruptRouter;
 use tessera_devices::pci::{PciBarType, PciSegment};
 use tessera_devices::vfio::{
     BarRelocator, MmapArea, VfioBarTrap, VfioPciDevice, PAGE_SIZE, ROM_BAR,
 };
-use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd};
 use vm_allocator::{AddressAllocator, AllocPolicy};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::guest_topology::{intx_gsi, GuestTopology, PlacedDevice};
-
-/// Why a device cannot be passed through. Every variant names the configuration entry.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct VfioHostError {
-    /// The configuration field at fault (`devices[N].path`, or `devices` for the VM).
-    pub field: String,
-    /// What is wrong, and what to do about it.
-    pub message: String,
-}
-
-fn fail(field: &str, message: impl Into<String>) -> VfioHostError {
-    VfioHostError {
-        field: field.to_string(),
-        message: message.into(),
-    }
-}
-
-/// What the checks found out about a device.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostDevice {
-    /// The sysfs path, resolved.
-    pub sysfs: PathBuf,
-    /// `pci` or `mdev`.
-    pub bus: String,
-    /// The IOMMU group.
-    pub group: u32,
-}
-
-/// Where the VFIO character devices are.
-const DEV_VFIO: &str = "/dev/vfio";
-
-/// Checks every configured device on this host, opening nothing.
-pub fn check_host(config: &VmConfig) -> Result<Vec<HostDevice>, VfioHostError> {
-    check_host_at(config, Path::new(DEV_VFIO))
-}
-
-/// [`check_host`] with the VFIO device directory given (tests use a fake tree).
-pub fn check_host_at(config: &VmConfig, dev_vfio: &Path) -> Result<Vec<HostDevice>, VfioHostError> {
-    let mut found: Vec<HostDevice> = Vec::new();
-    for (i, d) in config.devices.iter().enumerate() {
-        let field = format!("devices[{i}].path");
-        let device = check_device(&field, &d.path, dev_vfio)?;
-        if let Some(j) = found.iter().position(|f| f.sysfs == device.sysfs) {
-            return Err(fail(
-                &field,
-                format!(
-                    "{} is already passed through as devices[{j}]",
-                    d.path.display()
-                ),
-            ));
-        }
-        found.push(device);
-    }
-    // Checked after the devices: a wrong path is the likelier mistake, and names its entry.
-    if !config.devices.is_empty() && !dev_vfio.join("vfio").exists() {
-        return Err(fail(
-            "devices",
-            format!(
-                "{} does not exist: load the vfio-pci module (modprobe vfio-pci)",
-                dev_vfio.join("vfio").display()
-            ),
-        ));
-    }
-    Ok(found)
-}
-
-/// The name of the symlink `link` points at (a driver, a subsystem, a group), if any.
-fn link_name(link: &Path) -> Option<String> {
-    let target = std::fs::read_link(link).ok()?;
-    Some(target.file_name()?.to_string_lossy().into_owned())
-}
-
-/// Drivers that let a device share an IOMMU group with one passed through (as the kernel's
-/// vfio viability check does): VFIO's own, pci-stub, and PCIe port services.
-fn driver_allows_group(driver: &str) -> bool {
-    driver.contains("vfio") || driver == "pci-stub" || driver == "pcieport"
-}
-
-fn check_device(field: &str, path: &Path, dev_vfio: &Path) -> Result<HostDevice, VfioHostError> {
-    if !path.exists() {
-        return Err(fail(
-            field,
-            format!(
-                "{} does not exist: give /sys/bus/pci/devices/SSSS:BB:DD.F or /sys/bus/mdev/devices/UUID",
-                path.display()
-            ),
-        ));
-    }
-    let sysfs = path
-        .canonicalize()
-        .map_err(|e| fail(field, format!("{}: {e}", path.display())))?;
-    let name = sysfs
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let bus = link_name(&sysfs.join("subsystem")).unwrap_or_default();
-    let driver = link_name(&sysfs.join("driver"));
-    match bus.as_str() {
-        "pci" => match driver.as_deref() {
-            Some(d) if d.contains("vfio") => {}
-            Some(d) => {
-                return Err(fail(
-                    field,
-                    format!(
-                        "{name} is bound to {d}, not vfio-pci: echo {name} > /sys/bus/pci/drivers/{d}/unbind; \
-                         echo vfio-pci > {p}/driver_override; echo {name} > /sys/bus/pci/drivers_probe",
-                        p = sysfs.display()
-                    ),
-                ))
-            }
-            None => {
-                return Err(fail(
-                    field,
-                    format!(
-                        "{name} is bound to no driver: echo vfio-pci > {p}/driver_override; \
-                         echo {name} > /sys/bus/pci/drivers_probe",
-                        p = sysfs.display()
-                    ),
-                ))
-            }
-        },
-        // An mdev is bound to its parent's mdev driver (vfio_mdev before Linux 5.16, the
-        // vendor's own since), which is what offers it to VFIO.
-        "mdev" => {
-            if driver.is_none() {
-                return Err(fail(
-                    field,
-                    format!("mdev {name} is bound to no driver: load its parent's mdev driver"),
-                ));
-            }
-        }
-        _ => {
-            return Err(fail(
-                field,
-                format!(
-                    "{} is not a PCI device or an mdev (its bus is {}): give /sys/bus/pci/devices/SSSS:BB:DD.F \
-                     or /sys/bus/mdev/devices/UUID",
-                    path.display(),
-                    if bus.is_empty() { "unknown" } else { &bus }
-                ),
-            ))
-        }
-    }
-    let group_link = sysfs.join("iommu_group");
-    let group: u32 = link_name(&group_link)
-        .and_then(|g| g.parse().ok())
-        .ok_or_else(|| {
-            fail(
-                field,
-                format!(
-                    "{name} has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on)"
-                ),
-            )
-        })?;
-    // Every other device in the group must be harmless to the host while we own it.
-    if let Ok(entries) = std::fs::read_dir(group_link.join("devices")) {
-        let mut others: Vec<(String, String)> = Vec::new();
-        for entry in entries.flatten() {
-            let other = entry.file_name().to_string_lossy().into_owned();
-            if other == name {
-                continue;
-            }
-            if let Some(d) = link_name(&entry.path().join("driver")) {
-                if !driver_allows_group(&d) {
-                    others.push((other, d));
-                }
-            }
-        }
-        others.sort();
-        if let Some((other, d)) = others.first() {
-            return Err(fail(
-                field,
-                format!(
-                    "IOMMU group {group} is not viable: {other} is in the same group and bound to {d}; \
-                     bind it to vfio-pci too, or unbind it"
-                ),
-            ));
-        }
-    }
-    if !dev_vfio.join(group.to_string()).exists() {
-        return Err(fail(
-            field,
-            format!(
-                "{} does not exist although {name} is bound to {}",
-                dev_vfio.join(group.to_string()).display(),
-                driver.unwrap_or_default()
-            ),
-        ));
-    }
-    Ok(HostDevice { sysfs, bus, group })
-}
-
-/// Processes other than this one that hold `dev` open, as "pid N (comm)".
-fn holders_of(dev: &Path) -> Vec<String> {
-    let me = std::process::id().to_string();
-    let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let pid = p.file_name().to_string_lossy().into_owned();
-        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        if fds
-            .flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == dev))
-        {
-            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
-            out.push(format!("pid {pid} ({})", comm.trim()));
-        }
-    }
-    out
-}
-
-/// Turns vfio-ioctls' error for opening `host` into one that says what to do.
-fn open_error(field: &str, host: &HostDevice, e: VfioError) -> VfioHostError {
-    let busy = match &e {
-        VfioError::OpenGroup(io, _) => io.raw_os_error() == Some(libc::EBUSY),
-        VfioError::GroupGetDeviceFD(sys) | VfioError::SetDeviceAttr(sys) => {
-            sys.errno() == libc::EBUSY
-        }
-        _ => false,
-    };
-    let group_dev = Path::new(DEV_VFIO).join(host.group.to_string());
-    if busy {
-        let holders = holders_of(&group_dev);
-        let who = if holders.is_empty() {
-            "another process or VM".to_string()
-        } else {
-            holders.join(", ")
-        };
-        return fail(
-            field,
-            format!(
-                "{} is busy (EBUSY): IOMMU group {} ({}) is in use by {who}",
-                host.sysfs.display(),
-                host.group,
-                group_dev.display()
-            ),
-        );
-    }
-    fail(field, format!("{}: {e}", host.sysfs.display()))
-}
-
-/// The KVM GSI routing table: the in-kernel irqchip's default routes plus one MSI route
-/// per live vector. KVM replaces the whole table on every change, so it is kept here.
-pub struct KvmInterruptRouter {
-    vm: Arc<VmFd>,
-    state: Mutex<RouterState>,
-}
-
-struct RouterState {
-    msi: BTreeMap<u32, MsiMessage>,
-    free: BTreeSet<u32>,
-    next: u32,
-}
-
-/// GSIs 0..=23 are the I/O APIC's; MSI routes start above them.
-const FIRST_MSI_GSI: u32 = 24;
-/// KVM's limit on routing entries.
-const MAX_GSI: u32 = 4095;
-
-impl KvmInterruptRouter {
-    /// A router for `vm`, whose irqchip is in the kernel.
-    pub fn new(vm: Arc<VmFd>) -> Self {
-        KvmInterruptRouter {
-            vm,
-            state: Mutex::new(RouterState {
-                msi: BTreeMap::new(),
-                free: BTreeSet::new(),
-                next: FIRST_MSI_GSI,
-            }),
-        }
-    }
-
-    fn commit(&self, state: &RouterState) -> io::Result<()> {
-        let mut entries = Vec::new();
-        let irqchip = |gsi: u32, chip: u32, pin: u32| {
-            let mut e = kvm_irq_routing_entry {
-                gsi,
-                type_: KVM_IRQ_ROUTING_IRQCHIP,
-                ..Default::default()
-            };
-            e.u.irqchip.irqchip = chip;
-            e.u.irqchip.pin = pin;
-            e
-        };
-        // KVM's defaults (irq_comm.c): the PICs and the I/O APIC for 0..=15, the I/O APIC
-        // alone for 16..=23.
-        for gsi in 0..24 {
-            entries.push(irqchip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
-            if gsi < 16 {
-                let chip = if gsi < 8 {
-                    KVM_IRQCHIP_PIC_MASTER
-                } else {
-                    KVM_IRQCHIP_PIC_SLAVE
-                };
-                entries.push(irqchip(gsi, chip, gsi % 8));
-            }
-        }
-        for (&gsi, m) in &state.msi {
-            let mut e = kvm_irq_routing_entry {
-                gsi,
-                type_: KVM_IRQ_ROUTING_MSI,
-                ..Default::default()
-            };
-            e.u.msi.address_lo = m.address_lo;
-            e.u.msi.address_hi = m.address_hi;
-            e.u.msi.data = m.data;
-            entries.push(e);
-        }
-        let routing = KvmIrqRouting::from_entries(&entries)
-            .map_err(|e| io::Error::other(format!("GSI routing table: {e:?}")))?;
-        self.vm
-            .set_gsi_routing(&routing)
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
-    }
-}
-
-impl InterruptRouter for KvmInterruptRouter {
-    fn allocate_gsi(&self) -> io::Result<u32> {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(gsi) = s.free.pop_first() {
-            return Ok(gsi);
-        }
-        if s.next > MAX_GSI {
-            return Err(io::Error::other("no GSI left for MSI routes"));
-        }
-        let gsi = s.next;
-        s.next += 1;
-        Ok(gsi)
-    }
-
-    fn release_gsi(&self, gsi: u32) {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.msi.remove(&gsi).is_some() {
-            let _ = self.commit(&s);
-        }
-        s.free.insert(gsi);
-    }
-
-    fn set_msi_route(&self, gsi: u32, message: &MsiMessage) -> io::Result<()> {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        s.msi.insert(gsi, *message);
-        self.commit(&s)
-    }
-
-    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> io::Result<()> {
-        self.vm
-            .register_irqfd(fd, gsi)
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
-    }
-
-    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> io::Result<()> {
-        self.vm
-            .unregister_irqfd(fd, gsi)
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
-    }
-
-    fn register_resample_irqfd(
-        &self,
-        fd: &EventFd,
-        resample: &EventFd,
-        gsi: u32,
-    ) -> io::Result<()> {
-        self.vm
-            .register_irqfd_with_resample(fd, resample, gsi)
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
-    }
-}
-
+use crate::irq_routing::KvmInterruptRouter;
+use host::{fail, open_error};
 /// A part of a BAR mmapped from the device and given to the guest as a KVM slot.
 struct BarMapping {
     slot: u32,
@@ -537,8 +160,6 @@ pub struct Passthrough {
     mappings: Arc<Mappings>,
     memory: GuestMemoryMmap,
     dma_mapped: bool,
-    /// How long DMA-mapping guest RAM took.
-    pub dma_map_time: std::time::Duration,
 }
 
 /// Guest address space for BARs on one segment.
@@ -553,21 +174,20 @@ fn allocator(r: &Range) -> Result<AddressAllocator, String> {
 }
 
 impl Passthrough {
-    /// Opens every configured device, DMA-maps `memory`, places the BARs, maps what can be
-    /// mapped into the guest starting at KVM slot `first_slot`, and wires INTx. Fails
-    /// leaving nothing open or mapped.
+    /// Opens the devices [`check_host`] found (`hosts`, in configuration order), DMA-maps
+    /// `memory`, places the BARs, maps what can be mapped into the guest starting at KVM
+    /// slot `first_slot`, and wires INTx. Fails leaving nothing open or mapped.
     pub fn open(
         vm: &Arc<VmFd>,
         memory: &GuestMemoryMmap,
-        config: &VmConfig,
+        hosts: &[HostDevice],
         topology: &GuestTopology,
         router: &Arc<KvmInterruptRouter>,
         first_slot: u32,
     ) -> Result<Option<Passthrough>, VfioHostError> {
-        if config.devices.is_empty() {
+        if hosts.is_empty() {
             return Ok(None);
         }
-        let hosts = check_host(config)?;
 
         let mut create = kvm_create_device {
             type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
@@ -582,7 +202,7 @@ impl Passthrough {
         let container = Arc::new(container);
 
         let mut opened = Vec::new();
-        for (placed, host) in topology.devices.iter().zip(&hosts) {
+        for (placed, host) in topology.devices.iter().zip(hosts) {
             let field = format!("devices[{}].path", placed.config_index);
             let device = VfioDevice::new(&host.sysfs, container.clone(), false)
                 .map_err(|e| open_error(&field, host, e))?;
@@ -599,7 +219,6 @@ impl Passthrough {
             }),
             memory: memory.clone(),
             dma_mapped: false,
-            dma_map_time: std::time::Duration::ZERO,
         };
 
         // All guest RAM, so devices can DMA anywhere the guest points them.
@@ -611,12 +230,12 @@ impl Passthrough {
         unsafe { container.vfio_map_guest_memory(memory) }
             .map_err(|e| fail("devices", format!("DMA-mapping guest RAM: {e}")))?;
         pass.dma_mapped = true;
-        pass.dma_map_time = start.elapsed();
+        let took = start.elapsed();
         let ram: u64 = memory.iter().map(|r| r.len()).sum();
         tracing::info!(
             "vfio: DMA-mapped {} MiB of guest RAM in {:.1} ms",
             ram >> 20,
-            pass.dma_map_time.as_secs_f64() * 1000.0
+            took.as_secs_f64() * 1000.0
         );
 
         let mut allocators = topology
