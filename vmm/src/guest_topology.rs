@@ -252,8 +252,7 @@ fn intx_routes() -> Vec<IntxRoute> {
                 .map(move |pin| IntxRoute {
                     device,
                     pin,
-                    gsi: INTX_GSI_BASE
-                        + (u32::from(device) + u32::from(pin.index())) % INTX_GSI_COUNT,
+                    gsi: intx_gsi(device, pin.index() + 1),
                 })
         })
         .collect()
