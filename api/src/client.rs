@@ -4,16 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error::{ApiError, ERROR_FIELD_HEADER};
+use crate::server::API_PREFIX;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
 pub use hyper::Method;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
-
-use crate::error::ApiError;
-use crate::server::API_PREFIX;
 
 /// An answer from the API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,14 +20,8 @@ pub struct Response {
     pub status: u16,
     /// The body, as sent (empty for 204).
     pub body: Vec<u8>,
-}
-
-/// The JSON error body every failed request gets.
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    #[serde(default)]
-    field: Option<String>,
+    /// The [`ERROR_FIELD_HEADER`] of a failed answer.
+    pub error_field: Option<String>,
 }
 
 impl Response {
@@ -38,14 +30,19 @@ impl Response {
         (200..300).contains(&self.status)
     }
 
-    /// The error a non-2xx answer carries: the server's `{"error", "field"}` body, or,
-    /// when the body is not one, its text (or the status's reason phrase if empty).
+    /// The error a non-2xx answer carries: the server's error chain (a JSON array of
+    /// strings, joined with `: `) and field, or, when the body is not a chain, its text
+    /// (or the status's reason phrase if empty).
     pub fn error(&self) -> Option<ApiError> {
         if self.is_success() {
             return None;
         }
-        if let Ok(e) = serde_json::from_slice::<ErrorBody>(&self.body) {
-            return Some(ApiError::new(self.status, e.error, e.field));
+        if let Ok(chain) = serde_json::from_slice::<Vec<String>>(&self.body) {
+            return Some(ApiError::new(
+                self.status,
+                chain.join(": "),
+                self.error_field.clone(),
+            ));
         }
         let text = String::from_utf8_lossy(&self.body).trim().to_owned();
         let text = if text.is_empty() {
@@ -136,12 +133,17 @@ pub async fn request(
     let exchange = async move {
         let answer = sender.send_request(request).await?;
         let status = answer.status().as_u16();
+        let error_field = answer
+            .headers()
+            .get(ERROR_FIELD_HEADER)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let body = answer.into_body().collect().await?.to_bytes();
         // With the sender gone the connection closes once idle, so the join ends.
         drop(sender);
         Ok::<_, hyper::Error>(Response {
             status,
             body: body.to_vec(),
+            error_field,
         })
     };
     // Once the answer is in, how the connection ends does not matter.

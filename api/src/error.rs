@@ -5,26 +5,32 @@ use std::path::PathBuf;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
 use crate::config::ConfigError;
 
-/// A failed request: the HTTP status and the JSON body `{"error": ..., "field": ...}`.
+/// A failed request: the HTTP status, what went wrong, and which field of the request.
+///
+/// On the wire (as Cloud Hypervisor answers, so that its clients decode it) the body is a
+/// JSON array of strings, the error chain from the top to the root cause; Tessera's chain
+/// has one link, [`ApiError::error`]. The field, for programs, is in the
+/// [`ERROR_FIELD_HEADER`] header.
 ///
 /// The API layer makes these for requests it cannot parse (400, 404, 405, 413) or cannot
 /// deliver (503); the VMM makes them for requests it refuses (404, 405, 409, 500, ...).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{error}")]
 pub struct ApiError {
     /// The HTTP status (4xx or 5xx; anything else is answered as 500).
-    #[serde(skip)]
     pub status: u16,
     /// What went wrong, for a human.
     pub error: String,
     /// The offending field as a JSON path into the request body (`cpus.boot_vcpus`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
+
+/// The response header that names an error's offending field ([`ApiError::field`]) as a
+/// JSON path into the request body, when there is one.
+pub const ERROR_FIELD_HEADER: &str = "tessera-error-field";
 
 impl ApiError {
     /// An error with `status`, message and optional field.
@@ -60,9 +66,19 @@ impl IntoResponse for ApiError {
             .ok()
             .filter(|s| s.is_client_error() || s.is_server_error())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_string(&self)
-            .unwrap_or_else(|_| r#"{"error":"unprintable error"}"#.to_owned());
-        json_response(status, body)
+        let body = serde_json::to_string(&[&self.error])
+            .unwrap_or_else(|_| r#"["unprintable error"]"#.to_owned());
+        let mut response = json_response(status, body);
+        // A field that cannot be a header value (control characters from a client's
+        // JSON key) is left out: the message names it anyway.
+        if let Some(value) = self
+            .field
+            .as_deref()
+            .and_then(|f| HeaderValue::from_bytes(f.as_bytes()).ok())
+        {
+            response.headers_mut().insert(ERROR_FIELD_HEADER, value);
+        }
+        response
     }
 }
 

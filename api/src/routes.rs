@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
@@ -44,6 +44,9 @@ pub(crate) enum Handler {
     Published(Read, Parse),
     /// Answer with [`OPENAPI`].
     OpenApi,
+    /// A Cloud Hypervisor endpoint for a feature Tessera does not have: 501, with this
+    /// message saying which feature, so CH's clients tell their users why.
+    Unsupported(&'static str),
 }
 
 /// One endpoint: a path under [`API_PREFIX`], its method, and what it does.
@@ -116,7 +119,47 @@ pub(crate) const ROUTES: &[Route] = &[
         verb: Get,
         handler: Handler::OpenApi,
     },
+    unsupported(
+        "/vm.resize",
+        "resizing vCPUs or memory is not supported: Tessera fixes them at boot",
+    ),
+    unsupported(
+        "/vm.resize-zone",
+        "resizing a memory zone is not supported: Tessera has no memory hotplug",
+    ),
+    unsupported("/vm.resize-disk", "Tessera has no virtio-block disks"),
+    unsupported(
+        "/vm.add-disk",
+        "Tessera has no virtio-block disks; pass a storage controller through with vm.add-device",
+    ),
+    unsupported("/vm.add-fs", "Tessera has no virtio-fs devices"),
+    unsupported(
+        "/vm.add-generic-vhost-user",
+        "Tessera has no vhost-user devices",
+    ),
+    unsupported("/vm.add-pmem", "Tessera has no virtio-pmem devices"),
+    unsupported(
+        "/vm.add-net",
+        "Tessera has no virtio-net devices; pass a NIC through with vm.add-device",
+    ),
+    unsupported("/vm.add-vsock", "Tessera has no virtio-vsock device"),
+    unsupported("/vm.add-vdpa", "Tessera has no vDPA devices"),
+    unsupported("/vm.add-user-device", "Tessera has no vfio-user devices"),
+    unsupported("/vm.snapshot", "Tessera has no snapshots"),
+    unsupported("/vm.restore", "Tessera has no snapshots to restore"),
+    unsupported("/vm.coredump", "Tessera has no guest core dumps"),
+    unsupported("/vm.nmi", "Tessera cannot inject NMIs"),
+    unsupported("/vm.send-migration", "Tessera has no live migration"),
+    unsupported("/vm.receive-migration", "Tessera has no live migration"),
 ];
+
+const fn unsupported(path: &'static str, why: &'static str) -> Route {
+    Route {
+        path,
+        verb: Put,
+        handler: Handler::Unsupported(why),
+    }
+}
 
 impl Verb {
     pub(crate) fn as_str(self) -> &'static str {
@@ -186,7 +229,7 @@ pub(crate) fn shared(vmm: mpsc::Sender<ApiRequest>, published: Arc<Published>) -
 /// One handler that finds the route itself, rather than an axum `Router` of one handler
 /// per route: with twenty fixed paths a scan costs less than the router's per-request
 /// service clone and boxing, which were a tenth of what a published answer cost.
-pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+pub(crate) async fn dispatch(shared: &Shared, request: Request) -> Response {
     let Some(route) = request
         .uri()
         .path()
@@ -209,7 +252,7 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, request: Request
     if !allowed {
         return method_not_allowed(route, method);
     }
-    handle(&shared, route, request)
+    handle(shared, route, request)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -218,6 +261,13 @@ async fn handle(shared: &Shared, route: &Route, request: Request) -> Result<Resp
     let body = read_body(request).await?;
     let parse = match route.handler {
         Handler::OpenApi => return Ok(json_response(StatusCode::OK, OPENAPI)),
+        Handler::Unsupported(why) => {
+            return Err(ApiError::new(
+                501,
+                format!("{}: {why}", route.path.trim_start_matches('/')),
+                None,
+            ))
+        }
         Handler::Vmm(parse) => parse,
         Handler::Published(read, parse) => {
             if let Some(answer) = read(&shared.published.current()) {

@@ -4,13 +4,22 @@
 //! KVM; the VMM decides every answer except parse errors (400/404/405/413) and an absent
 //! VMM (503).
 
-use std::future::{Future, IntoFuture};
+use std::convert::Infallible;
+use std::future::Future;
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::response::Response;
+use hyper::body::Incoming;
+use hyper::ext::ReasonPhrase;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{DeviceConfig, GenericInitiatorConfig, NumaConfig, VmConfig};
 pub use crate::error::{ApiError, BindError};
@@ -240,23 +249,66 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
-    let stop = Arc::new(Notify::new());
-    let stopping = Arc::clone(&stop);
-    let server = axum::serve(listener, {
-        use axum::handler::Handler as _;
-        crate::routes::dispatch
-            .with_state(crate::routes::shared(vmm, published))
-            .into_make_service()
-    })
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        stop.notify_one();
-    });
+    let shared = crate::routes::shared(vmm, published);
+    let connections = GracefulShutdown::new();
+    // Cloud Hypervisor's client finds the body length only under the header name
+    // `Content-Length`, so header names go out title-cased (still valid HTTP/1.1).
+    let mut http = http1::Builder::new();
+    http.title_case_headers(true);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let shared = Arc::clone(&shared);
+        let service = service_fn(move |request: hyper::Request<Incoming>| {
+            let shared = Arc::clone(&shared);
+            async move {
+                let response = crate::routes::dispatch(&shared, request.map(Body::new)).await;
+                Ok::<_, Infallible>(without_reason_phrase(response))
+            }
+        });
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A connection's errors (a client that left mid-request) concern only it.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    // Idle keep-alive connections close at once; open requests get the grace period.
     tokio::select! {
-        result = server.into_future() => result,
-        () = async {
-            stopping.notified().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => Ok(()),
+        () = connections.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+    }
+    Ok(())
+}
+
+/// Cloud Hypervisor's client reads the status line as `HTTP/1.1 ` and a code followed
+/// by nothing but spaces, as CH's own server writes it (`HTTP/1.1 200 `); a reason phrase
+/// such as `OK` makes it fail. The phrase is optional in HTTP/1.1 (RFC 9112, 4), so
+/// every answer goes out with an empty one.
+fn without_reason_phrase(mut response: Response) -> Response {
+    response
+        .extensions_mut()
+        .insert(ReasonPhrase::from_static(b""));
+    response
+}
+
+/// An `accept` that failed: a connection that died before it was accepted is skipped;
+/// anything else (out of descriptors) is retried after a pause rather than spun on.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if !matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -99,6 +99,7 @@ pub struct Reply {
     pub status: u16,
     pub allow: Option<String>,
     pub content_type: Option<String>,
+    pub error_field: Option<String>,
     pub body: Bytes,
 }
 
@@ -109,15 +110,15 @@ impl Reply {
             .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
     }
 
-    /// Asserts an error answer: status, JSON error body, and its field.
+    /// Asserts an error answer: status, a body that is Cloud Hypervisor's error chain (a
+    /// JSON array of one string, the message, which it returns), and the field header.
     pub fn assert_error(&self, status: u16, field: Option<&str>) -> String {
         assert_eq!(self.status, status, "{self:?}");
         assert_eq!(self.content_type.as_deref(), Some("application/json"));
-        let j = self.json();
-        let obj = j.as_object().unwrap();
-        assert!(obj.keys().all(|k| k == "error" || k == "field"), "{j}");
-        assert_eq!(j.get("field").and_then(|f| f.as_str()), field, "{j}");
-        j["error"].as_str().unwrap().to_owned()
+        let chain: Vec<String> = serde_json::from_value(self.json()).unwrap();
+        assert_eq!(chain.len(), 1, "{chain:?}");
+        assert_eq!(self.error_field.as_deref(), field, "{self:?}");
+        chain.into_iter().next().unwrap()
     }
 }
 
@@ -156,16 +157,18 @@ impl Client {
                 .get(name)
                 .map(|v: &axum::http::HeaderValue| v.to_str().unwrap().to_owned())
         };
-        let (status, allow, content_type) = (
+        let (status, allow, content_type, error_field) = (
             resp.status().as_u16(),
             header("allow"),
             header("content-type"),
+            header(tessera_api::error::ERROR_FIELD_HEADER),
         );
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         Reply {
             status,
             allow,
             content_type,
+            error_field,
             body,
         }
     }
