@@ -25,7 +25,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::guest_topology::{guest_topology, TopologyError};
-use crate::vm::{SerialSink, Vm, VmError};
+use crate::vm::{SerialSink, Vm, VmError, VmEvents};
 
 /// Where the VM is in its life.
 enum State {
@@ -60,6 +60,8 @@ pub struct Control {
     /// Whether the VM has been shut down (CH reports "Shutdown" until it boots again).
     shut_down: bool,
     serial: Option<SerialSink>,
+    /// The guest's power-off and reset events, the same for every boot.
+    events: VmEvents,
     /// End the loop when the guest powers off (the command line without an API).
     exit_on_poweroff: bool,
     /// `vmm.ping`'s answer, which never changes.
@@ -91,7 +93,7 @@ links are fixed in the SRAT at boot (shut the VM down to change them)";
 
 impl Control {
     /// A VMM with no VM, or with `config` created.
-    pub fn new(kvm: kvm_ioctls::Kvm, config: Option<VmConfig>) -> Self {
+    pub fn new(kvm: kvm_ioctls::Kvm, config: Option<VmConfig>) -> Result<Self, VmError> {
         let state = if config.is_some() {
             State::Created
         } else {
@@ -111,12 +113,13 @@ impl Control {
             state,
             shut_down: false,
             serial: None,
+            events: VmEvents::new()?,
             exit_on_poweroff: false,
             ping,
             published: Arc::new(Published::new()),
         };
         control.publish();
-        control
+        Ok(control)
     }
 
     /// The read-only answers this VMM publishes, for [`tessera_api::server::serve`].
@@ -178,22 +181,10 @@ impl Control {
         };
         add(wake.as_raw_fd(), 0)?;
         add(stop.as_raw_fd(), 1)?;
-        let mut watched: Option<(RawFd, RawFd)> = None;
+        add(self.events.exit_fd(), 2)?;
+        add(self.events.reset_fd(), 3)?;
         let mut events = [EpollEvent::default(); 4];
         loop {
-            // Watch the running VM's power-off and reset events.
-            let now = self.running_vm().map(Vm::event_fds);
-            if now != watched {
-                if let Some((a, b)) = watched.take() {
-                    let _ = epoll.ctl(ControlOperation::Delete, a, EpollEvent::default());
-                    let _ = epoll.ctl(ControlOperation::Delete, b, EpollEvent::default());
-                }
-                if let Some((exit, reset)) = now {
-                    add(exit, 2)?;
-                    add(reset, 3)?;
-                }
-                watched = now;
-            }
             let n = match epoll.wait(200, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -266,18 +257,14 @@ impl Control {
         }
     }
 
-    fn running_vm(&self) -> Option<&Vm> {
-        match &self.state {
-            State::Running(vm) | State::Paused(vm) => Some(vm),
-            _ => None,
-        }
-    }
-
     /// Stops the VM, if one runs; the configuration stays.
     fn stop_vm(&mut self) {
         if matches!(self.state, State::Running(_) | State::Paused(_)) {
             // Dropping the Vm stops and joins its vCPUs, then unmaps its memory.
             self.state = State::Created;
+            // Nothing writes the events now. One the stopped boot fired and the loop has
+            // not handled (a guest reset racing vm.shutdown) must not act on the next boot.
+            self.events.clear();
         }
     }
 
@@ -297,7 +284,7 @@ impl Control {
             .serial
             .as_ref()
             .ok_or_else(|| err(500, "no serial sink"))?;
-        let vm = Vm::boot(&self.kvm, &config, serial).map_err(vm_err)?;
+        let vm = Vm::boot(&self.kvm, &config, serial, &self.events).map_err(vm_err)?;
         self.state = State::Running(vm);
         self.shut_down = false;
         Ok(ApiReply::NoContent)

@@ -138,7 +138,7 @@ fn run(args: &Args) -> Result<()> {
     let wake = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?;
     // No API: nothing is ever sent, but the sender must live for the loop to keep going.
     let (_no_api, no_requests) = std::sync::mpsc::channel();
-    let mut control = Control::new(kvm, Some(config)).exit_on_poweroff();
+    let mut control = Control::new(kvm, Some(config))?.exit_on_poweroff();
     if let Err(e) = control.handle(VmAction::Boot) {
         anyhow::bail!("{}", e.error);
     }
@@ -208,7 +208,7 @@ fn run_api(args: &Args, socket: &str) -> Result<()> {
     let shutdown = std::sync::Arc::new(tokio::sync::Notify::new());
     let shutdown_api = shutdown.clone();
     // Made before the server starts, so that its first requests find a snapshot.
-    let mut control = Control::new(kvm, initial.clone());
+    let mut control = Control::new(kvm, initial.clone())?;
     let published = control.published();
     let server = std::thread::Builder::new()
         .name("api".into())

@@ -246,14 +246,49 @@ impl Write for SharedWriter {
     }
 }
 
+/// The events a guest raises to power off and to reset, owned by the VMM for its whole
+/// life: each boot's power device and vCPUs write clones, and the control loop registers
+/// them with its epoll once. (Events made per boot fell out of the epoll set when a
+/// reboot closed them, while the next boot's, given the same descriptor numbers, looked
+/// registered already: issue 10.)
+pub struct VmEvents {
+    exit: EventFd,
+    reset: EventFd,
+}
+
+impl VmEvents {
+    /// Two fresh, unfired events.
+    pub fn new() -> Result<Self, VmError> {
+        Ok(VmEvents {
+            exit: event_fd()?,
+            reset: event_fd()?,
+        })
+    }
+
+    /// The event that fires when the guest powers off.
+    pub fn exit_fd(&self) -> std::os::fd::RawFd {
+        self.exit.as_raw_fd()
+    }
+
+    /// The event that fires when the guest resets.
+    pub fn reset_fd(&self) -> std::os::fd::RawFd {
+        self.reset.as_raw_fd()
+    }
+
+    /// Consumes fired events, so a level-triggered wait does not see them again. Called
+    /// once a boot is stopped, so that its last events do not act on the next boot.
+    pub fn clear(&self) {
+        let _ = self.exit.read();
+        let _ = self.reset.read();
+    }
+}
+
 /// A booted VM whose vCPUs are running.
 pub struct Vm {
     // Drop order matters: threads are stopped in `shutdown`; the VM fd goes before the
     // memory its slots point at.
     vcpus: Vec<JoinHandle<Result<(), String>>>,
     control: Arc<VcpuControl>,
-    exit_evt: EventFd,
-    reset_evt: EventFd,
     ged: Arc<Mutex<GedDevice>>,
     /// Passed-through devices: reset and unmapped before the VM fd and memory go.
     _passthrough: Option<Passthrough>,
@@ -320,8 +355,14 @@ impl VcpuControl {
 }
 
 impl Vm {
-    /// Builds and starts the VM. Fails without leaving anything running or mapped.
-    pub fn boot(kvm: &Kvm, config: &VmConfig, serial: &SerialSink) -> Result<Vm, VmError> {
+    /// Builds and starts the VM, whose guest fires `events` to power off or reset. Fails
+    /// without leaving anything running or mapped.
+    pub fn boot(
+        kvm: &Kvm,
+        config: &VmConfig,
+        serial: &SerialSink,
+        events: &VmEvents,
+    ) -> Result<Vm, VmError> {
         let phys_bits = tessera_arch::vcpu::host_phys_bits();
         let topology = guest_topology(config, phys_bits)?;
         check_payload(config)?;
@@ -393,14 +434,11 @@ impl Vm {
             message: e.to_string(),
         })?;
 
-        let exit_evt = event_fd()?;
-        let reset_evt = event_fd()?;
         let (pio, mmio, ged) = wire_devices(
             &vm_fd,
             &topology.layout,
             serial,
-            &exit_evt,
-            &reset_evt,
+            events,
             passthrough.as_ref(),
         )?;
         if let Some(p) = &passthrough {
@@ -427,7 +465,8 @@ impl Vm {
         let mut vcpus = Vec::with_capacity(vcpu_fds.len());
         for (index, vcpu) in vcpu_fds.into_iter().enumerate() {
             let (pio, mmio, ctl) = (pio.clone(), mmio.clone(), control.clone());
-            let spawned = reset_evt
+            let spawned = events
+                .reset
                 .try_clone()
                 .map_err(|source| VmError::Os {
                     what: "cloning the reset event",
@@ -454,8 +493,6 @@ impl Vm {
         Ok(Vm {
             vcpus,
             control,
-            exit_evt,
-            reset_evt,
             ged,
             _passthrough: passthrough,
             _router: router,
@@ -525,18 +562,6 @@ impl Vm {
                 )
             })
             .collect()
-    }
-
-    /// The events that fire when the guest powers off and when it resets, for callers
-    /// that wait on more than the VM (the API's control loop).
-    pub fn event_fds(&self) -> (std::os::fd::RawFd, std::os::fd::RawFd) {
-        (self.exit_evt.as_raw_fd(), self.reset_evt.as_raw_fd())
-    }
-
-    /// Consumes a fired event, so a level-triggered wait does not see it again.
-    pub fn clear_events(&self) {
-        let _ = self.exit_evt.read();
-        let _ = self.reset_evt.read();
     }
 
     /// Reports a vCPU thread that has stopped on its own (an error), stopping the rest.
@@ -706,8 +731,7 @@ fn wire_devices(
     vm: &VmFd,
     layout: &GuestLayout,
     serial: &SerialSink,
-    exit_evt: &EventFd,
-    reset_evt: &EventFd,
+    events: &VmEvents,
     passthrough: Option<&Passthrough>,
 ) -> Result<Wired, VmError> {
     let dev_err = |what: &str, e: &dyn std::fmt::Display| VmError::Devices(format!("{what}: {e}"));
@@ -747,8 +771,12 @@ fn wire_devices(
     .map_err(|e| dev_err("CMOS RTC", &e))?;
 
     let power: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(AcpiPowerDevice::new(
-        exit_evt.try_clone().map_err(os("cloning the exit event"))?,
-        reset_evt
+        events
+            .exit
+            .try_clone()
+            .map_err(os("cloning the exit event"))?,
+        events
+            .reset
             .try_clone()
             .map_err(os("cloning the reset event"))?,
     )));
