@@ -5,7 +5,8 @@
 # TESSERA-JUDGE-BEGIN and TESSERA-JUDGE-END on the console; with judge.devices=1 on the
 # kernel command line, then what it could do with its NVMe, edu and mtty PCI devices
 # between TESSERA-DEVICES-BEGIN and TESSERA-DEVICES-END (using /bin/pci-bar, built from
-# tests/guest/pci_bar.rs); then powers off (or reboots, with judge.action=reboot).
+# tests/guest/pci_bar.rs); then powers off (or reboots, with judge.action=reboot, or
+# does what the console says, with judge.action=console).
 # tests/src/linux_judge.rs parses both blocks; keep the two in step.
 export PATH=/bin
 
@@ -15,12 +16,6 @@ mount -t devtmpfs devtmpfs /dev
 # The kernel may have had no /dev/console to give us: take the console explicitly.
 exec </dev/console >/dev/console 2>&1
 echo TESSERA-INIT
-# `judge.action=echo`: read a line from the console and echo it, proving input reaches
-# the guest through the serial port. The first line may have lost bytes while the UART
-# driver started, so the second is the one echoed.
-case " $(cat /proc/cmdline) " in
-*" judge.action=echo "*) read -r _ && read -r line && echo "judge-echo: $line" ;;
-esac
 # Keep kernel messages from interleaving with the report (dmesg still has them all).
 echo 1 >/proc/sys/kernel/printk
 
@@ -193,9 +188,34 @@ case " $(cat /proc/cmdline) " in
 *" judge.devices=1 "*) devices_report ;;
 esac
 
+# `judge.action=console`: take orders typed on the console, proving input reaches the
+# guest through the serial port, on every boot. An order is a line `BOOT_ID reboot` or
+# `BOOT_ID poweroff` naming this boot (printed as `judge-boot-id=BOOT_ID`), so a typist
+# can repeat it until it takes: lines for an earlier boot, still queued across a reboot,
+# and lines that lost bytes while the UART driver started, are ignored. The cmdline is
+# the same on every boot; this is how a test makes the guest reboot, then power off.
+console_orders() {
+    local boot_id id order
+    boot_id=$(cat /proc/sys/kernel/random/boot_id)
+    # Typed lines echoed back could land inside the line the typist looks for.
+    stty -echo
+    echo "judge-boot-id=$boot_id"
+    while read -r id order; do
+        [ "$id" = "$boot_id" ] || continue
+        echo "judge-order: $order"
+        case $order in
+        reboot) reboot -f ;;
+        poweroff) poweroff -f ;;
+        esac
+    done
+    # The console closed: an init that returned would panic the kernel.
+    poweroff -f
+}
+
 # `judge.action=reboot` on the command line: reboot instead of powering off, so a test
 # can watch a VMM boot the guest again.
 case " $(cat /proc/cmdline) " in
+*" judge.action=console "*) console_orders ;;
 *" judge.action=reboot "*) reboot -f ;;
 *) poweroff -f ;;
 esac

@@ -2,7 +2,8 @@
 //! judge's initramfs) in the nested test host: tessera runs in L1 under L1's KVM, and
 //! what L2's Linux reports about its NUMA nodes must be what the configuration says.
 //! Also: the guest's `poweroff -f` ends tessera with status 0, `reboot -f` boots the
-//! guest again, and SIGTERM stops tessera cleanly.
+//! guest again, its poweroff after a reboot still ends tessera, typed input reaches it,
+//! and SIGTERM stops tessera cleanly.
 
 #![allow(
     clippy::unwrap_used,
@@ -148,23 +149,49 @@ fn reboot_boots_again_and_sigterm_stops_cleanly() {
 }
 
 #[test]
-fn typed_input_reaches_the_guest_through_the_serial_port() {
+fn typed_orders_reboot_the_guest_and_then_its_poweroff_ends_tessera() {
+    // Lines typed on tessera's stdin reach the guest through the serial port, on each
+    // boot: the first boot is told to reboot, the second to power off, which must end
+    // tessera with 0 by itself (issue 10: a poweroff after a reboot did not end it).
     let judge = images().unwrap();
-    // Keep typing until the guest has read a line; the pipe ends when tessera exits.
     let script = format!(
-        "(while true; do echo hello-from-l1; sleep 1; done) | in-host {TESSERA} --kernel {} \\\n\
-           --initramfs {} --cmdline '{CMDLINE} judge.action=echo'\n\
-         echo \"tessera-exit=$?\"\n",
+        "log=/run/serial.log\n\
+         orders() {{\n\
+           while true; do\n\
+             set -- $(sed -n 's/^judge-boot-id=\\([0-9a-f-]*\\).*/\\1/p' $log 2>/dev/null)\n\
+             case $# in 1) echo \"$1 reboot\" ;; 2) echo \"$2 poweroff\" ;; esac\n\
+             sleep 1\n\
+           done\n\
+         }}\n\
+         orders | TESSERA_LOG=info in-host {TESSERA} --kernel {} --initramfs {} \\\n\
+           --cmdline '{CMDLINE} judge.action=console' >$log 2>/run/tessera.err &\n\
+         pid=$!\n\
+         # The bound only keeps a tessera that never ends from using up L1's time.\n\
+         for i in $(seq 1 150); do kill -0 $pid 2>/dev/null || break; sleep 1; done\n\
+         kill -0 $pid 2>/dev/null && echo tessera-still-running && kill -TERM $pid\n\
+         wait $pid\n\
+         echo \"tessera-exit=$?\"\n\
+         grep -E '^judge-(boot-id|order)|reboot: ' $log\n\
+         cat /run/tessera.err\n",
         judge.vmlinuz.display(),
         judge.initramfs.display(),
     );
     let run = nested::run(&script, &[]).unwrap();
-    assert!(
-        run.console.contains("judge-echo: hello-from-l1"),
-        "the guest did not read the typed line:\n{}",
-        run.console
+    let c = &run.console;
+    let orders: Vec<&str> = c
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("judge-order: "))
+        .collect();
+    assert_eq!(
+        orders,
+        ["reboot", "poweroff"],
+        "the guest did not take both typed orders:\n{c}"
     );
-    assert!(run.console.contains("tessera-exit=0"), "{}", run.console);
+    assert!(
+        !c.contains("tessera-still-running"),
+        "the guest's poweroff after its reboot did not end tessera:\n{c}"
+    );
+    assert!(c.contains("tessera-exit=0"), "{c}");
 }
 
 #[test]
