@@ -23,6 +23,11 @@ pub struct VmConfig {
     /// The COM1 16550 UART.
     #[serde(default)]
     pub serial: ConsoleConfig,
+    /// Cloud Hypervisor's virtio console. Tessera has none yet: only `Off`, `Null` and
+    /// `Tty` (CH's default, kept so CH's configurations load) are accepted, and all three
+    /// mean no device; the serial port carries the guest's console.
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// PCI devices passed through with VFIO.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceConfig>,
@@ -419,6 +424,18 @@ impl VmConfig {
     }
 
     fn validate_console(&self) -> Result<(), ConfigError> {
+        match self.console.mode {
+            ConsoleMode::Off | ConsoleMode::Null | ConsoleMode::Tty => {}
+            mode => {
+                return Err(ConfigError::new(
+                    "console.mode",
+                    format!(
+                        "{mode:?}: Tessera has no virtio console yet (the serial port carries \
+                         the guest's console); give Off or Null"
+                    ),
+                ))
+            }
+        }
         let s = &self.serial;
         match s.mode {
             ConsoleMode::File if s.file.is_none() => {

@@ -218,6 +218,23 @@ fn console_modes_need_their_targets() {
 }
 
 #[test]
+fn the_virtio_console_may_only_be_absent() {
+    let mut c = seed();
+    // CH's default, which every CH configuration carries.
+    assert_eq!(c.console.mode, ConsoleMode::Tty);
+    for mode in [ConsoleMode::Off, ConsoleMode::Null, ConsoleMode::Tty] {
+        c.console.mode = mode;
+        c.validate().unwrap();
+    }
+    for mode in [ConsoleMode::Pty, ConsoleMode::File, ConsoleMode::Socket] {
+        c.console.mode = mode;
+        let (field, message) = refused(&c);
+        assert_eq!(field, "console.mode");
+        assert!(message.contains("no virtio console"), "{message}");
+    }
+}
+
+#[test]
 fn node_sets() {
     assert_eq!(parse_node_set("2-4,7,9-9").unwrap(), vec![2, 3, 4, 7, 9]);
     assert_eq!(parse_node_set("5").unwrap(), vec![5]);

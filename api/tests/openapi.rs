@@ -365,6 +365,7 @@ fn maximal_config() -> Value {
                               "hugepage_size": 2097152, "host_numa_node": 0, "prefault": true}]},
         "payload": {"kernel": "/k", "cmdline": "console=ttyS0", "initramfs": "/i"},
         "serial": {"mode": "Socket", "file": "/f", "socket": "/s"},
+        "console": {"mode": "Off", "file": "/f", "socket": "/s"},
         "devices": [{"path": "/sys/bus/pci/devices/0000:01:00.0", "id": "gpu0",
                      "pci_segment": 0, "pci_device_id": 4}],
         "numa": [{"guest_numa_id": 0, "cpus": [0, 1], "distances": [{"destination": 1, "distance": 20}],
