@@ -264,6 +264,23 @@ pub fn parse_serial(s: &str) -> Result<ConsoleConfig, OptionError> {
     })
 }
 
+/// `off` or `null`: the `console` section, Cloud Hypervisor's virtio console, which
+/// Tessera does not have yet; both mean no device. CH's other modes (`tty`, `pty`,
+/// `file=PATH`, `socket=PATH`) would need one and are refused, pointing at `--serial`.
+pub fn parse_console(s: &str) -> Result<ConsoleConfig, OptionError> {
+    let console = parse_serial(s)?;
+    match console.mode {
+        ConsoleMode::Off | ConsoleMode::Null => Ok(console),
+        _ => Err(OptionError {
+            key: None,
+            message: format!(
+                "`{s}`: Tessera has no virtio console yet; the serial port (--serial) \
+                 carries the guest's console, so give off or null here"
+            ),
+        }),
+    }
+}
+
 /// `path=PATH[,id=ID,pci_segment=N,pci_device_id=N]`: `PUT /vm.add-device`'s body.
 pub fn parse_device(s: &str) -> Result<DeviceConfig, OptionError> {
     let o = Options::parse(s, &["path", "id", "pci_segment", "pci_device_id"])?;
@@ -412,6 +429,19 @@ mod tests {
         assert!(e.message.contains("given twice"), "{e}");
         let e = parse_device("/x").unwrap_err();
         assert_eq!((e.key, e.message.as_str()), (None, "`/x` is not key=value"));
+    }
+
+    #[test]
+    fn console() {
+        assert_eq!(parse_console("off").unwrap().mode, ConsoleMode::Off);
+        assert_eq!(parse_console("null").unwrap().mode, ConsoleMode::Null);
+        for s in ["tty", "pty", "file=/tmp/c", "socket=/tmp/s"] {
+            let e = parse_console(s).unwrap_err();
+            assert!(e.message.contains("no virtio console"), "{s}: {e}");
+            assert!(e.message.contains("--serial"), "{s}: {e}");
+        }
+        let e = parse_console("stdout").unwrap_err();
+        assert!(e.message.contains("is not off, null"), "{e}");
     }
 
     #[test]

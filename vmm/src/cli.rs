@@ -1,14 +1,21 @@
-//! The `tessera` command line in Cloud Hypervisor's style: each option takes a
-//! `key=value,key=value` string (`--numa guest_numa_id=0,cpus=[0-1],distances=[1@20]`),
-//! parsed by `tessera_api::options` (which `tessera-ctl` shares) into the same
-//! [`VmConfig`] the API and `--config FILE` give.
+//! The `tessera` command line, Cloud Hypervisor's unchanged where Tessera has the
+//! feature: each option takes a `key=value,key=value` string
+//! (`--numa guest_numa_id=0,cpus=[0-1],distances=[1@20]`), parsed by
+//! `tessera_api::options` (which `tessera-ctl` shares) into the same [`VmConfig`] the
+//! API and `--config FILE` give. Where CH takes several values after one flag
+//! (`--memory-zone id=m0,size=1G id=m1,size=1G`), so does Tessera; repeating the flag
+//! works too. CH's flags for features Tessera lacks are refused by [`unsupported`],
+//! naming what is missing.
+
+pub mod unsupported;
 
 use std::path::PathBuf;
 
+use clap::{ArgAction, Parser};
 use tessera_api::config::{PayloadConfig, VmConfig};
 use tessera_api::options::{
-    parse_cpus, parse_device, parse_generic_initiator, parse_memory, parse_memory_zone, parse_numa,
-    parse_platform, parse_serial, OptionError,
+    parse_console, parse_cpus, parse_device, parse_generic_initiator, parse_memory,
+    parse_memory_zone, parse_numa, parse_platform, parse_serial, OptionError,
 };
 
 /// A command-line option that could not be parsed: which option, and what is wrong.
@@ -21,36 +28,256 @@ pub struct CliError {
     pub message: String,
 }
 
-/// The VM-describing options, as given (each value still a CH-style option string).
-#[derive(Clone, Debug, Default)]
+impl CliError {
+    fn new(option: &str, message: impl Into<String>) -> Self {
+        CliError {
+            option: option.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Runs one VM that gives its guest the true topology of its devices.
+#[derive(Parser, Debug)]
+#[command(name = "tessera", version)]
+pub struct Args {
+    /// A JSON VM configuration (Cloud Hypervisor's VmConfig shape) instead of the VM options.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "kernel", "initramfs", "cmdline", "cpus", "memory", "memory_zones", "numa",
+        "devices", "generic_initiators", "platform", "serial", "console",
+    ])]
+    pub config: Option<PathBuf>,
+    /// Write the ACPI tables the configuration gives into DIR (one SIG.dat each) and exit.
+    #[arg(long, value_name = "DIR")]
+    pub dump_acpi: Option<PathBuf>,
+    /// Serve the HTTP API on this Unix socket (path=PATH or PATH, or fd=N for an inherited
+    /// listener). With VM options too, the VM is created and booted at once; without, it
+    /// waits for vm.create and vm.boot.
+    #[arg(long, value_name = "path=PATH|PATH|fd=N")]
+    pub api_socket: Option<String>,
+    /// The VM.
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Do not exit when the guest powers off (wait for a signal); with --api-socket,
+    /// Tessera never exits on power-off.
+    #[arg(long)]
+    pub no_shutdown: bool,
+    /// More log output: -v info, -vv debug, -vvv trace (default: warnings; overrides TESSERA_LOG).
+    #[arg(short = 'v', action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Write the log to FILE instead of standard error.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Only `false`: Tessera installs no seccomp filters yet.
+    #[arg(long, value_name = "false")]
+    pub seccomp: Option<String>,
+    /// Only `off` (CH's default, `off,iobase=0xe9`): Tessera has no debug console yet.
+    #[arg(long, value_name = "off")]
+    pub debug_console: Option<String>,
+    /// Cloud Hypervisor's flags for what Tessera lacks, each refused by name.
+    #[command(flatten)]
+    pub unsupported: unsupported::Unsupported,
+}
+
+impl Args {
+    /// The VM the options describe, from `--config FILE` or the VM options; `None` when
+    /// there is neither a configuration file nor a kernel (the API then waits for
+    /// vm.create). VM options without `--kernel` are refused, as Cloud Hypervisor
+    /// refuses them, rather than ignored.
+    pub fn vm_config(&self) -> Result<Option<VmConfig>, CliError> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CliError::new("config", format!("cannot read {}: {e}", path.display()))
+            })?;
+            return serde_json::from_str(&text).map(Some).map_err(|e| {
+                CliError::new(
+                    "config",
+                    format!("{} is not a valid VM configuration: {e}", path.display()),
+                )
+            });
+        }
+        if self.vm.kernel.is_none() {
+            return match self.vm.first_given() {
+                Some(option) => Err(CliError::new(
+                    option,
+                    "describes a VM, which needs --kernel (or --config FILE)",
+                )),
+                None => Ok(None),
+            };
+        }
+        self.vm.to_config().map(Some)
+    }
+
+    /// Checks the options that map to no configuration but whose values Tessera must
+    /// agree with: `--seccomp` and `--debug-console`.
+    pub fn check(&self) -> Result<(), CliError> {
+        if let Some(s) = &self.seccomp {
+            check_seccomp(s)?;
+        }
+        if let Some(s) = &self.debug_console {
+            check_debug_console(s)?;
+        }
+        Ok(())
+    }
+
+    /// The log filter `-v` asks for, if it was given.
+    pub fn log_level(&self) -> Option<&'static str> {
+        match self.verbose {
+            0 => None,
+            1 => Some("info"),
+            2 => Some("debug"),
+            _ => Some("trace"),
+        }
+    }
+}
+
+/// CH's `--seccomp true|false|log|errno`. Tessera installs no seccomp filters yet (a
+/// separate issue), so only `false` says what it does; the others would promise
+/// filtering that does not happen.
+fn check_seccomp(s: &str) -> Result<(), CliError> {
+    match s {
+        "false" => Ok(()),
+        "true" | "log" | "errno" => Err(CliError::new(
+            "seccomp",
+            format!(
+                "`{s}`: Tessera installs no seccomp filters yet (a separate issue); \
+                 only `false` describes what it does"
+            ),
+        )),
+        _ => Err(CliError::new(
+            "seccomp",
+            format!("`{s}` is not true, false, log or errno"),
+        )),
+    }
+}
+
+/// CH's `--debug-console`, whose default is `off,iobase=0xe9`: Tessera has no debug
+/// console, so only `off` (with or without an `iobase`) is accepted.
+fn check_debug_console(s: &str) -> Result<(), CliError> {
+    let mut items = s.split(',');
+    let mode = items.next().unwrap_or_default();
+    for item in items {
+        let port = item.strip_prefix("iobase=").and_then(|v| {
+            let hex = v
+                .strip_prefix("0x")
+                .or_else(|| v.strip_prefix("0X"))
+                .unwrap_or(v);
+            u16::from_str_radix(hex, 16).ok()
+        });
+        if port.is_none() {
+            return Err(CliError::new(
+                "debug-console",
+                format!("`{item}` is not iobase=PORT (hexadecimal)"),
+            ));
+        }
+    }
+    match mode {
+        "off" => Ok(()),
+        "pty" | "tty" | "null" => Err(CliError::new(
+            "debug-console",
+            format!("`{mode}`: Tessera has no debug console (I/O port 0xe9) yet; give off"),
+        )),
+        _ if mode.starts_with("file=") => Err(CliError::new(
+            "debug-console",
+            "`file=`: Tessera has no debug console (I/O port 0xe9) yet; give off",
+        )),
+        _ => Err(CliError::new(
+            "debug-console",
+            format!("`{mode}` is not off, pty, tty, null or file=PATH"),
+        )),
+    }
+}
+
+/// Where `--api-socket` says the API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiSocket {
+    /// A socket file to create (`path=PATH`, or `PATH` alone).
+    Path(PathBuf),
+    /// A listening socket inherited as this descriptor (`fd=N`).
+    Fd(i32),
+}
+
+impl ApiSocket {
+    /// CH's forms: `path=PATH`, `fd=N`, or a bare path (anything else, as in CH).
+    pub fn parse(s: &str) -> Result<Self, CliError> {
+        if let Some(fd) = s.strip_prefix("fd=") {
+            return fd.parse().map(ApiSocket::Fd).map_err(|_| {
+                CliError::new("api-socket", format!("fd={fd}: `{fd}` is not a number"))
+            });
+        }
+        let path = s.strip_prefix("path=").unwrap_or(s);
+        if path.is_empty() {
+            return Err(CliError::new("api-socket", "the socket's path is empty"));
+        }
+        Ok(ApiSocket::Path(PathBuf::from(path)))
+    }
+}
+
+/// The options that describe the VM, as given (each value still a CH-style option
+/// string). Where CH's flag takes several values, so does the field's.
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct VmArgs {
-    /// `--kernel PATH`
+    /// bzImage or ELF vmlinux (PVH).
+    #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
-    /// `--initramfs PATH`
+    /// Initramfs image.
+    #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
-    /// `--cmdline STRING`
+    /// Kernel command line.
+    #[arg(long)]
     pub cmdline: Option<String>,
-    /// `--cpus boot=N[,max=N]`
+    /// boot=N[,max=N]
+    #[arg(long)]
     pub cpus: Option<String>,
-    /// `--memory size=SIZE[,shared=on,hugepages=on,hugepage_size=SIZE,prefault=on]`
+    /// size=SIZE[,shared=on,hugepages=on,hugepage_size=SIZE,prefault=on]
+    #[arg(long)]
     pub memory: Option<String>,
-    /// `--memory-zone id=ID,size=SIZE[,host_numa_node=N,shared=on,hugepages=on,...]`, repeatable
+    /// id=ID,size=SIZE[,host_numa_node=N,shared=on,hugepages=on,hugepage_size=SIZE,prefault=on] ...
+    #[arg(long = "memory-zone", num_args = 1.., value_name = "ZONE")]
     pub memory_zones: Vec<String>,
-    /// `--numa guest_numa_id=N[,cpus=[..],memory_zones=[..],distances=[D@V,..],pci_segments=[..],device_id=ID]`
+    /// guest_numa_id=N[,cpus=[..],memory_zones=[..],distances=[N@D,..],pci_segments=[..],device_id=ID] ...
+    #[arg(long, num_args = 1.., value_name = "NODE")]
     pub numa: Vec<String>,
-    /// `--generic-initiator device=ID,node=N` or `device=ID,nodes=2-9`, repeatable
+    /// device=ID,node=N | device=ID,nodes=2-9: Generic Initiator links ...
+    #[arg(long = "generic-initiator", num_args = 1.., value_name = "LINK")]
     pub generic_initiators: Vec<String>,
-    /// `--device path=PATH[,id=ID,pci_segment=N,pci_device_id=N]`, repeatable
+    /// path=/sys/bus/pci/devices/BDF[,id=ID,pci_segment=N,pci_device_id=N] ...
+    #[arg(long = "device", num_args = 1.., value_name = "DEVICE")]
     pub devices: Vec<String>,
-    /// `--platform num_pci_segments=N`
+    /// num_pci_segments=N
+    #[arg(long)]
     pub platform: Option<String>,
-    /// `--serial off|null|tty|pty|file=PATH|socket=PATH`
+    /// The serial port (COM1): tty (default) | pty | file=PATH | socket=PATH | null | off
+    #[arg(long)]
     pub serial: Option<String>,
+    /// CH's virtio console: off | null (Tessera has none yet; the serial port carries the console)
+    #[arg(long)]
+    pub console: Option<String>,
 }
 
 impl VmArgs {
+    /// The first option given, by its flag, that describes the VM beyond `--kernel`.
+    fn first_given(&self) -> Option<&'static str> {
+        [
+            ("initramfs", self.initramfs.is_some()),
+            ("cmdline", self.cmdline.is_some()),
+            ("cpus", self.cpus.is_some()),
+            ("memory", self.memory.is_some()),
+            ("memory-zone", !self.memory_zones.is_empty()),
+            ("numa", !self.numa.is_empty()),
+            ("generic-initiator", !self.generic_initiators.is_empty()),
+            ("device", !self.devices.is_empty()),
+            ("platform", self.platform.is_some()),
+            ("serial", self.serial.is_some()),
+            ("console", self.console.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(option, given)| given.then_some(option))
+    }
+
     /// Builds the configuration; defaults are Cloud Hypervisor's (1 vCPU, 512 MiB),
-    /// with the serial port on the terminal.
+    /// except that the serial port is on the terminal and there is no virtio console
+    /// (CH's console, on the terminal by default, is a device Tessera lacks).
     pub fn to_config(&self) -> Result<VmConfig, CliError> {
         let mut config = VmConfig {
             payload: PayloadConfig {
@@ -93,101 +320,11 @@ impl VmArgs {
         if let Some(s) = &self.serial {
             config.serial = parse_serial(s).map_err(at("serial"))?;
         }
+        config.console =
+            parse_console(self.console.as_deref().unwrap_or("off")).map_err(at("console"))?;
         Ok(config)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tessera_api::config::NumaDistance;
-    use tessera_api::options::parse_size;
-
-    fn args() -> VmArgs {
-        VmArgs {
-            kernel: Some("/boot/vmlinuz".into()),
-            cmdline: Some("console=ttyS0".into()),
-            cpus: Some("boot=2".into()),
-            memory: Some("size=0".into()),
-            memory_zones: vec![
-                "id=m0,size=256M".into(),
-                "id=m1,size=256M,host_numa_node=0".into(),
-            ],
-            numa: vec![
-                "guest_numa_id=0,cpus=[0],memory_zones=m0,distances=[1@20]".into(),
-                "guest_numa_id=1,cpus=[1],memory_zones=[m1],distances=[0@20]".into(),
-                "guest_numa_id=2".into(),
-            ],
-            generic_initiators: vec!["device=d0,nodes=2".into()],
-            devices: vec!["path=/sys/bus/pci/devices/0000:00:04.0,id=d0".into()],
-            ..VmArgs::default()
-        }
-    }
-
-    #[test]
-    fn ch_style_options_make_a_valid_config() {
-        let c = args().to_config().unwrap();
-        c.validate().unwrap();
-        assert_eq!((c.cpus.boot_vcpus, c.cpus.max_vcpus), (2, 2));
-        assert_eq!(c.memory.size, 0);
-        assert_eq!(c.memory.zones[1].size, 256 << 20);
-        assert_eq!(c.memory.zones[1].host_numa_node, Some(0));
-        assert_eq!(
-            c.numa[0].distances,
-            vec![NumaDistance {
-                destination: 1,
-                distance: 20
-            }]
-        );
-        assert_eq!(c.numa[1].memory_zones, vec!["m1".to_string()]);
-        assert_eq!(c.devices[0].id.as_deref(), Some("d0"));
-        assert_eq!(c.generic_initiators[0].nodes.as_deref(), Some("2"));
-    }
-
-    #[test]
-    fn cpu_lists_take_ranges() {
-        let mut a = args();
-        a.cpus = Some("boot=4".into());
-        a.numa[0] = "guest_numa_id=0,cpus=[0-2],memory_zones=m0".into();
-        a.numa[1] = "guest_numa_id=1,cpus=[3],memory_zones=m1".into();
-        assert_eq!(a.to_config().unwrap().numa[0].cpus, vec![0, 1, 2]);
-    }
-
-    #[test]
-    fn errors_name_the_option_and_key() {
-        let mut a = args();
-        a.memory_zones[0] = "id=m0,size=lots".into();
-        let e = a.to_config().unwrap_err();
-        assert_eq!(e.option, "memory-zone");
-        assert!(e.message.starts_with("size: `lots` is not a size"), "{e}");
-
-        let mut a = args();
-        a.numa[0] = "guest_numa_id=0,colour=blue".into();
-        assert!(a
-            .to_config()
-            .unwrap_err()
-            .message
-            .contains("unknown key `colour`"));
-
-        let mut a = args();
-        a.numa[0] = "guest_numa_id=0,distances=[1-20]".into();
-        assert!(a.to_config().unwrap_err().message.contains("NODE@DISTANCE"));
-
-        let mut a = args();
-        a.serial = Some("stdout".into());
-        assert_eq!(a.to_config().unwrap_err().option, "serial");
-
-        let mut a = args();
-        a.memory = Some("size=1G,size=2G".into());
-        assert!(a.to_config().unwrap_err().message.contains("given twice"));
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("G").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
-}
+mod tests;

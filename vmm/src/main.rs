@@ -12,89 +12,15 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tessera_api::config::VmConfig;
 use tessera_api::server::VmAction;
-use tessera_vmm::cli::VmArgs;
+use tessera_vmm::cli::{ApiSocket, Args};
 use tessera_vmm::control::{Control, LoopExit};
 
-/// Runs one VM that gives its guest the true topology of its devices.
-#[derive(Parser, Debug)]
-#[command(name = "tessera", version)]
-struct Args {
-    /// A JSON VM configuration (Cloud Hypervisor's VmConfig shape) instead of the options below.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "cpus", "memory", "memory_zone", "numa", "device", "generic_initiator", "platform", "serial"])]
-    config: Option<PathBuf>,
-    /// Write the ACPI tables the configuration gives into DIR (one SIG.dat each) and exit.
-    #[arg(long, value_name = "DIR")]
-    dump_acpi: Option<PathBuf>,
-    /// Serve the HTTP API on this Unix socket (PATH, or fd=N for an inherited listener).
-    /// With VM options too, the VM is created and booted at once; without, it waits for
-    /// vm.create and vm.boot.
-    #[arg(long, value_name = "PATH|fd=N")]
-    api_socket: Option<String>,
-    /// bzImage or ELF vmlinux (PVH).
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Initramfs image.
-    #[arg(long)]
-    initramfs: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long)]
-    cmdline: Option<String>,
-    /// boot=N[,max=N]
-    #[arg(long)]
-    cpus: Option<String>,
-    /// size=SIZE[,shared=on,hugepages=on,hugepage_size=SIZE,prefault=on]
-    #[arg(long)]
-    memory: Option<String>,
-    /// id=ID,size=SIZE[,host_numa_node=N,shared=on,hugepages=on,hugepage_size=SIZE,prefault=on] (repeatable)
-    #[arg(long)]
-    memory_zone: Vec<String>,
-    /// guest_numa_id=N[,cpus=[..],memory_zones=[..],distances=[N@D,..],pci_segments=[..],device_id=ID] (repeatable)
-    #[arg(long)]
-    numa: Vec<String>,
-    /// device=ID,node=N | device=ID,nodes=2-9: Generic Initiator links (repeatable)
-    #[arg(long)]
-    generic_initiator: Vec<String>,
-    /// path=/sys/bus/pci/devices/BDF[,id=ID,pci_segment=N,pci_device_id=N] (repeatable)
-    #[arg(long)]
-    device: Vec<String>,
-    /// num_pci_segments=N
-    #[arg(long)]
-    platform: Option<String>,
-    /// off | null | tty | pty | file=PATH
-    #[arg(long)]
-    serial: Option<String>,
-}
-
-/// Whether any option describing a VM was given.
-fn has_vm_options(args: &Args) -> bool {
-    args.config.is_some() || args.kernel.is_some()
-}
-
-fn config_from(args: &Args) -> Result<VmConfig> {
-    if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("--config: cannot read {}", path.display()))?;
-        return serde_json::from_str(&text).with_context(|| {
-            format!(
-                "--config: {} is not a valid VM configuration",
-                path.display()
-            )
-        });
-    }
-    let vm = VmArgs {
-        kernel: args.kernel.clone(),
-        initramfs: args.initramfs.clone(),
-        cmdline: args.cmdline.clone(),
-        cpus: args.cpus.clone(),
-        memory: args.memory.clone(),
-        memory_zones: args.memory_zone.clone(),
-        numa: args.numa.clone(),
-        generic_initiators: args.generic_initiator.clone(),
-        devices: args.device.clone(),
-        platform: args.platform.clone(),
-        serial: args.serial.clone(),
-    };
-    Ok(vm.to_config()?)
+/// The VM to run without an API socket: one is needed.
+fn required_config(args: &Args) -> Result<VmConfig> {
+    args.vm_config()?.context(
+        "payload.kernel: a kernel is required: give --kernel (or --config FILE), \
+         or --api-socket to wait for vm.create",
+    )
 }
 
 fn dump_acpi(config: &VmConfig, dir: &std::path::Path) -> Result<()> {
@@ -125,10 +51,11 @@ fn dump_acpi(config: &VmConfig, dir: &std::path::Path) -> Result<()> {
 }
 
 fn run(args: &Args) -> Result<()> {
+    args.check()?;
     if let Some(socket) = &args.api_socket {
-        return run_api(args, socket);
+        return run_api(args, &ApiSocket::parse(socket)?);
     }
-    let config = config_from(args)?;
+    let config = required_config(args)?;
     if let Some(dir) = &args.dump_acpi {
         return dump_acpi(&config, dir);
     }
@@ -138,7 +65,10 @@ fn run(args: &Args) -> Result<()> {
     let wake = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?;
     // No API: nothing is ever sent, but the sender must live for the loop to keep going.
     let (_no_api, no_requests) = std::sync::mpsc::channel();
-    let mut control = Control::new(kvm, Some(config))?.exit_on_poweroff();
+    let mut control = Control::new(kvm, Some(config))?;
+    if !args.no_shutdown {
+        control = control.exit_on_poweroff();
+    }
     if let Err(e) = control.handle(VmAction::Boot) {
         anyhow::bail!("{}", e.error);
     }
@@ -161,11 +91,10 @@ fn signal_pipe() -> Result<UnixStream> {
 
 /// Serves the API on `socket` while the control loop runs the VM; removes the socket on
 /// every way out.
-fn run_api(args: &Args, socket: &str) -> Result<()> {
+fn run_api(args: &Args, socket: &ApiSocket) -> Result<()> {
     use std::os::fd::FromRawFd;
-    let (listener, path) = match socket.strip_prefix("fd=") {
-        Some(fd) => {
-            let fd: i32 = fd.parse().context("--api-socket fd=N: N is not a number")?;
+    let (listener, path) = match socket {
+        &ApiSocket::Fd(fd) => {
             // Taking ownership of a descriptor that is not ours would be undefined
             // behaviour: check it is open and is a socket first.
             use std::os::unix::fs::FileTypeExt;
@@ -179,10 +108,7 @@ fn run_api(args: &Args, socket: &str) -> Result<()> {
             let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
             (listener, None)
         }
-        None => {
-            let path = PathBuf::from(socket);
-            (tessera_api::server::bind(&path)?, Some(path))
-        }
+        ApiSocket::Path(path) => (tessera_api::server::bind(path)?, Some(path.clone())),
     };
     // Remove the socket file however this function returns.
     struct RemoveOnDrop(Option<PathBuf>);
@@ -195,11 +121,7 @@ fn run_api(args: &Args, socket: &str) -> Result<()> {
     }
     let _cleanup = RemoveOnDrop(path);
 
-    let initial = if has_vm_options(args) {
-        Some(config_from(args)?)
-    } else {
-        None
-    };
+    let initial = args.vm_config()?;
     let kvm = kvm_ioctls::Kvm::new().context("cannot open /dev/kvm")?;
     let stop_rx = signal_pipe()?;
     let wake = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?;
@@ -261,16 +183,33 @@ fn run_api(args: &Args, socket: &str) -> Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+/// Logs go to stderr, or to `--log-file` (created or truncated, as CH does); the level
+/// is `-v`'s, else `TESSERA_LOG`'s, else warnings.
+fn init_logging(args: &Args) -> Result<()> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::EnvFilter;
+    let filter = match args.log_level() {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+    };
+    let writer = match &args.log_file {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("--log-file: cannot create {}", path.display()))?;
+            BoxMakeWriter::new(std::sync::Mutex::new(file))
+        }
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_writer(writer)
+        .with_env_filter(filter)
         .init();
+    Ok(())
+}
+
+fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    match init_logging(&args).and_then(|()| run(&args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Errors about the configuration already start with the field they are about.
