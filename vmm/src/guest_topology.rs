@@ -224,17 +224,24 @@ fn window(r: Range) -> Window {
     }
 }
 
-/// The SLIT entry from `from` to `to`: as configured, else 10 to itself and 20 elsewhere.
+/// The SLIT entry from `from` to `to`: as configured; else the distance configured from
+/// `to` back to `from`, as Cloud Hypervisor reads one-way distances (its documented
+/// `distances=[1@15]` on node 0 alone gives 15 both ways); else 10 to itself and 20
+/// elsewhere.
 fn distance(config: &VmConfig, from: u32, to: u32) -> u8 {
     if from == to {
         return 10;
     }
-    config
-        .numa
-        .iter()
-        .find(|n| n.guest_numa_id == from)
-        .and_then(|n| n.distances.iter().find(|d| d.destination == to))
-        .and_then(|d| u8::try_from(d.distance).ok())
+    let configured = |from: u32, to: u32| {
+        config
+            .numa
+            .iter()
+            .find(|n| n.guest_numa_id == from)
+            .and_then(|n| n.distances.iter().find(|d| d.destination == to))
+            .and_then(|d| u8::try_from(d.distance).ok())
+    };
+    configured(from, to)
+        .or_else(|| configured(to, from))
         .unwrap_or(tessera_acpi::DEFAULT_REMOTE_DISTANCE)
 }
 

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
 
 use tessera_acpi::{build, linux_node_numbering, Placement};
-use tessera_api::config::{DeviceConfig, VmConfig};
+use tessera_api::config::{DeviceConfig, NumaDistance, VmConfig};
 use tessera_vmm::guest_topology::guest_topology;
 
 const MIB: u64 = 1 << 20;
@@ -61,6 +61,39 @@ fn the_seed_config_gives_the_seed_topology() {
         .iter()
         .all(|(pxm, n)| Some(*pxm) == *n));
     build(t, Placement::default()).unwrap();
+}
+
+#[test]
+fn a_distance_given_one_way_holds_both_ways_as_in_cloud_hypervisor() {
+    // CH's docs/memory.md: `--numa guest_numa_id=0,distances=[1@15,2@25]
+    // guest_numa_id=1,distances=[2@20]` is 0-1 = 15, 0-2 = 25, 1-2 = 20 both ways.
+    let mut c = seed();
+    c.numa.truncate(3);
+    c.numa[0].distances = vec![
+        NumaDistance {
+            destination: 1,
+            distance: 15,
+        },
+        NumaDistance {
+            destination: 2,
+            distance: 25,
+        },
+    ];
+    c.numa[1].distances = vec![NumaDistance {
+        destination: 2,
+        distance: 20,
+    }];
+    c.generic_initiators.clear();
+    c.numa[2].device_id = None;
+    c.validate().unwrap();
+    let t = guest_topology(&c, 40).unwrap().acpi;
+    assert_eq!(
+        t.distances.unwrap(),
+        vec![vec![10, 15, 25], vec![15, 10, 20], vec![25, 20, 10]]
+    );
+    // A distance given both ways is taken as given, each way.
+    let d = guest_topology(&seed(), 40).unwrap().acpi.distances.unwrap();
+    assert_eq!((d[0][1], d[1][0]), (20, 21));
 }
 
 #[test]
