@@ -695,6 +695,24 @@ fn acpi_checksums_and_link_removal_keep_their_promises() {
 }
 
 #[test]
+fn the_api_socket_in_cloud_hypervisors_path_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ch.sock");
+    let mut child = Command::new(TESSERA)
+        .arg(format!("--api-socket=path={}", socket.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&socket);
+    let (status, _) = curl(&socket, "GET", "vmm.ping", None);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200);
+}
+
+#[test]
 fn an_inherited_api_socket_must_be_an_open_socket() {
     let out = Command::new(TESSERA)
         .args(["--api-socket", "fd=99"])

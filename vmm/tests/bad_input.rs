@@ -167,3 +167,114 @@ fn a_missing_passthrough_device() {
         "/sys/bus/pci/devices/0000:7f:1f.7 does not exist",
     );
 }
+
+#[test]
+fn a_virtio_console_is_refused_pointing_at_the_serial_port() {
+    for mode in ["tty", "pty", "file=/tmp/console.log"] {
+        refused(
+            &["--kernel", "/k", "--console", mode, "--serial", "tty"],
+            "--console",
+            "Tessera has no virtio console yet; the serial port (--serial) carries the guest's console",
+        );
+    }
+}
+
+#[test]
+fn a_flag_for_a_feature_tessera_lacks_is_a_usage_error_naming_it() {
+    let (status, err) = tessera(&[
+        "--kernel",
+        "/k",
+        "--disk",
+        "path=/a.img",
+        "path=/b.img",
+        "--cpus",
+        "boot=2",
+    ]);
+    assert_eq!(status, 2, "{err}");
+    assert!(
+        err.contains("--disk: Tessera has no virtio-block devices yet"),
+        "{err}"
+    );
+}
+
+/// The tables `tessera ARGS --dump-acpi DIR` writes, by signature.
+fn dumped(args: &[&str]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(TESSERA)
+        .args(args)
+        .arg("--dump-acpi")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn several_values_after_one_flag_give_the_same_tables_as_the_flag_repeated() {
+    // Cloud Hypervisor's form, as its docs/memory.md writes it.
+    let multi = dumped(&[
+        "--kernel",
+        "/nonexistent/vmlinuz",
+        "--cpus",
+        "boot=2",
+        "--memory",
+        "size=0",
+        "--memory-zone",
+        "id=m0,size=256M",
+        "id=m1,size=256M",
+        "--numa",
+        "guest_numa_id=0,cpus=[0],memory_zones=m0,distances=[1@20]",
+        "guest_numa_id=1,cpus=[1],memory_zones=m1,distances=[0@30]",
+        "guest_numa_id=2",
+        "--generic-initiator",
+        "device=_host_bridge,node=2",
+        "--console",
+        "off",
+        "--serial",
+        "tty",
+    ]);
+    let repeated = dumped(&[
+        "--kernel",
+        "/nonexistent/vmlinuz",
+        "--cpus",
+        "boot=2",
+        "--memory",
+        "size=0",
+        "--memory-zone",
+        "id=m0,size=256M",
+        "--memory-zone",
+        "id=m1,size=256M",
+        "--numa",
+        "guest_numa_id=0,cpus=[0],memory_zones=m0,distances=[1@20]",
+        "--numa",
+        "guest_numa_id=1,cpus=[1],memory_zones=m1,distances=[0@30]",
+        "--numa",
+        "guest_numa_id=2",
+        "--generic-initiator",
+        "device=_host_bridge,node=2",
+    ]);
+    assert!(multi.contains_key("SRAT.dat"), "{:?}", multi.keys());
+    assert_eq!(multi["SRAT.dat"], repeated["SRAT.dat"]);
+    assert_eq!(multi, repeated);
+    // Three nodes: 2 CPUs, 2 memory ranges and the GI are in the SRAT (48 bytes of
+    // header, then 16-byte Local APIC, 40-byte Memory and 32-byte GI Affinity entries).
+    assert_eq!(multi["SRAT.dat"].len(), 48 + 2 * 16 + 2 * 40 + 32);
+    // The SLIT says 20 one way and 30 the other, as given: 3 nodes after its
+    // 44-byte header.
+    assert_eq!(
+        multi["SLIT.dat"][44..],
+        [10, 20, 20, 30, 10, 20, 20, 20, 10]
+    );
+}
