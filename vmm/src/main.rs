@@ -2,7 +2,9 @@
 //! a JSON configuration file, or prints the firmware tables a configuration gives.
 //!
 //! Exit status: 0 when the guest powers off or the VMM is stopped by SIGTERM/SIGINT,
-//! 1 when the configuration or the host refuses the VM (the message names the field).
+//! 1 when the configuration or the host refuses the VM (the message names the field or
+//! option), 2 for a usage error (clap's: an unknown flag, or a Cloud Hypervisor flag
+//! for a feature Tessera lacks).
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;

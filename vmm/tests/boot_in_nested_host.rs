@@ -50,11 +50,13 @@ fn report(console: &str) -> GuestReport {
 
 #[test]
 fn two_nodes_with_a_cpu_and_256_mib_each() {
+    // Cloud Hypervisor's own form: several values after one flag, and CH's console off.
     let (status, console) = tessera_in_l1(
         "--cpus boot=2 --memory size=0 \
-         --memory-zone id=m0,size=256M --memory-zone id=m1,size=256M \
+         --memory-zone id=m0,size=256M id=m1,size=256M \
          --numa guest_numa_id=0,cpus=[0],memory_zones=m0,distances=[1@20] \
-         --numa guest_numa_id=1,cpus=[1],memory_zones=m1,distances=[0@20]",
+                guest_numa_id=1,cpus=[1],memory_zones=m1,distances=[0@20] \
+         --console off --serial tty",
         "",
     );
     assert_eq!(status, 0, "poweroff -f must end tessera with 0:\n{console}");
