@@ -24,8 +24,9 @@ use tessera_api::types::{AcpiInfo, AcpiTable, DeviceInfo, VmInfo, VmState, VmmPi
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::console::SerialSink;
 use crate::guest_topology::{guest_topology, TopologyError};
-use crate::vm::{SerialSink, Vm, VmError, VmEvents};
+use crate::vm::{Vm, VmError, VmEvents};
 
 /// Where the VM is in its life.
 enum State {

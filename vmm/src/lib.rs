@@ -1,13 +1,18 @@
 //! Tessera's VMM: turns a VM configuration into a running VM. `cli` reads the command
 //! line, `guest_topology` decides where everything goes, `memory` maps guest RAM, `vfio`
 //! checks, opens and maps passed-through devices, `irq_routing` keeps KVM's GSI routing
-//! table, `vm` assembles and runs one boot; the `tessera` binary drives them.
+//! table, `vm` assembles and runs one boot (`device_wiring` puts its devices on buses,
+//! `vcpu` runs its vCPUs, `console` is the serial port's host side); the `tessera` binary
+//! drives them through `control`.
 
 pub mod cli;
+pub mod console;
 pub mod control;
+mod device_wiring;
 pub mod guest_topology;
 pub mod irq_routing;
 pub mod memory;
 pub mod pty;
+mod vcpu;
 pub mod vfio;
 pub mod vm;
