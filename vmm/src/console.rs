@@ -1,6 +1,6 @@
 //! The serial port's host side: where the guest's UART output goes (`SerialSink`, opened
-//! once per VM configuration so a reboot keeps writing to the same place) and the thread
-//! that types the host's input (stdin or the pty) into the current boot's UART.
+//! once per VM configuration so a reboot keeps writing to the same place) and which
+//! source of typed input (stdin or the pty, see `serial_input`) feeds each boot's UART.
 //!
 //! Touches only the host end it opens (stdout, a file, a pty) and the UART a boot hands
 //! it; it knows nothing of KVM or the buses.
@@ -9,68 +9,25 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tessera_api::config::{ConsoleMode, VmConfig};
 use tessera_devices::serial::SerialDevice;
 
+use crate::serial_input::{spawn_forwarder, stdin_input, AttachedUart, InputTarget};
 use crate::vm::VmError;
 
-/// Where the serial port's bytes go, opened once per VMM so a reboot keeps writing to
-/// the same place.
+/// Where the serial port's bytes go, opened once per VM configuration (at its first boot,
+/// kept until `vm.delete`) so a reboot keeps writing to the same place, and where its
+/// typed input comes from.
 pub struct SerialSink {
     pub(crate) out: Option<Arc<Mutex<Box<dyn Write + Send>>>>,
-    /// The UART of the boot in progress, which input is typed into.
-    pub(crate) current: Arc<Mutex<Option<Arc<Mutex<SerialDevice>>>>>,
+    /// Where typed input goes: stdin's target (shared by every `Tty` sink the process
+    /// opens), this sink's pty's, or none.
+    input: Option<Arc<InputTarget>>,
+    /// Whether `input` is this sink's own (the pty's), to be closed with it.
+    owns_input: bool,
     /// The pseudo-terminal created for `Pty` mode, reported to the user.
     pub pty: Option<PathBuf>,
-}
-
-/// Forwards bytes from `input` (the VMM's stdin, or the pty) into the current boot's
-/// UART for as long as the VMM runs, holding back what the 64-byte FIFO cannot take yet.
-fn forward_input(
-    mut input: impl std::io::Read + Send + 'static,
-    current: Arc<Mutex<Option<Arc<Mutex<SerialDevice>>>>>,
-) {
-    let spawned = std::thread::Builder::new()
-        .name("serial-input".into())
-        .spawn(move || {
-            let mut buf = [0u8; 256];
-            loop {
-                let n = match input.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    // A pty master reads EAGAIN until someone attaches, then EIO when
-                    // they leave; wait and try again.
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EIO)) => {
-                        std::thread::sleep(Duration::from_millis(50));
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!("serial input stopped: {e}");
-                        return;
-                    }
-                };
-                let mut pending = buf.get(..n).unwrap_or_default();
-                while !pending.is_empty() {
-                    let device = current.lock().ok().and_then(|c| c.clone());
-                    let queued = match device {
-                        Some(d) => d
-                            .lock()
-                            .map_or(0, |mut d| d.enqueue_input(pending).unwrap_or(0)),
-                        None => 0,
-                    };
-                    pending = pending.get(queued..).unwrap_or_default();
-                    if !pending.is_empty() {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("no serial input: {e}");
-    }
 }
 
 impl SerialSink {
@@ -81,11 +38,10 @@ impl SerialSink {
             ConsoleMode::Off => None,
             ConsoleMode::Null => Some(Box::new(std::io::sink())),
             ConsoleMode::Tty => {
-                let current = Arc::new(Mutex::new(None));
-                forward_input(std::io::stdin(), current.clone());
                 return Ok(SerialSink {
                     out: Some(Arc::new(Mutex::new(Box::new(std::io::stdout())))),
-                    current,
+                    input: Some(stdin_input()),
+                    owns_input: false,
                     pty: None,
                 });
             }
@@ -104,11 +60,14 @@ impl SerialSink {
                 let reader = master
                     .try_clone()
                     .map_err(|e| VmError::Serial(format!("cannot clone the pty: {e}")))?;
-                let current = Arc::new(Mutex::new(None));
-                forward_input(reader, current.clone());
+                let input = Arc::new(InputTarget::default());
+                if let Err(e) = spawn_forwarder(reader, input.clone()) {
+                    tracing::warn!("no serial input: {e}");
+                }
                 return Ok(SerialSink {
                     out: Some(Arc::new(Mutex::new(Box::new(master)))),
-                    current,
+                    input: Some(input),
+                    owns_input: true,
                     pty: Some(path),
                 });
             }
@@ -120,9 +79,25 @@ impl SerialSink {
         };
         Ok(SerialSink {
             out: out.map(|o| Arc::new(Mutex::new(o))),
-            current: Arc::new(Mutex::new(None)),
+            input: None,
+            owns_input: false,
             pty: None,
         })
+    }
+
+    /// Types input into `uart`, a boot's, until the returned guard is dropped; `None`
+    /// when this sink has no input.
+    pub(crate) fn attach_input(&self, uart: Arc<Mutex<SerialDevice>>) -> Option<AttachedUart> {
+        self.input.as_ref().map(|input| input.attach(uart))
+    }
+}
+
+impl Drop for SerialSink {
+    fn drop(&mut self) {
+        // The pty's reader ends with the sink; stdin's stays for the next VM.
+        if let (true, Some(input)) = (self.owns_input, &self.input) {
+            input.close();
+        }
     }
 }
 

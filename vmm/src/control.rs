@@ -446,7 +446,8 @@ impl Control {
             },
             VmAction::Delete => {
                 self.stop_vm();
-                // The next VM may send its serial port elsewhere.
+                // The next VM may send its serial port elsewhere. A pty's input thread
+                // ends with its sink; stdin's one reader stays, for the next Tty sink.
                 self.serial = None;
                 self.config = None;
                 self.state = State::Empty;

@@ -18,11 +18,21 @@ use tessera_devices::serial::SerialDevice;
 
 use crate::console::{SerialSink, SharedWriter};
 use crate::guest_topology::{GED_GSI, SERIAL_GSI};
+use crate::serial_input::AttachedUart;
 use crate::vfio::Passthrough;
 use crate::vm::{event_fd, VmError, VmEvents};
 
-/// The port I/O bus, the MMIO bus, and the GED (kept typed for power-button presses).
-pub(crate) type Wired = (Arc<Bus>, Arc<Bus>, Arc<Mutex<GedDevice>>);
+/// The devices of one boot, on their buses.
+pub(crate) struct Wired {
+    /// The port I/O bus.
+    pub(crate) pio: Arc<Bus>,
+    /// The MMIO bus.
+    pub(crate) mmio: Arc<Bus>,
+    /// The GED, kept typed for power-button presses.
+    pub(crate) ged: Arc<Mutex<GedDevice>>,
+    /// The UART's hold on typed input, which ends with the boot.
+    pub(crate) serial_input: Option<AttachedUart>,
+}
 
 /// Creates the devices and the two buses vCPUs dispatch to.
 pub(crate) fn wire_devices(
@@ -37,6 +47,7 @@ pub(crate) fn wire_devices(
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
 
+    let mut serial_input = None;
     if let Some(out) = &serial.out {
         let irq = event_fd()?;
         vm.register_irqfd(&irq, SERIAL_GSI)
@@ -48,9 +59,7 @@ pub(crate) fn wire_devices(
             irq,
             Box::new(SharedWriter(out.clone())),
         )));
-        if let Ok(mut current) = serial.current.lock() {
-            *current = Some(uart.clone());
-        }
+        serial_input = serial.attach_input(uart.clone());
         let device: Arc<Mutex<dyn BusDevice>> = uart;
         pio.insert(
             u64::from(tessera_devices::serial::COM1_PORT_BASE),
@@ -123,5 +132,10 @@ pub(crate) fn wire_devices(
         mmio.insert(windows.ecam.start, windows.ecam.len(), ecam)
             .map_err(|e| dev_err("ECAM", &e))?;
     }
-    Ok((Arc::new(pio), Arc::new(mmio), ged))
+    Ok(Wired {
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        ged,
+        serial_input,
+    })
 }

@@ -2,8 +2,8 @@
 //! line, `guest_topology` decides where everything goes, `memory` maps guest RAM, `vfio`
 //! checks, opens and maps passed-through devices, `irq_routing` keeps KVM's GSI routing
 //! table, `vm` assembles and runs one boot (`device_wiring` puts its devices on buses,
-//! `vcpu` runs its vCPUs, `console` is the serial port's host side); the `tessera` binary
-//! drives them through `control`.
+//! `vcpu` runs its vCPUs); `console` and `serial_input` are the serial port's host side,
+//! which outlives boots; the `tessera` binary drives them through `control`.
 
 pub mod cli;
 pub mod console;
@@ -13,6 +13,7 @@ pub mod guest_topology;
 pub mod irq_routing;
 pub mod memory;
 pub mod pty;
+mod serial_input;
 mod vcpu;
 pub mod vfio;
 pub mod vm;

@@ -30,6 +30,7 @@ use crate::device_wiring::wire_devices;
 use crate::guest_topology::{guest_topology, GuestTopology};
 use crate::irq_routing::KvmInterruptRouter;
 use crate::memory;
+use crate::serial_input::AttachedUart;
 use crate::vcpu::Vcpus;
 use crate::vfio::Passthrough;
 
@@ -158,6 +159,8 @@ pub struct Vm {
     // Fields drop in this order, which matters: the vCPU threads are stopped and joined
     // first; the VM fd goes before the memory its slots point at.
     vcpus: Vcpus,
+    /// Detaches this boot's UART from typed input, which then waits for the next boot.
+    _serial_input: Option<AttachedUart>,
     ged: Arc<Mutex<GedDevice>>,
     /// Passed-through devices: reset and unmapped before the VM fd and memory go.
     _passthrough: Option<Passthrough>,
@@ -248,7 +251,7 @@ impl Vm {
             message: e.to_string(),
         })?;
 
-        let (pio, mmio, ged) = wire_devices(
+        let wired = wire_devices(
             &vm_fd,
             &topology.layout,
             serial,
@@ -256,7 +259,7 @@ impl Vm {
             passthrough.as_ref(),
         )?;
         if let Some(p) = &passthrough {
-            p.follow_bars(&pio, &mmio);
+            p.follow_bars(&wired.pio, &wired.mmio);
         }
 
         let cpu_count = config.cpus.boot_vcpus;
@@ -271,10 +274,11 @@ impl Vm {
             vcpu_fds.push(vcpu);
         }
 
-        let vcpus = Vcpus::start(vcpu_fds, &pio, &mmio, events)?;
+        let vcpus = Vcpus::start(vcpu_fds, &wired.pio, &wired.mmio, events)?;
         Ok(Vm {
             vcpus,
-            ged,
+            _serial_input: wired.serial_input,
+            ged: wired.ged,
             _passthrough: passthrough,
             _router: router,
             _vm_fd: vm_fd,
