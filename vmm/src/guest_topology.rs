@@ -291,7 +291,7 @@ fn place_devices(config: &VmConfig) -> Result<Vec<PlacedDevice>, ConfigError> {
     let mut slots: Vec<Option<(u16, u8)>> = vec![None; config.devices.len()];
     for (i, d) in config.devices.iter().enumerate() {
         if let Some(slot) = d.pci_device_id {
-            let seg = d.pci_segment.unwrap_or(0);
+            let seg = d.pci_segment;
             let free = taken
                 .get_mut(usize::from(seg))
                 .and_then(|s| s.get_mut(usize::from(slot)));
@@ -315,7 +315,7 @@ fn place_devices(config: &VmConfig) -> Result<Vec<PlacedDevice>, ConfigError> {
         if d.pci_device_id.is_some() {
             continue;
         }
-        let seg = d.pci_segment.unwrap_or(0);
+        let seg = d.pci_segment;
         let slot = taken
             .get_mut(usize::from(seg))
             .and_then(|s| s.iter_mut().position(|t| !*t).map(|p| (s, p)))

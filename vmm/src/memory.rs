@@ -75,6 +75,7 @@ fn zone_options(config: &VmConfig, zone: usize) -> (MemoryZoneConfig, String) {
                     hugepage_size: m.hugepage_size,
                     host_numa_node: None,
                     prefault: m.prefault,
+                    ..MemoryZoneConfig::default()
                 },
                 "memory".into(),
             )

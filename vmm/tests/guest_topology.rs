@@ -82,26 +82,30 @@ fn gpus_at_devfn_0_of_their_own_segments() {
         DeviceConfig {
             path: "/a".into(),
             id: Some("gpu0".into()),
-            pci_segment: Some(1),
+            pci_segment: 1,
             pci_device_id: None,
+            ..DeviceConfig::new("")
         },
         DeviceConfig {
             path: "/b".into(),
             id: Some("gpu1".into()),
-            pci_segment: Some(2),
+            pci_segment: 2,
             pci_device_id: None,
+            ..DeviceConfig::new("")
         },
         DeviceConfig {
             path: "/c".into(),
             id: None,
-            pci_segment: None,
+            pci_segment: 0,
             pci_device_id: Some(7),
+            ..DeviceConfig::new("")
         },
         DeviceConfig {
             path: "/d".into(),
             id: None,
-            pci_segment: None,
+            pci_segment: 0,
             pci_device_id: None,
+            ..DeviceConfig::new("")
         },
     ];
     c.numa[0].pci_segments = vec![1];
@@ -133,14 +137,16 @@ fn a_taken_slot_is_refused() {
     c.devices.push(DeviceConfig {
         path: "/x".into(),
         id: Some("a".into()),
-        pci_segment: None,
+        pci_segment: 0,
         pci_device_id: Some(3),
+        ..DeviceConfig::new("")
     });
     c.devices.push(DeviceConfig {
         path: "/y".into(),
         id: Some("b".into()),
-        pci_segment: None,
+        pci_segment: 0,
         pci_device_id: Some(3),
+        ..DeviceConfig::new("")
     });
     let e = guest_topology(&c, 40).unwrap_err();
     assert_eq!(e.field(), "devices[2].pci_device_id");

@@ -21,6 +21,7 @@ fn zone(id: &str, size: u64) -> MemoryZoneConfig {
         hugepage_size: None,
         host_numa_node: None,
         prefault: false,
+        ..MemoryZoneConfig::default()
     }
 }
 
