@@ -71,6 +71,7 @@ fn info() -> VmInfo {
         config,
         state: VmState::Running,
         memory_actual_size: Some(1 << 30),
+        device_tree: None,
         devices: vec![
             DeviceInfo {
                 id: "gpu0".into(),

@@ -30,8 +30,8 @@ use tessera_api::server::{
     openapi_json, routes, ApiError, ApiReply, ApiRequest, Snapshot, VmAction, MAX_BODY,
 };
 use tessera_api::types::{
-    AcpiInfo, AcpiTable, DeviceInfo, PciDeviceInfo, RemoveGenericInitiator, VmInfo, VmRemoveDevice,
-    VmRemoveNumaNode, VmState, VmmPingResponse,
+    AcpiInfo, AcpiTable, DeviceInfo, DeviceNode, PciDeviceInfo, RemoveGenericInitiator, VmInfo,
+    VmRemoveDevice, VmRemoveNumaNode, VmState, VmmPingResponse,
 };
 
 fn doc() -> Value {
@@ -410,6 +410,18 @@ fn response_schemas_match_the_types() {
         config: config.clone(),
         state: VmState::Paused,
         memory_actual_size: Some(1 << 30),
+        device_tree: Some(
+            [(
+                "gpu0".to_string(),
+                DeviceNode {
+                    id: "gpu0".into(),
+                    resources: vec![json!({"PciBar": {"index": 0}})],
+                    children: vec!["gpu0-fn1".into()],
+                    pci_bdf: Some("0000:00:04.0".into()),
+                },
+            )]
+            .into(),
+        ),
         devices: vec![DeviceInfo {
             id: "gpu0".into(),
             bdf: "0000:00:04.0".into(),
@@ -452,6 +464,7 @@ fn response_schemas_match_the_types() {
         config,
         state: VmState::Created,
         memory_actual_size: None,
+        device_tree: None,
         devices: vec![],
     };
     let v = serde_json::to_value(&minimal).unwrap();

@@ -42,6 +42,7 @@ fn info() -> VmInfo {
         config: serde_json::from_value(json!({"payload": {"kernel": "/k"}})).unwrap(),
         state: VmState::Running,
         memory_actual_size: Some(512 << 20),
+        device_tree: None,
         devices: vec![DeviceInfo {
             id: "gpu0".into(),
             bdf: "0000:00:04.0".into(),
