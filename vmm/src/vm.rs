@@ -352,6 +352,7 @@ impl Vm {
             &vm_fd,
             &guest_memory,
             &vfio_hosts,
+            config,
             &topology,
             &router,
             guest_memory.num_regions() as u32,
