@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use ch_fields::{is_false, yes};
+use ch_fields::{is_false, null_is_empty, yes};
 pub use ch_fields::{
     CoreScheduling, CpuAffinity, CpuFeatures, CpuProfile, CpuTopology, DebugConsoleConfig,
     HotplugMethod, LandlockConfig, OpaqueConfig, PciSegmentConfig, RngConfig, VirtioConsoleConfig,
@@ -68,7 +68,11 @@ pub struct VmConfig {
     #[serde(default)]
     pub debug_console: DebugConsoleConfig,
     /// PCI devices passed through with VFIO.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub devices: Vec<DeviceConfig>,
     /// CH's vfio-user devices; an empty list only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,10 +93,18 @@ pub struct VmConfig {
     #[serde(default)]
     pub iommu: bool,
     /// Guest NUMA nodes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub numa: Vec<NumaConfig>,
     /// Generic Initiator links from a device to NUMA nodes (Tessera extension).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub generic_initiators: Vec<GenericInitiatorConfig>,
     /// CH's watchdog device; `false` only.
     #[serde(default)]
@@ -226,7 +238,11 @@ pub struct MemoryConfig {
     #[serde(default)]
     pub reserve: bool,
     /// RAM zones, each given to at most one NUMA node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub zones: Vec<MemoryZoneConfig>,
     /// Transparent huge pages for all RAM that is not hugetlbfs: `true` keeps the host's
     /// THP policy (RAM is 2 MiB aligned, so THP `always` backs it with huge pages;
@@ -380,7 +396,7 @@ pub struct DeviceConfig {
     pub x_nv_gpudirect_clique: Option<u8>,
     /// BARs (0..=5) whose memory is not mmapped into the guest: every guest access to
     /// them is trapped and forwarded to the device.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub x_exclude_mmap_bars: Vec<u64>,
 }
 
@@ -407,16 +423,32 @@ pub struct NumaConfig {
     /// The node id (ACPI proximity domain).
     pub guest_numa_id: u32,
     /// vCPU indexes in the node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub cpus: Vec<u32>,
     /// Distances to other nodes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub distances: Vec<NumaDistance>,
     /// Memory zones in the node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub memory_zones: Vec<String>,
     /// PCI segments whose host bridges belong to the node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub pci_segments: Vec<u16>,
     /// A device whose Generic Initiator this node is (CH's form of one GI link).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -229,6 +229,16 @@ pub struct LandlockConfig {
     pub access: String,
 }
 
+/// A list that may be given as `null`, which means none, as in CH (where these lists
+/// are `Option`s).
+pub(super) fn null_is_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
 pub(super) fn is_false(b: &bool) -> bool {
     !*b
 }
