@@ -262,7 +262,7 @@ fn refuse(field: impl Into<String>, message: impl Into<String>) -> Result<(), Co
     Err(ConfigError::new(field, message))
 }
 
-/// Refuses a non-empty list (or a present object) at `field`, where Tessera has no such
+/// Refuses a non-empty list at `field` (a null one is none), where Tessera has no such
 /// device: `what` says what Tessera lacks and what to use instead.
 fn absent<T>(field: &str, list: Option<&[T]>, what: &str) -> Result<(), ConfigError> {
     match list {
