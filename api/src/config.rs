@@ -1,14 +1,27 @@
-//! The VM configuration: Cloud Hypervisor's `VmConfig` for the fields Tessera supports,
-//! plus `generic_initiators`, and [`VmConfig::validate`], the checks that need no host.
+//! The VM configuration: Cloud Hypervisor's `VmConfig` (API 54.0.0), every field of it,
+//! plus `generic_initiators`; and [`VmConfig::validate`], the checks that need no host.
 //!
-//! Unknown fields are refused by name, never ignored.
+//! Every CH field is accepted at CH's default and serialized as CH serializes it (fields
+//! with a value always, `Option`s only when set), so CH's `vm.info` loads here and
+//! Tessera's loads in CH's tools. What Tessera cannot honour is refused at any other
+//! value by name ([`ch_fields`]). Unknown fields are refused by name, never ignored.
+
+mod ch_fields;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// A whole VM.
+use ch_fields::{is_false, null_is_empty, yes};
+pub use ch_fields::{
+    CoreScheduling, CpuAffinity, CpuFeatures, CpuProfile, CpuTopology, DebugConsoleConfig,
+    HotplugMethod, LandlockConfig, OpaqueConfig, PciSegmentConfig, RngConfig, VirtioConsoleConfig,
+    DEBUG_CONSOLE_PORT, DEFAULT_RNG_SOURCE,
+};
+
+/// A whole VM. The fields are in CH's order; Tessera's `generic_initiators` follows
+/// `numa`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
@@ -20,36 +33,156 @@ pub struct VmConfig {
     pub memory: MemoryConfig,
     /// What to boot.
     pub payload: PayloadConfig,
+    /// CH's I/O rate-limit groups; Tessera has no device to limit: none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_groups: Option<Vec<OpaqueConfig>>,
+    /// CH's virtio-block disks; Tessera has none yet: an empty list only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<OpaqueConfig>>,
+    /// CH's virtio-net devices; Tessera has none yet: an empty list only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<Vec<OpaqueConfig>>,
+    /// CH's virtio-rng; accepted at CH's default only.
+    #[serde(default)]
+    pub rng: RngConfig,
+    /// CH's virtio-balloon; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<OpaqueConfig>,
+    /// CH's vhost-user devices; an empty list only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generic_vhost_user: Option<Vec<OpaqueConfig>>,
+    /// CH's virtio-fs devices; an empty list only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<Vec<OpaqueConfig>>,
+    /// CH's virtio-pmem devices; an empty list only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pmem: Option<Vec<OpaqueConfig>>,
     /// The COM1 16550 UART.
     #[serde(default)]
     pub serial: ConsoleConfig,
-    /// Cloud Hypervisor's virtio console. Tessera has none yet: only `Off`, `Null` and
-    /// `Tty` (CH's default, kept so CH's configurations load) are accepted, and all three
-    /// mean no device; the serial port carries the guest's console.
+    /// CH's virtio console. Tessera has none yet: `Off`, `Null` and `Tty` (CH's default)
+    /// are accepted and create no device; the serial port carries the guest's console.
     #[serde(default)]
-    pub console: ConsoleConfig,
+    pub console: VirtioConsoleConfig,
+    /// CH's debug console port; `Off` (CH's default) only.
+    #[serde(default)]
+    pub debug_console: DebugConsoleConfig,
     /// PCI devices passed through with VFIO.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub devices: Vec<DeviceConfig>,
+    /// CH's vfio-user devices; an empty list only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_devices: Option<Vec<OpaqueConfig>>,
+    /// CH's vDPA devices; an empty list only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vdpa: Option<Vec<OpaqueConfig>>,
+    /// CH's virtio-vsock device; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<OpaqueConfig>,
+    /// CH's pvmemcontrol device (a build option of CH); none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvmemcontrol: Option<OpaqueConfig>,
+    /// CH's pvpanic device; `false` only.
+    #[serde(default)]
+    pub pvpanic: bool,
+    /// Put every virtio device behind a virtio-iommu (CH); `false` only.
+    #[serde(default)]
+    pub iommu: bool,
     /// Guest NUMA nodes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub numa: Vec<NumaConfig>,
     /// Generic Initiator links from a device to NUMA nodes (Tessera extension).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub generic_initiators: Vec<GenericInitiatorConfig>,
+    /// CH's watchdog device; `false` only.
+    #[serde(default)]
+    pub watchdog: bool,
+    /// CH's virtio-rtc device; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtc: Option<OpaqueConfig>,
+    /// CH's gdb stub (a build option of CH); `false` only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub gdb: bool,
+    /// Per-segment MMIO weights; accepted when they split the areas evenly, as Tessera does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_segments: Option<Vec<PciSegmentConfig>>,
     /// Platform options.
     #[serde(default)]
     pub platform: PlatformConfig,
+    /// CH's TPM; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<OpaqueConfig>,
+    /// Descriptors CH was handed over its socket; CH never writes them out, nor does
+    /// Tessera. None accepted (`[]` is read as none).
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "ch_fields::preserved_fds"
+    )]
+    pub preserved_fds: Option<Vec<i32>>,
+    /// CH's Landlock sandbox; `false` only.
+    #[serde(default)]
+    pub landlock_enable: bool,
+    /// CH's extra Landlock rules; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landlock_rules: Option<Vec<LandlockConfig>>,
+    /// CH's ivshmem device (a build option of CH); none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ivshmem: Option<OpaqueConfig>,
 }
 
-/// vCPU counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// CH's default guest physical address width: what a PVH-booted guest can address.
+pub const DEFAULT_MAX_PHYS_BITS: u8 = 46;
+
+fn default_max_phys_bits() -> u8 {
+    DEFAULT_MAX_PHYS_BITS
+}
+
+/// vCPUs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CpusConfig {
     /// vCPUs running at boot.
     pub boot_vcpus: u32,
     /// vCPUs the guest may ever have.
     pub max_vcpus: u32,
+    /// The topology; only Tessera's own (1 thread per core, 1 die, 1 package) is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<CpuTopology>,
+    /// Hyper-V enlightenments; `false` only.
+    #[serde(default)]
+    pub kvm_hyperv: bool,
+    /// The guest's physical address width (CPUID 0x8000_0008), at most the host's:
+    /// the guest gets the smaller of this and the host's, and its memory map fits it.
+    #[serde(default = "default_max_phys_bits")]
+    pub max_phys_bits: u8,
+    /// vCPU pinning; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Vec<CpuAffinity>>,
+    /// Optional CPU features; none accepted.
+    #[serde(default)]
+    pub features: CpuFeatures,
+    /// Whether the guest may run its own VMs: `false` hides VMX and SVM from it.
+    #[serde(default = "yes")]
+    pub nested: bool,
+    /// Core scheduling; `Vm` (accepted, not enforced) and `Off`.
+    #[serde(default)]
+    pub core_scheduling: CoreScheduling,
+    /// CPU profile; `Host` is the only one.
+    #[serde(default)]
+    pub profile: CpuProfile,
 }
 
 impl Default for CpusConfig {
@@ -57,6 +190,14 @@ impl Default for CpusConfig {
         CpusConfig {
             boot_vcpus: 1,
             max_vcpus: 1,
+            topology: None,
+            kvm_hyperv: false,
+            max_phys_bits: DEFAULT_MAX_PHYS_BITS,
+            affinity: None,
+            features: CpuFeatures::default(),
+            nested: true,
+            core_scheduling: CoreScheduling::default(),
+            profile: CpuProfile::default(),
         }
     }
 }
@@ -67,6 +208,19 @@ impl Default for CpusConfig {
 pub struct MemoryConfig {
     /// Bytes of RAM outside zones; must be 0 when `zones` are given (as in CH).
     pub size: u64,
+    /// Offer the RAM to KSM for merging (MADV_MERGEABLE). With zones, each zone's own
+    /// `mergeable` counts, as in CH.
+    #[serde(default)]
+    pub mergeable: bool,
+    /// How RAM would be hot-plugged; `Acpi` (CH's default) only, and no hotplug.
+    #[serde(default)]
+    pub hotplug_method: HotplugMethod,
+    /// Hot-pluggable bytes; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplug_size: Option<u64>,
+    /// Bytes already hot-plugged; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplugged_size: Option<u64>,
     /// Map guest RAM shared (MAP_SHARED).
     #[serde(default)]
     pub shared: bool,
@@ -79,32 +233,55 @@ pub struct MemoryConfig {
     /// Touch all of guest RAM before boot.
     #[serde(default)]
     pub prefault: bool,
+    /// Reserve swap space for the RAM at map time (no MAP_NORESERVE). With zones, each
+    /// zone's own `reserve` counts.
+    #[serde(default)]
+    pub reserve: bool,
     /// RAM zones, each given to at most one NUMA node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub zones: Vec<MemoryZoneConfig>,
+    /// Transparent huge pages for all RAM that is not hugetlbfs: `true` keeps the host's
+    /// THP policy (RAM is 2 MiB aligned, so THP `always` backs it with huge pages;
+    /// Tessera does not MADV_HUGEPAGE, since that stalls faults on compaction),
+    /// `false` forbids them (MADV_NOHUGEPAGE).
+    #[serde(default = "yes")]
+    pub thp: bool,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             size: 512 << 20,
+            mergeable: false,
+            hotplug_method: HotplugMethod::Acpi,
+            hotplug_size: None,
+            hotplugged_size: None,
             shared: false,
             hugepages: false,
             hugepage_size: None,
             prefault: false,
+            reserve: false,
             zones: Vec::new(),
+            thp: true,
         }
     }
 }
 
 /// A RAM zone.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryZoneConfig {
     /// Name NUMA nodes refer to it by.
     pub id: String,
     /// Bytes.
     pub size: u64,
+    /// A file to back the zone; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
     /// Map shared (MAP_SHARED).
     #[serde(default)]
     pub shared: bool,
@@ -117,15 +294,30 @@ pub struct MemoryZoneConfig {
     /// Bind the zone's memory to this host NUMA node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_numa_node: Option<u32>,
+    /// Hot-pluggable bytes; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplug_size: Option<u64>,
+    /// Bytes already hot-plugged; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplugged_size: Option<u64>,
     /// Touch the zone's memory before boot.
     #[serde(default)]
     pub prefault: bool,
+    /// Reserve swap space at map time (no MAP_NORESERVE).
+    #[serde(default)]
+    pub reserve: bool,
+    /// Offer the zone to KSM (MADV_MERGEABLE).
+    #[serde(default)]
+    pub mergeable: bool,
 }
 
 /// What to boot.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PayloadConfig {
+    /// A firmware image; none accepted (Tessera boots a kernel directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<PathBuf>,
     /// A bzImage (Linux 64-bit boot protocol) or an ELF vmlinux with a PVH note.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,
@@ -135,6 +327,15 @@ pub struct PayloadConfig {
     /// Initramfs image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initramfs: Option<PathBuf>,
+    /// An IGVM file (a build option of CH); none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub igvm: Option<PathBuf>,
+    /// SEV-SNP host data (a build option of CH); none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_data: Option<String>,
+    /// fw_cfg items (a build option of CH); none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fw_cfg_config: Option<OpaqueConfig>,
 }
 
 /// Where a console's bytes go.
@@ -173,17 +374,46 @@ pub struct ConsoleConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
-    /// `/sys/bus/pci/devices/BDF` or `/sys/bus/mdev/devices/UUID`.
-    pub path: PathBuf,
     /// Name GI links and NUMA nodes refer to it by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Behind the virtio-iommu (CH writes it only when true); `false` only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub iommu: bool,
     /// PCI segment to place the device on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pci_segment: Option<u16>,
+    #[serde(default)]
+    pub pci_segment: u16,
     /// Device number on the segment's root bus.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pci_device_id: Option<u8>,
+    /// `/sys/bus/pci/devices/BDF` or `/sys/bus/mdev/devices/UUID`.
+    pub path: PathBuf,
+    /// A VFIO cdev descriptor handed over CH's socket; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    /// NVIDIA GPUDirect clique id; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x_nv_gpudirect_clique: Option<u8>,
+    /// BARs (0..=5) whose memory is not mmapped into the guest: every guest access to
+    /// them is trapped and forwarded to the device.
+    #[serde(default, deserialize_with = "null_is_empty")]
+    pub x_exclude_mmap_bars: Vec<u64>,
+}
+
+impl DeviceConfig {
+    /// A device at `path`, every other field at its default.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DeviceConfig {
+            id: None,
+            iommu: false,
+            pci_segment: 0,
+            pci_device_id: None,
+            path: path.into(),
+            fd: None,
+            x_nv_gpudirect_clique: None,
+            x_exclude_mmap_bars: Vec::new(),
+        }
+    }
 }
 
 /// A guest NUMA node.
@@ -193,16 +423,32 @@ pub struct NumaConfig {
     /// The node id (ACPI proximity domain).
     pub guest_numa_id: u32,
     /// vCPU indexes in the node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub cpus: Vec<u32>,
     /// Distances to other nodes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub distances: Vec<NumaDistance>,
     /// Memory zones in the node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub memory_zones: Vec<String>,
     /// PCI segments whose host bridges belong to the node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub pci_segments: Vec<u16>,
     /// A device whose Generic Initiator this node is (CH's form of one GI link).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,17 +485,95 @@ pub struct GenericInitiatorConfig {
 }
 
 /// Platform options.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlatformConfig {
     /// PCI segments, each with its own host bridge and ECAM window.
+    #[serde(default = "one_segment")]
     pub num_pci_segments: u16,
+    /// Segments behind the virtio-iommu; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iommu_segments: Option<Vec<u16>>,
+    /// The virtio-iommu's address width; 64 (CH's default) only.
+    #[serde(default = "iommu_width")]
+    pub iommu_address_width_bits: u8,
+    /// SMBIOS system serial number (`serial_number` is CH's older name); none accepted.
+    #[serde(
+        default,
+        alias = "serial_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub system_serial_number: Option<String>,
+    /// SMBIOS system UUID (`uuid` is CH's older name); none accepted.
+    #[serde(default, alias = "uuid", skip_serializing_if = "Option::is_none")]
+    pub system_uuid: Option<String>,
+    /// SMBIOS OEM strings; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oem_strings: Option<Vec<String>>,
+    /// SMBIOS system manufacturer; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_manufacturer: Option<String>,
+    /// SMBIOS product name; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_product_name: Option<String>,
+    /// SMBIOS system version; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_version: Option<String>,
+    /// SMBIOS system family; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_family: Option<String>,
+    /// SMBIOS SKU number; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_sku_number: Option<String>,
+    /// SMBIOS chassis asset tag; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis_asset_tag: Option<String>,
+    /// An Intel TDX guest (a build option of CH); `false` only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tdx: bool,
+    /// An AMD SEV-SNP guest (a build option of CH); `false` only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sev_snp: bool,
+    /// Pass devices through with iommufd; `false` only.
+    #[serde(default)]
+    pub iommufd: bool,
+    /// An iommufd descriptor handed over CH's socket; none accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iommufd_fd: Option<i32>,
+    /// Map passed-through BARs into the IOMMU so devices can DMA to each other; Tessera
+    /// always does (best effort), so `true` (CH's default) only.
+    #[serde(default = "yes")]
+    pub vfio_p2p_dma: bool,
+}
+
+fn one_segment() -> u16 {
+    1
+}
+
+fn iommu_width() -> u8 {
+    64
 }
 
 impl Default for PlatformConfig {
     fn default() -> Self {
         PlatformConfig {
             num_pci_segments: 1,
+            iommu_segments: None,
+            iommu_address_width_bits: 64,
+            system_serial_number: None,
+            system_uuid: None,
+            oem_strings: None,
+            system_manufacturer: None,
+            system_product_name: None,
+            system_version: None,
+            system_family: None,
+            system_sku_number: None,
+            chassis_asset_tag: None,
+            tdx: false,
+            sev_snp: false,
+            iommufd: false,
+            iommufd_fd: None,
+            vfio_p2p_dma: true,
         }
     }
 }
@@ -274,6 +598,42 @@ impl ConfigError {
             field: field.into(),
             message: message.into(),
         }
+    }
+}
+
+impl CpusConfig {
+    /// Refuses the CH fields Tessera cannot honour when they are not at CH's default,
+    /// naming them as `cpus.X` (as [`VmConfig::validate`] does).
+    pub fn check_supported(&self) -> Result<(), ConfigError> {
+        ch_fields::check_cpus(self)
+    }
+}
+
+impl MemoryConfig {
+    /// As [`CpusConfig::check_supported`], for `memory.X` and its zones.
+    pub fn check_supported(&self) -> Result<(), ConfigError> {
+        ch_fields::check_memory(self)
+    }
+}
+
+impl MemoryZoneConfig {
+    /// As [`CpusConfig::check_supported`], naming fields `{at}.X`.
+    pub fn check_supported(&self, at: &str) -> Result<(), ConfigError> {
+        ch_fields::check_zone(at, self)
+    }
+}
+
+impl DeviceConfig {
+    /// As [`CpusConfig::check_supported`], naming fields `{at}.X`.
+    pub fn check_supported(&self, at: &str) -> Result<(), ConfigError> {
+        ch_fields::check_device(at, self)
+    }
+}
+
+impl PlatformConfig {
+    /// As [`CpusConfig::check_supported`], for `platform.X`.
+    pub fn check_supported(&self) -> Result<(), ConfigError> {
+        ch_fields::check_platform(self)
     }
 }
 
@@ -334,6 +694,9 @@ impl VmConfig {
                 format!("{} is below boot_vcpus {}", c.max_vcpus, c.boot_vcpus),
             ));
         }
+        // Before the kernel: a CH configuration with a firmware and no kernel is refused
+        // for the firmware, which is what Tessera cannot do.
+        ch_fields::check(self)?;
         if self.payload.kernel.is_none() {
             return Err(ConfigError::new("payload.kernel", "a kernel is required"));
         }
@@ -394,19 +757,17 @@ impl VmConfig {
                     ));
                 }
             }
-            if let Some(seg) = d.pci_segment {
-                if seg >= self.platform.num_pci_segments {
-                    return Err(ConfigError::new(
-                        format!("devices[{i}].pci_segment"),
-                        format!(
-                            "segment {seg} does not exist (platform.num_pci_segments is {})",
-                            self.platform.num_pci_segments
-                        ),
-                    ));
-                }
+            if d.pci_segment >= self.platform.num_pci_segments {
+                return Err(ConfigError::new(
+                    format!("devices[{i}].pci_segment"),
+                    format!(
+                        "segment {} does not exist (platform.num_pci_segments is {})",
+                        d.pci_segment, self.platform.num_pci_segments
+                    ),
+                ));
             }
             if let Some(slot) = d.pci_device_id {
-                if (slot == 0 && d.pci_segment.unwrap_or(0) == 0) || slot > 31 {
+                if (slot == 0 && d.pci_segment == 0) || slot > 31 {
                     return Err(ConfigError::new(
                         format!("devices[{i}].pci_device_id"),
                         format!("{slot} is not a free device number (1..=31 on segment 0, 0..=31 elsewhere)"),
@@ -424,18 +785,6 @@ impl VmConfig {
     }
 
     fn validate_console(&self) -> Result<(), ConfigError> {
-        match self.console.mode {
-            ConsoleMode::Off | ConsoleMode::Null | ConsoleMode::Tty => {}
-            mode => {
-                return Err(ConfigError::new(
-                    "console.mode",
-                    format!(
-                        "{mode:?}: Tessera has no virtio console yet (the serial port carries \
-                         the guest's console); give Off or Null"
-                    ),
-                ))
-            }
-        }
         let s = &self.serial;
         match s.mode {
             ConsoleMode::File if s.file.is_none() => {

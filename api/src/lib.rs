@@ -5,9 +5,9 @@
 //! [`client`] speaks to it, and [`options`] parses the hot-plug requests' CH-style
 //! option strings, for `tessera-ctl`.
 //!
-//! The JSON follows Cloud Hypervisor's `VmConfig` for the fields the two share, so CH
-//! clients can drive Tessera; what CH lacks (Generic Initiator links) is added in the
-//! same style.
+//! The JSON is Cloud Hypervisor's `VmConfig`, every field of it (those Tessera cannot
+//! honour accepted at CH's default only), so CH clients can drive Tessera; what CH lacks
+//! (Generic Initiator links) is added in the same style.
 
 pub mod client;
 pub mod config;

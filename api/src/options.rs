@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::config::{
-    parse_node_set, ConsoleConfig, ConsoleMode, CpusConfig, DeviceConfig, GenericInitiatorConfig,
-    MemoryConfig, MemoryZoneConfig, NumaConfig, NumaDistance, PlatformConfig,
+    parse_node_set, ConfigError, ConsoleConfig, ConsoleMode, CoreScheduling, CpuAffinity,
+    CpuFeatures, CpuProfile, CpuTopology, CpusConfig, DeviceConfig, GenericInitiatorConfig,
+    HotplugMethod, MemoryConfig, MemoryZoneConfig, NumaConfig, NumaDistance, PlatformConfig,
+    VirtioConsoleConfig, DEFAULT_MAX_PHYS_BITS,
 };
 use crate::types::RemoveGenericInitiator;
 
@@ -171,66 +173,336 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is not a size (a number with an optional K, M, G or T)"))
 }
 
-/// `boot=N[,max=N]`: the `cpus` section (`max` defaults to `boot`).
-pub fn parse_cpus(s: &str) -> Result<CpusConfig, OptionError> {
-    let o = Options::parse(s, &["boot", "max"])?;
-    let boot = o.number("boot")?.unwrap_or(1);
-    Ok(CpusConfig {
-        boot_vcpus: boot,
-        max_vcpus: o.number("max")?.unwrap_or(boot),
-    })
+/// A refusal of [`CpusConfig::check_supported`] and its kin, its field (`cpus.X`, or
+/// `{prefix}.X`) turned into the option key that set it: the field's first component,
+/// or its name on CH's command line where that differs (`renames`: field, key).
+fn unsupported<'a>(
+    prefix: &'a str,
+    renames: &'a [(&'a str, &'a str)],
+) -> impl Fn(ConfigError) -> OptionError + 'a {
+    move |e| {
+        let rest = e
+            .field
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix('.'))
+            .unwrap_or(&e.field);
+        let name = rest.split(['.', '[']).next().unwrap_or(rest);
+        let key = renames
+            .iter()
+            .find(|(field, _)| *field == name)
+            .map_or(name, |(_, key)| key);
+        OptionError::key(key, e.message)
+    }
 }
 
-/// `size=SIZE[,shared=on,hugepages=on,hugepage_size=SIZE,prefault=on]`: the `memory`
-/// section without its zones.
+impl Options {
+    /// `on`/`off` (or `true`/`false`), `default` when absent.
+    fn flag_or(&self, key: &str, default: bool) -> Result<bool, OptionError> {
+        if self.pairs.contains_key(key) {
+            self.flag(key)
+        } else {
+            Ok(default)
+        }
+    }
+
+    /// One of `names` (case-insensitive), as the value it maps to.
+    fn choice<T: Copy>(&self, key: &str, names: &[(&str, T)]) -> Result<Option<T>, OptionError> {
+        let Some(v) = self.pairs.get(key) else {
+            return Ok(None);
+        };
+        names
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(v))
+            .map(|(_, t)| Some(*t))
+            .ok_or_else(|| {
+                let all: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+                OptionError::key(key, format!("`{v}` is not one of {}", all.join(", ")))
+            })
+    }
+
+    /// Numbers with ranges, `[0-3,6]` or `2`.
+    fn numbers(&self, key: &str) -> Result<Option<Vec<u32>>, OptionError> {
+        self.pairs
+            .get(key)
+            .map(|v| {
+                let v = unbracket(v);
+                if v.trim().is_empty() {
+                    return Ok(Vec::new());
+                }
+                parse_node_set(v).map_err(|m| OptionError::key(key, m))
+            })
+            .transpose()
+    }
+}
+
+/// `boot=N[,max=N,topology=T:C:D:P,kvm_hyperv=on,max_phys_bits=N,affinity=[V@[CPUS],..],
+/// features=[amx],nested=on,core_scheduling=vm|vcpu|off,profile=host]`: the `cpus`
+/// section (`max` defaults to `boot`), with CH's keys. What Tessera cannot honour is
+/// refused as `vm.create` would refuse it.
+pub fn parse_cpus(s: &str) -> Result<CpusConfig, OptionError> {
+    let o = Options::parse(
+        s,
+        &[
+            "boot",
+            "max",
+            "topology",
+            "kvm_hyperv",
+            "max_phys_bits",
+            "affinity",
+            "features",
+            "nested",
+            "core_scheduling",
+            "profile",
+        ],
+    )?;
+    let boot = o.number("boot")?.unwrap_or(1);
+    let topology = o
+        .string("topology")
+        .map(|t| {
+            let parts: Vec<u16> = t
+                .split(':')
+                .map(|p| p.trim().parse::<u16>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| OptionError::key("topology", format!("`{t}` is not T:C:D:P")))?;
+            match parts[..] {
+                [threads_per_core, cores_per_die, dies_per_package, packages] => Ok(CpuTopology {
+                    threads_per_core,
+                    cores_per_die,
+                    dies_per_package,
+                    packages,
+                }),
+                _ => Err(OptionError::key(
+                    "topology",
+                    format!("`{t}` is not THREADS:CORES:DIES:PACKAGES"),
+                )),
+            }
+        })
+        .transpose()?;
+    let affinity = o
+        .pairs
+        .get("affinity")
+        .map(|v| {
+            split_top_level(unbracket(v))
+                .into_iter()
+                .filter(|item| !item.trim().is_empty())
+                .map(|item| {
+                    let bad = || {
+                        OptionError::key("affinity", format!("`{item}` is not VCPU@[HOST_CPUS]"))
+                    };
+                    let (vcpu, cpus) = item.split_once('@').ok_or_else(bad)?;
+                    Ok(CpuAffinity {
+                        vcpu: vcpu.trim().parse().map_err(|_| bad())?,
+                        host_cpus: parse_node_set(unbracket(cpus.trim()))
+                            .map_err(|m| OptionError::key("affinity", m))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, OptionError>>()
+        })
+        .transpose()?;
+    let mut features = CpuFeatures::default();
+    for f in o.list("features") {
+        match f.as_str() {
+            "amx" => features.amx = true,
+            _ => {
+                return Err(OptionError::key(
+                    "features",
+                    format!("unknown CPU feature `{f}` (known: amx)"),
+                ))
+            }
+        }
+    }
+    let cpus = CpusConfig {
+        boot_vcpus: boot,
+        max_vcpus: o.number("max")?.unwrap_or(boot),
+        topology,
+        kvm_hyperv: o.flag("kvm_hyperv")?,
+        max_phys_bits: o.number("max_phys_bits")?.unwrap_or(DEFAULT_MAX_PHYS_BITS),
+        affinity,
+        features,
+        nested: o.flag_or("nested", true)?,
+        core_scheduling: o
+            .choice(
+                "core_scheduling",
+                &[
+                    ("vm", CoreScheduling::Vm),
+                    ("vcpu", CoreScheduling::Vcpu),
+                    ("off", CoreScheduling::Off),
+                ],
+            )?
+            .unwrap_or_default(),
+        profile: o
+            .choice("profile", &[("host", CpuProfile::Host)])?
+            .unwrap_or_default(),
+    };
+    cpus.check_supported().map_err(unsupported("cpus", &[]))?;
+    Ok(cpus)
+}
+
+/// `size=SIZE[,shared=on,hugepages=on,hugepage_size=SIZE,prefault=on,mergeable=on,
+/// reserve=on,thp=off,hotplug_method=acpi,hotplug_size=SIZE,hotplugged_size=SIZE]`: the
+/// `memory` section without its zones, with CH's keys.
 pub fn parse_memory(s: &str) -> Result<MemoryConfig, OptionError> {
     let o = Options::parse(
         s,
-        &["size", "shared", "hugepages", "hugepage_size", "prefault"],
+        &[
+            "size",
+            "mergeable",
+            "hotplug_method",
+            "hotplug_size",
+            "hotplugged_size",
+            "shared",
+            "hugepages",
+            "hugepage_size",
+            "prefault",
+            "reserve",
+            "thp",
+        ],
     )?;
-    Ok(MemoryConfig {
+    let memory = MemoryConfig {
         size: o.size("size")?.unwrap_or(MemoryConfig::default().size),
+        mergeable: o.flag("mergeable")?,
+        hotplug_method: o
+            .choice(
+                "hotplug_method",
+                &[
+                    ("acpi", HotplugMethod::Acpi),
+                    ("virtio-mem", HotplugMethod::VirtioMem),
+                ],
+            )?
+            .unwrap_or_default(),
+        hotplug_size: o.size("hotplug_size")?,
+        hotplugged_size: o.size("hotplugged_size")?,
         shared: o.flag("shared")?,
         hugepages: o.flag("hugepages")?,
         hugepage_size: o.size("hugepage_size")?,
         prefault: o.flag("prefault")?,
+        reserve: o.flag("reserve")?,
         zones: Vec::new(),
-    })
+        thp: o.flag_or("thp", true)?,
+    };
+    memory
+        .check_supported()
+        .map_err(unsupported("memory", &[]))?;
+    Ok(memory)
 }
 
-/// `id=ID,size=SIZE[,host_numa_node=N,shared=on,hugepages=on,hugepage_size=SIZE,prefault=on]`.
+/// `id=ID,size=SIZE[,host_numa_node=N,shared=on,hugepages=on,hugepage_size=SIZE,
+/// prefault=on,reserve=on,mergeable=on,file=PATH,hotplug_size=SIZE,hotplugged_size=SIZE]`.
 pub fn parse_memory_zone(s: &str) -> Result<MemoryZoneConfig, OptionError> {
     let o = Options::parse(
         s,
         &[
             "id",
             "size",
+            "file",
             "shared",
             "hugepages",
             "hugepage_size",
             "host_numa_node",
+            "hotplug_size",
+            "hotplugged_size",
             "prefault",
+            "reserve",
+            "mergeable",
         ],
     )?;
-    Ok(MemoryZoneConfig {
+    let zone = MemoryZoneConfig {
         id: o.required("id")?,
         size: o
             .size("size")?
             .ok_or_else(|| OptionError::key("size", "is required"))?,
+        file: o.string("file").map(PathBuf::from),
         shared: o.flag("shared")?,
         hugepages: o.flag("hugepages")?,
         hugepage_size: o.size("hugepage_size")?,
         host_numa_node: o.number("host_numa_node")?,
+        hotplug_size: o.size("hotplug_size")?,
+        hotplugged_size: o.size("hotplugged_size")?,
         prefault: o.flag("prefault")?,
-    })
+        reserve: o.flag("reserve")?,
+        mergeable: o.flag("mergeable")?,
+    };
+    zone.check_supported("zone")
+        .map_err(unsupported("zone", &[]))?;
+    Ok(zone)
 }
 
-/// `num_pci_segments=N`.
+/// `num_pci_segments=N`, with CH's other `--platform` keys (`iommu_segments`,
+/// `iommu_address_width`, `iommufd`, `iommufd_fd`, `vfio_p2p_dma`, the SMBIOS strings,
+/// `tdx`, `sev_snp`) accepted at CH's defaults.
 pub fn parse_platform(s: &str) -> Result<PlatformConfig, OptionError> {
-    let o = Options::parse(s, &["num_pci_segments"])?;
-    Ok(PlatformConfig {
+    let o = Options::parse(
+        s,
+        &[
+            "num_pci_segments",
+            "iommu_segments",
+            "iommu_address_width",
+            "serial_number",
+            "uuid",
+            "oem_strings",
+            "iommufd",
+            "iommufd_fd",
+            "vfio_p2p_dma",
+            "system_manufacturer",
+            "system_product_name",
+            "system_version",
+            "system_serial_number",
+            "system_uuid",
+            "system_sku_number",
+            "system_family",
+            "chassis_asset_tag",
+            "tdx",
+            "sev_snp",
+        ],
+    )?;
+    let segments = o
+        .numbers("iommu_segments")?
+        .map(|list| {
+            list.into_iter()
+                .map(|n| {
+                    u16::try_from(n).map_err(|_| {
+                        OptionError::key("iommu_segments", format!("{n} is not a segment number"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let platform = PlatformConfig {
         num_pci_segments: o.number("num_pci_segments")?.unwrap_or(1),
-    })
+        iommu_segments: segments,
+        iommu_address_width_bits: o.number("iommu_address_width")?.unwrap_or(64),
+        system_serial_number: o
+            .string("system_serial_number")
+            .or_else(|| o.string("serial_number")),
+        system_uuid: o.string("system_uuid").or_else(|| o.string("uuid")),
+        oem_strings: o
+            .pairs
+            .contains_key("oem_strings")
+            .then(|| o.list("oem_strings")),
+        system_manufacturer: o.string("system_manufacturer"),
+        system_product_name: o.string("system_product_name"),
+        system_version: o.string("system_version"),
+        system_family: o.string("system_family"),
+        system_sku_number: o.string("system_sku_number"),
+        chassis_asset_tag: o.string("chassis_asset_tag"),
+        tdx: o.flag("tdx")?,
+        sev_snp: o.flag("sev_snp")?,
+        iommufd: o.flag("iommufd")?,
+        iommufd_fd: o.number("iommufd_fd")?,
+        vfio_p2p_dma: o.flag_or("vfio_p2p_dma", true)?,
+    };
+    // The key given, where CH has two names for one field.
+    let mut renames = vec![("iommu_address_width_bits", "iommu_address_width")];
+    if !o.pairs.contains_key("system_serial_number") {
+        renames.push(("system_serial_number", "serial_number"));
+    }
+    if !o.pairs.contains_key("system_uuid") {
+        renames.push(("system_uuid", "uuid"));
+    }
+    platform
+        .check_supported()
+        .map_err(unsupported("platform", &renames))?;
+    Ok(platform)
 }
 
 /// `off`, `null`, `tty`, `pty`, `file=PATH` or `socket=PATH`: the `serial` section.
@@ -267,10 +539,10 @@ pub fn parse_serial(s: &str) -> Result<ConsoleConfig, OptionError> {
 /// `off` or `null`: the `console` section, Cloud Hypervisor's virtio console, which
 /// Tessera does not have yet; both mean no device. CH's other modes (`tty`, `pty`,
 /// `file=PATH`, `socket=PATH`) would need one and are refused, pointing at `--serial`.
-pub fn parse_console(s: &str) -> Result<ConsoleConfig, OptionError> {
+pub fn parse_console(s: &str) -> Result<VirtioConsoleConfig, OptionError> {
     let console = parse_serial(s)?;
     match console.mode {
-        ConsoleMode::Off | ConsoleMode::Null => Ok(console),
+        ConsoleMode::Off | ConsoleMode::Null => Ok(console.into()),
         _ => Err(OptionError {
             key: None,
             message: format!(
@@ -281,15 +553,43 @@ pub fn parse_console(s: &str) -> Result<ConsoleConfig, OptionError> {
     }
 }
 
-/// `path=PATH[,id=ID,pci_segment=N,pci_device_id=N]`: `PUT /vm.add-device`'s body.
+/// `path=PATH[,id=ID,pci_segment=N,pci_device_id=N,iommu=off,x_exclude_mmap_bars=[N,..],
+/// fd=N,x_nv_gpudirect_clique=N]`: `PUT /vm.add-device`'s body, with CH's keys.
 pub fn parse_device(s: &str) -> Result<DeviceConfig, OptionError> {
-    let o = Options::parse(s, &["path", "id", "pci_segment", "pci_device_id"])?;
-    Ok(DeviceConfig {
-        path: PathBuf::from(o.required("path")?),
+    let o = Options::parse(
+        s,
+        &[
+            "path",
+            "fd",
+            "id",
+            "iommu",
+            "pci_segment",
+            "pci_device_id",
+            "x_nv_gpudirect_clique",
+            "x_exclude_mmap_bars",
+        ],
+    )?;
+    let device = DeviceConfig {
         id: o.string("id"),
-        pci_segment: o.number("pci_segment")?,
+        iommu: o.flag("iommu")?,
+        pci_segment: o.number("pci_segment")?.unwrap_or(0),
         pci_device_id: o.number("pci_device_id")?,
-    })
+        path: PathBuf::from(o.string("path").unwrap_or_default()),
+        fd: o.number("fd")?,
+        x_nv_gpudirect_clique: o.number("x_nv_gpudirect_clique")?,
+        x_exclude_mmap_bars: o
+            .numbers("x_exclude_mmap_bars")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(u64::from)
+            .collect(),
+    };
+    // Before `path`: CH takes `fd=N` instead of a path, which Tessera refuses by name.
+    device
+        .check_supported("device")
+        .map_err(unsupported("device", &[]))?;
+    o.required("path")?;
+    Ok(device)
 }
 
 /// `guest_numa_id=N[,cpus=[..],memory_zones=[..],distances=[N@D,..],pci_segments=[..],device_id=ID]`:
@@ -417,7 +717,7 @@ mod tests {
         .unwrap();
         assert_eq!(d.path, PathBuf::from("/sys/bus/pci/devices/0000:41:00.0"));
         assert_eq!(d.id.as_deref(), Some("gpu0"));
-        assert_eq!((d.pci_segment, d.pci_device_id), (Some(1), Some(3)));
+        assert_eq!((d.pci_segment, d.pci_device_id), (1, Some(3)));
         let e = parse_device("id=gpu0").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("path"));
         assert!(e.message.contains("`path` is required"), "{e}");

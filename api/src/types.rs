@@ -1,6 +1,6 @@
 //! The API's request bodies beyond the VM configuration, and its response payloads, in
 //! Cloud Hypervisor's shapes where CH defines them (`VmmPingResponse`, `VmInfo`,
-//! `PciDeviceInfo`, `VmCounters`, `VmRemoveDevice`) and in the same style where Tessera
+//! `DeviceNode`, `PciDeviceInfo`, `VmCounters`, `VmRemoveDevice`) and in the same style where Tessera
 //! adds them. The VMM builds the responses; [`crate::server::ApiReply::json`] sends them.
 
 use std::collections::BTreeMap;
@@ -36,19 +36,41 @@ pub enum VmState {
     Paused,
 }
 
-/// `GET /vm.info`.
+/// `GET /vm.info`: CH's `VmInfo`, plus `devices`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VmInfo {
-    /// The VM's configuration, with the edits made since `vm.create`.
+    /// The VM's configuration, with the edits made since `vm.create`: every CH field,
+    /// defaults included, as CH reports it.
     pub config: VmConfig,
     /// The lifecycle state.
     pub state: VmState,
     /// Bytes of guest RAM actually in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_actual_size: Option<u64>,
+    /// CH's device tree: the VM's PCI devices by id, with their guest addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_tree: Option<BTreeMap<String, DeviceNode>>,
     /// PCI devices with their guest BDFs and GI nodes (Tessera extension).
     #[serde(default)]
     pub devices: Vec<DeviceInfo>,
+}
+
+/// A device in [`VmInfo::device_tree`], in CH's shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceNode {
+    /// The device's id.
+    pub id: String,
+    /// CH lists a device's BARs, interrupts and memory slots here, each as a Rust enum
+    /// value. Tessera lists none: the guest may move BARs at any time, and a snapshot
+    /// taken at boot would mislead.
+    #[serde(default)]
+    pub resources: Vec<serde_json::Value>,
+    /// Ids of the devices below this one (none: every device sits on a root bus).
+    #[serde(default)]
+    pub children: Vec<String>,
+    /// Its guest address, `SSSS:BB:DD.F`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_bdf: Option<String>,
 }
 
 /// A PCI device in [`VmInfo::devices`].

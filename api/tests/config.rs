@@ -49,10 +49,16 @@ fn the_seed_config_is_valid_and_round_trips() {
 
 #[test]
 fn unknown_fields_are_named() {
-    let e = serde_json::from_str::<VmConfig>(r#"{"payload": {}, "disks": []}"#).unwrap_err();
-    assert!(e.to_string().contains("unknown field `disks`"), "{e}");
-    let e = serde_json::from_str::<VmConfig>(r#"{"payload": {"firmware": "x"}}"#).unwrap_err();
-    assert!(e.to_string().contains("unknown field `firmware`"), "{e}");
+    // Every CH field is known (see cloud_hypervisor_config.rs); a misspelt one is not.
+    let e = serde_json::from_str::<VmConfig>(r#"{"payload": {}, "disk": []}"#).unwrap_err();
+    assert!(e.to_string().contains("unknown field `disk`"), "{e}");
+    let e = serde_json::from_str::<VmConfig>(r#"{"payload": {"firmwar": "x"}}"#).unwrap_err();
+    assert!(e.to_string().contains("unknown field `firmwar`"), "{e}");
+    let e = serde_json::from_str::<VmConfig>(
+        r#"{"payload": {}, "rng": {"src": "/dev/urandom", "size": 1}}"#,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("unknown field `size`"), "{e}");
 }
 
 #[test]
@@ -201,12 +207,12 @@ fn devices_ids_and_placement() {
         )
     );
     let mut c = seed();
-    c.devices[0].pci_segment = Some(1);
+    c.devices[0].pci_segment = 1;
     assert_eq!(refused(&c).0, "devices[0].pci_segment");
     c.platform.num_pci_segments = 2;
     c.devices[0].pci_device_id = Some(0);
     c.validate().unwrap();
-    c.devices[0].pci_segment = Some(0);
+    c.devices[0].pci_segment = 0;
     assert_eq!(refused(&c).0, "devices[0].pci_device_id");
 }
 

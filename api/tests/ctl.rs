@@ -71,6 +71,7 @@ fn info() -> VmInfo {
         config,
         state: VmState::Running,
         memory_actual_size: Some(1 << 30),
+        device_tree: None,
         devices: vec![
             DeviceInfo {
                 id: "gpu0".into(),
@@ -310,8 +311,9 @@ async fn every_subcommand_sends_its_request_and_prints_its_answer() {
         VmAction::AddDevice(DeviceConfig {
             path: "/sys/bus/pci/devices/0000:41:00.0".into(),
             id: Some("gpu1".into()),
-            pci_segment: Some(0),
+            pci_segment: 0,
             pci_device_id: Some(6),
+            ..DeviceConfig::new("")
         }),
     )
     .await;
@@ -327,8 +329,9 @@ async fn every_subcommand_sends_its_request_and_prints_its_answer() {
         VmAction::AddDevice(DeviceConfig {
             path: "/sys/bus/pci/devices/0000:42:00.0".into(),
             id: None,
-            pci_segment: None,
+            pci_segment: 0,
             pci_device_id: None,
+            ..DeviceConfig::new("")
         }),
     )
     .await;
@@ -339,8 +342,9 @@ async fn every_subcommand_sends_its_request_and_prints_its_answer() {
         VmAction::AddDevice(DeviceConfig {
             path: "/x".into(),
             id: Some("cold".into()),
-            pci_segment: None,
+            pci_segment: 0,
             pci_device_id: None,
+            ..DeviceConfig::new("")
         }),
     )
     .await;
@@ -955,7 +959,9 @@ fn requests_on_the_wire() {
                 "path=/sys/bus/pci/devices/0000:41:00.0,id=gpu0",
             ],
             "PUT /api/v1/vm.add-device",
-            Some(json!({"path": "/sys/bus/pci/devices/0000:41:00.0", "id": "gpu0"})),
+            // What CH's ch-remote sends for the same arguments.
+            Some(json!({"id": "gpu0", "pci_segment": 0,
+                        "path": "/sys/bus/pci/devices/0000:41:00.0", "x_exclude_mmap_bars": []})),
         ),
         (
             vec!["remove-device", "gpu0"],

@@ -4,6 +4,7 @@
 //! are required, and that unknown fields are refused. (The VMM's answers, in every
 //! state of the VM, are held to the document by `vmm/tests/api.rs`.)
 
+#![recursion_limit = "256"]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -23,14 +24,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tessera_api::config::{
-    ConsoleMode, DeviceConfig, GenericInitiatorConfig, NumaConfig, VmConfig,
+    ConsoleMode, CoreScheduling, CpuProfile, DeviceConfig, GenericInitiatorConfig, HotplugMethod,
+    NumaConfig, VmConfig,
 };
 use tessera_api::server::{
     openapi_json, routes, ApiError, ApiReply, ApiRequest, Snapshot, VmAction, MAX_BODY,
 };
 use tessera_api::types::{
-    AcpiInfo, AcpiTable, DeviceInfo, PciDeviceInfo, RemoveGenericInitiator, VmInfo, VmRemoveDevice,
-    VmRemoveNumaNode, VmState, VmmPingResponse,
+    AcpiInfo, AcpiTable, DeviceInfo, DeviceNode, PciDeviceInfo, RemoveGenericInitiator, VmInfo,
+    VmRemoveDevice, VmRemoveNumaNode, VmState, VmmPingResponse,
 };
 
 fn doc() -> Value {
@@ -356,22 +358,65 @@ fn check_request<T: DeserializeOwned + Serialize>(name: &str, maximal: Value) {
     }
 }
 
+/// Every field of the configuration set, most to values `validate` refuses: the
+/// document describes what is read, not what is accepted.
 fn maximal_config() -> Value {
     json!({
-        "cpus": {"boot_vcpus": 2, "max_vcpus": 4},
-        "memory": {"size": 0, "shared": true, "hugepages": true, "hugepage_size": 2097152,
-                   "prefault": true,
-                   "zones": [{"id": "m0", "size": 1073741824, "shared": true, "hugepages": true,
-                              "hugepage_size": 2097152, "host_numa_node": 0, "prefault": true}]},
-        "payload": {"kernel": "/k", "cmdline": "console=ttyS0", "initramfs": "/i"},
+        "cpus": {"boot_vcpus": 2, "max_vcpus": 4,
+                 "topology": {"threads_per_core": 1, "cores_per_die": 4, "dies_per_package": 1, "packages": 1},
+                 "kvm_hyperv": true, "max_phys_bits": 40,
+                 "affinity": [{"vcpu": 0, "host_cpus": [2, 3]}],
+                 "features": {"amx": true}, "nested": false, "core_scheduling": "Vcpu",
+                 "profile": "Host"},
+        "memory": {"size": 0, "mergeable": true, "hotplug_method": "VirtioMem",
+                   "hotplug_size": 1073741824, "hotplugged_size": 0,
+                   "shared": true, "hugepages": true, "hugepage_size": 2097152,
+                   "prefault": true, "reserve": true,
+                   "zones": [{"id": "m0", "size": 1073741824, "file": "/z", "shared": true, "hugepages": true,
+                              "hugepage_size": 2097152, "host_numa_node": 0,
+                              "hotplug_size": 1073741824, "hotplugged_size": 0,
+                              "prefault": true, "reserve": true, "mergeable": true}],
+                   "thp": false},
+        "payload": {"firmware": "/fw", "kernel": "/k", "cmdline": "console=ttyS0", "initramfs": "/i",
+                    "igvm": "/igvm", "host_data": "00", "fw_cfg_config": {"e820": true}},
+        "rate_limit_groups": [{"id": "g0", "rate_limiter_config": {}}],
+        "disks": [{"path": "/disk.img"}],
+        "net": [{"tap": "tap0"}],
+        "rng": {"id": "rng0", "iommu": true, "pci_segment": 0, "pci_device_id": 5, "src": "/dev/random"},
+        "balloon": {"size": 0},
+        "generic_vhost_user": [{"socket": "/v", "queue_sizes": [256], "device_type": 1}],
+        "fs": [{"tag": "t", "socket": "/fs"}],
+        "pmem": [{"file": "/pmem"}],
         "serial": {"mode": "Socket", "file": "/f", "socket": "/s"},
-        "console": {"mode": "Off", "file": "/f", "socket": "/s"},
-        "devices": [{"path": "/sys/bus/pci/devices/0000:01:00.0", "id": "gpu0",
-                     "pci_segment": 0, "pci_device_id": 4}],
+        "console": {"file": "/f", "mode": "Off", "socket": "/s", "id": "con0", "iommu": true,
+                    "pci_segment": 0, "pci_device_id": 6},
+        "debug_console": {"file": "/dbg", "mode": "File", "iobase": 1026},
+        "devices": [{"id": "gpu0", "iommu": true, "pci_segment": 0, "pci_device_id": 4,
+                     "path": "/sys/bus/pci/devices/0000:01:00.0", "fd": 3,
+                     "x_nv_gpudirect_clique": 1, "x_exclude_mmap_bars": [0, 2]}],
+        "user_devices": [{"socket": "/u"}],
+        "vdpa": [{"path": "/dev/vhost-vdpa-0"}],
+        "vsock": {"cid": 3, "socket": "/vsock"},
+        "pvmemcontrol": {},
+        "pvpanic": true,
+        "iommu": true,
         "numa": [{"guest_numa_id": 0, "cpus": [0, 1], "distances": [{"destination": 1, "distance": 20}],
                   "memory_zones": ["m0"], "pci_segments": [0], "device_id": "gpu0"}],
         "generic_initiators": [{"id": "gi0", "device": "gpu0", "node": 1, "nodes": "2-9"}],
-        "platform": {"num_pci_segments": 1}
+        "watchdog": true,
+        "rtc": {},
+        "gdb": true,
+        "pci_segments": [{"pci_segment": 0, "mmio32_aperture_weight": 2, "mmio64_aperture_weight": 3}],
+        "platform": {"num_pci_segments": 1, "iommu_segments": [0], "iommu_address_width_bits": 48,
+                     "system_serial_number": "s", "system_uuid": "u", "oem_strings": ["o"],
+                     "system_manufacturer": "m", "system_product_name": "p", "system_version": "v",
+                     "system_family": "f", "system_sku_number": "k", "chassis_asset_tag": "c",
+                     "tdx": true, "sev_snp": true, "iommufd": true, "iommufd_fd": 4,
+                     "vfio_p2p_dma": false},
+        "tpm": {"socket": "/tpm"},
+        "landlock_enable": true,
+        "landlock_rules": [{"path": "/", "access": "r"}],
+        "ivshmem": {"path": "/shm", "size": 1}
     })
 }
 
@@ -401,6 +446,18 @@ fn response_schemas_match_the_types() {
         config: config.clone(),
         state: VmState::Paused,
         memory_actual_size: Some(1 << 30),
+        device_tree: Some(
+            [(
+                "gpu0".to_string(),
+                DeviceNode {
+                    id: "gpu0".into(),
+                    resources: vec![json!({"PciBar": {"index": 0}})],
+                    children: vec!["gpu0-fn1".into()],
+                    pci_bdf: Some("0000:00:04.0".into()),
+                },
+            )]
+            .into(),
+        ),
         devices: vec![DeviceInfo {
             id: "gpu0".into(),
             bdf: "0000:00:04.0".into(),
@@ -443,6 +500,7 @@ fn response_schemas_match_the_types() {
         config,
         state: VmState::Created,
         memory_actual_size: None,
+        device_tree: None,
         devices: vec![],
     };
     let v = serde_json::to_value(&minimal).unwrap();
@@ -501,6 +559,28 @@ fn enums_match_the_types() {
         })
         .collect();
     assert_eq!(ours, names("VmState"));
+    let names_of = |values: Vec<Value>| -> BTreeSet<String> {
+        values
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names_of(vec![
+            json!(CoreScheduling::Vm),
+            json!(CoreScheduling::Vcpu),
+            json!(CoreScheduling::Off)
+        ]),
+        names("CoreSchedulingMode")
+    );
+    assert_eq!(names_of(vec![json!(CpuProfile::Host)]), names("CpuProfile"));
+    assert_eq!(
+        names_of(vec![
+            json!(HotplugMethod::Acpi),
+            json!(HotplugMethod::VirtioMem)
+        ]),
+        names("HotplugMethod")
+    );
 }
 
 #[test]

@@ -42,6 +42,7 @@ fn info() -> VmInfo {
         config: serde_json::from_value(json!({"payload": {"kernel": "/k"}})).unwrap(),
         state: VmState::Running,
         memory_actual_size: Some(512 << 20),
+        device_tree: None,
         devices: vec![DeviceInfo {
             id: "gpu0".into(),
             bdf: "0000:00:04.0".into(),
@@ -128,8 +129,9 @@ async fn every_route_reaches_the_vmm_as_its_action() {
     let device = DeviceConfig {
         path: "/sys/bus/mdev/devices/c0ffee00-0000-0000-0000-000000000001".into(),
         id: Some("mig0".into()),
-        pci_segment: None,
+        pci_segment: 0,
         pci_device_id: Some(7),
+        ..DeviceConfig::new("")
     };
     let node = NumaConfig {
         guest_numa_id: 3,
@@ -482,23 +484,37 @@ async fn bad_bodies_are_400_naming_the_field() {
             None,
             "trailing characters",
         ),
+        // CH's fields are all known (their values are the VMM's to judge); a misspelt
+        // one, or one of the wrong shape, is refused here.
         (
             "/vm.create",
-            r#"{"payload": {}, "disks": []}"#,
-            Some("disks"),
-            "unknown field `disks`",
+            r#"{"payload": {}, "disk": []}"#,
+            Some("disk"),
+            "unknown field `disk`",
         ),
         (
             "/vm.create",
-            r#"{"payload": {}, "net": []}"#,
+            r#"{"payload": {}, "net": {}}"#,
             Some("net"),
-            "unknown field `net`",
+            "invalid type",
         ),
         (
             "/vm.create",
-            r#"{"payload": {"firmware": "/fw"}}"#,
-            Some("payload.firmware"),
-            "unknown field `firmware`",
+            r#"{"payload": {"firmwre": "/fw"}}"#,
+            Some("payload.firmwre"),
+            "unknown field `firmwre`",
+        ),
+        (
+            "/vm.create",
+            r#"{"payload": {}, "rng": {"src": "/dev/urandom", "seed": 1}}"#,
+            Some("rng.seed"),
+            "unknown field `seed`",
+        ),
+        (
+            "/vm.create",
+            r#"{"payload": {}, "cpus": {"boot_vcpus": 1, "max_vcpus": 1, "core_scheduling": "Core"}}"#,
+            Some("cpus.core_scheduling"),
+            "unknown variant `Core`",
         ),
         (
             "/vm.create",
@@ -535,9 +551,15 @@ async fn bad_bodies_are_400_naming_the_field() {
         ("/vm.create", "null", None, "invalid type: null"),
         (
             "/vm.add-device",
-            r#"{"path": "/sys/x", "iommu": true}"#,
+            r#"{"path": "/sys/x", "iommu": "on"}"#,
             Some("iommu"),
-            "unknown field `iommu`",
+            "invalid type",
+        ),
+        (
+            "/vm.add-device",
+            r#"{"path": "/sys/x", "bus": 1}"#,
+            Some("bus"),
+            "unknown field `bus`",
         ),
         (
             "/vm.add-device",

@@ -128,6 +128,10 @@ const EFER_LMA: u64 = 1 << 10;
 const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
 const CPUID_1_EDX_HTT: u32 = 1 << 28;
+/// Intel VMX (leaf 1 ECX).
+const CPUID_1_ECX_VMX: u32 = 1 << 5;
+/// AMD SVM (leaf 0x8000_0001 ECX).
+const CPUID_8000_0001_ECX_SVM: u32 = 1 << 2;
 /// Extended topology level types (leaf 0xB/0x1F `ECX[15:8]`).
 const TOPOLOGY_LEVEL_SMT: u32 = 1;
 const TOPOLOGY_LEVEL_CORE: u32 = 2;
@@ -144,6 +148,17 @@ const APIC_MODE_EXTINT: u32 = 7 << 8;
 const FPU_FCW: u16 = 0x37f;
 /// MXCSR at reset: all exceptions masked.
 const FPU_MXCSR: u32 = 0x1f80;
+
+/// What the VM's configuration says about all its vCPUs' CPUID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestCpus {
+    /// vCPUs in the guest.
+    pub count: u32,
+    /// Physical address bits (0x8000_0008 `EAX[7:0]`), at most what KVM reports.
+    pub phys_bits: u8,
+    /// Whether the guest may run VMs itself: `false` hides VMX and SVM.
+    pub nested: bool,
+}
 
 /// The guest's CPU topology as one vCPU sees it.
 #[derive(Clone, Copy, Debug)]
@@ -192,12 +207,14 @@ impl Topology {
 /// them with INIT/SIPI through the in-kernel local APIC.
 ///
 /// CPUID changes from KVM's supported set: leaf 1 `EBX[31:24]` = APIC id, `EBX[23:16]` =
-/// `cpu_count`, EDX HTT, ECX hypervisor bit and TSC deadline (if KVM has
+/// `guest.count`, EDX HTT, ECX hypervisor bit and TSC deadline (if KVM has
 /// `KVM_CAP_TSC_DEADLINE_TIMER`); leaves 0xB and 0x1F describe one thread per core and
-/// `cpu_count` cores in one package, EDX = the x2APIC id; leaf 4 (and AMD's 0x8000_001D)
+/// `guest.count` cores in one package, EDX = the x2APIC id; leaf 4 (and AMD's 0x8000_001D)
 /// cores per package and threads sharing each cache (one: every cache is per core); on AMD
-/// 0x8000_0008 ECX core count and 0x8000_001E the extended APIC id; the KVM leaves
-/// 0x4000_0000.. as KVM reports them.
+/// 0x8000_0008 ECX core count and 0x8000_001E the extended APIC id; 0x8000_0008 `EAX[7:0]`
+/// (and a non-zero `EAX[23:16]`) at most `guest.phys_bits`; VMX (leaf 1) and SVM
+/// (0x8000_0001) cleared unless `guest.nested`; the KVM leaves 0x4000_0000.. as KVM
+/// reports them.
 ///
 /// The vCPU must have been created with `apic_id` as its KVM id (KVM gives its local APIC
 /// that id) in a VM with an in-kernel irqchip, and must not have run yet.
@@ -207,9 +224,10 @@ pub fn configure_vcpu(
     mem: &GuestMemoryMmap,
     cpu_index: u32,
     apic_id: u32,
-    cpu_count: u32,
+    guest: GuestCpus,
     boot: Option<&BootEntry>,
 ) -> Result<(), VcpuSetupError> {
+    let cpu_count = guest.count;
     let topology = Topology::new(cpu_index, apic_id, cpu_count)?;
     let lapic = vcpu.get_lapic().map_err(VcpuSetupError::GetLapic)?;
     let lapic_id = lapic_reg(&lapic, APIC_ID) >> 24;
@@ -224,6 +242,7 @@ pub fn configure_vcpu(
         supported.as_slice(),
         topology,
         kvm.check_extension(Cap::TscDeadlineTimer),
+        guest,
     );
     let cpuid = CpuId::from_entries(&entries).map_err(VcpuSetupError::CpuidEntries)?;
     vcpu.set_cpuid2(&cpuid).map_err(VcpuSetupError::SetCpuid)?;
@@ -310,6 +329,7 @@ fn patch_cpuid(
     supported: &[kvm_cpuid_entry2],
     topo: Topology,
     tsc_deadline: bool,
+    guest: GuestCpus,
 ) -> Vec<kvm_cpuid_entry2> {
     let Topology {
         apic_id,
@@ -347,7 +367,11 @@ fn patch_cpuid(
                     e.ecx |= CPUID_1_ECX_TSC_DEADLINE;
                 }
                 e.edx |= CPUID_1_EDX_HTT;
+                if !guest.nested {
+                    e.ecx &= !CPUID_1_ECX_VMX;
+                }
             }
+            0x8000_0001 if !guest.nested => e.ecx &= !CPUID_8000_0001_ECX_SVM,
             // Deterministic cache parameters (cache type 0: no more caches).
             4 if e.eax & 0x1f != 0 => {
                 let level = (e.eax >> 5) & 0x7;
@@ -359,9 +383,20 @@ fn patch_cpuid(
                 let level = (e.eax >> 5) & 0x7;
                 e.eax = (e.eax & !(0xfff << 14)) | (sharing_minus_one(level) << 14);
             }
-            0x8000_0008 if is_amd => {
-                // ApicIdCoreIdSize [15:12], NC (cores - 1) [7:0].
-                e.ecx = (e.ecx & !0xf0ff) | (core_bits << 12) | (cpu_count - 1).min(0xff);
+            0x8000_0008 => {
+                // PhysAddrSize [7:0], never wider than KVM offers; GuestPhysAddrSize
+                // [23:16] (0: same as [7:0]) likewise.
+                let narrow = |bits: u32| match bits {
+                    0 => 0,
+                    b => b.min(u32::from(guest.phys_bits)),
+                };
+                let phys = narrow(e.eax & 0xff);
+                let guest_phys = narrow((e.eax >> 16) & 0xff);
+                e.eax = (e.eax & 0xff00_ff00) | phys | (guest_phys << 16);
+                if is_amd {
+                    // ApicIdCoreIdSize [15:12], NC (cores - 1) [7:0].
+                    e.ecx = (e.ecx & !0xf0ff) | (core_bits << 12) | (cpu_count - 1).min(0xff);
+                }
             }
             0x8000_001e => {
                 // Extended APIC id; core id with one thread per core; node 0 of 1.
@@ -603,6 +638,16 @@ mod tests {
     use super::*;
     use crate::boot::{KERNEL_START, ZERO_PAGE_START};
 
+    /// `count` vCPUs with the host's CPUID as KVM offers it: no narrowing, VMX/SVM as
+    /// the host has them.
+    fn host(count: u32) -> GuestCpus {
+        GuestCpus {
+            count,
+            phys_bits: u8::MAX,
+            nested: true,
+        }
+    }
+
     fn kvm() -> Kvm {
         Kvm::new().unwrap_or_else(|e| {
             panic!("these tests need /dev/kvm (read/write) and do not skip without it: {e}")
@@ -752,8 +797,8 @@ mod tests {
             entry: KERNEL_START + 0x200,
             params: ZERO_PAGE_START,
         };
-        configure_vcpu(&kvm, &vcpus[0], &mem, 0, 0, 2, Some(&boot)).unwrap();
-        configure_vcpu(&kvm, &vcpus[1], &mem, 1, 1, 2, None).unwrap();
+        configure_vcpu(&kvm, &vcpus[0], &mem, 0, 0, host(2), Some(&boot)).unwrap();
+        configure_vcpu(&kvm, &vcpus[1], &mem, 1, 1, host(2), None).unwrap();
 
         let s = vcpus[0].get_sregs().unwrap();
         assert_eq!(s.cr0 & (CR0_PE | CR0_PG), CR0_PE | CR0_PG);
@@ -812,7 +857,7 @@ mod tests {
             entry: 0x100_0850,
             params: ZERO_PAGE_START,
         };
-        configure_vcpu(&kvm, &vcpus[0], &mem, 0, 0, 1, Some(&boot)).unwrap();
+        configure_vcpu(&kvm, &vcpus[0], &mem, 0, 0, host(1), Some(&boot)).unwrap();
         let s = vcpus[0].get_sregs().unwrap();
         assert_eq!(s.cr0 & (CR0_PE | CR0_PG | CR0_CD | CR0_NW), CR0_PE);
         assert_eq!(s.cr4, 0);
@@ -835,7 +880,7 @@ mod tests {
         for (index, apic_id, count) in [(0, 0, 0), (2, 0, 2), (1, 2, 2), (0, 1, 1)] {
             assert!(
                 matches!(
-                    configure_vcpu(&kvm, &vcpus[0], &mem, index, apic_id, count, None),
+                    configure_vcpu(&kvm, &vcpus[0], &mem, index, apic_id, host(count), None),
                     Err(VcpuSetupError::Topology { .. })
                 ),
                 "{index} {apic_id} {count}"
@@ -843,7 +888,7 @@ mod tests {
         }
         // vCPU 1's local APIC has id 1.
         assert!(matches!(
-            configure_vcpu(&kvm, &vcpus[1], &mem, 1, 0, 2, None),
+            configure_vcpu(&kvm, &vcpus[1], &mem, 1, 0, host(2), None),
             Err(VcpuSetupError::ApicIdMismatch {
                 apic_id: 0,
                 lapic_id: 1
@@ -856,7 +901,7 @@ mod tests {
         let kvm = kvm();
         let vm = kvm.create_vm().unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();
-        let err = configure_vcpu(&kvm, &vcpu, &memory(), 0, 0, 1, None).unwrap_err();
+        let err = configure_vcpu(&kvm, &vcpu, &memory(), 0, 0, host(1), None).unwrap_err();
         assert!(matches!(err, VcpuSetupError::GetLapic(_)), "{err:?}");
     }
 
@@ -899,7 +944,7 @@ mod tests {
             },
         ];
         let topo = Topology::new(4, 37, 48).unwrap();
-        let out = patch_cpuid(&supported, topo, false);
+        let out = patch_cpuid(&supported, topo, false, host(48));
         let find = |f: u32, i: u32| {
             *out.iter()
                 .find(|e| e.function == f && e.index == i)
@@ -916,6 +961,75 @@ mod tests {
         assert_eq!(out.iter().filter(|e| e.function == 0x1f).count(), 3);
         assert!(Topology::new(0, 64, 48).is_err());
         assert!(Topology::new(0, 63, 48).is_ok());
+    }
+
+    #[test]
+    fn phys_bits_are_narrowed_and_nesting_hidden() {
+        let supported = [
+            kvm_cpuid_entry2 {
+                function: 1,
+                ecx: CPUID_1_ECX_VMX | 1,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0x8000_0001,
+                ecx: CPUID_8000_0001_ECX_SVM | 1,
+                ..Default::default()
+            },
+            // 48 physical bits, 57 linear, 48 guest-physical.
+            kvm_cpuid_entry2 {
+                function: 0x8000_0008,
+                eax: 0x0030_3930,
+                ..Default::default()
+            },
+        ];
+        let topo = Topology::new(0, 0, 1).unwrap();
+        let find =
+            |out: &[kvm_cpuid_entry2], f: u32| *out.iter().find(|e| e.function == f).unwrap();
+        let narrow = GuestCpus {
+            count: 1,
+            phys_bits: 40,
+            nested: false,
+        };
+        let out = patch_cpuid(&supported, topo, false, narrow);
+        assert_eq!(find(&out, 0x8000_0008).eax, 0x0028_3928);
+        assert_eq!(find(&out, 1).ecx & (CPUID_1_ECX_VMX | 1), 1);
+        assert_eq!(find(&out, 0x8000_0001).ecx, 1);
+        // Never wider than KVM offers; nesting kept as offered.
+        let out = patch_cpuid(&supported, topo, false, host(1));
+        assert_eq!(find(&out, 0x8000_0008).eax, 0x0030_3930);
+        assert_ne!(find(&out, 1).ecx & CPUID_1_ECX_VMX, 0);
+        assert_eq!(find(&out, 0x8000_0001).ecx, CPUID_8000_0001_ECX_SVM | 1);
+        // A zero GuestPhysAddrSize stays zero (it means "as PhysAddrSize").
+        let mut zero = supported;
+        zero[2].eax = 0x3030;
+        let out = patch_cpuid(&zero, topo, false, narrow);
+        assert_eq!(find(&out, 0x8000_0008).eax, 0x3028);
+    }
+
+    #[test]
+    fn the_guest_cpuid_reaches_a_real_vcpu() {
+        let kvm = kvm();
+        let (_vm, vcpus) = vm_with_vcpus(&kvm, 1);
+        let guest = GuestCpus {
+            count: 1,
+            phys_bits: 39,
+            nested: false,
+        };
+        configure_vcpu(&kvm, &vcpus[0], &memory(), 0, 0, guest, None).unwrap();
+        let cpuid = vcpus[0].get_cpuid2(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let offered = cpuid_entry(&supported, 0x8000_0008, 0).eax & 0xff;
+        assert_eq!(
+            cpuid_entry(&cpuid, 0x8000_0008, 0).eax & 0xff,
+            offered.min(39)
+        );
+        assert_eq!(cpuid_entry(&cpuid, 1, 0).ecx & CPUID_1_ECX_VMX, 0);
+        assert_eq!(
+            cpuid_entry(&cpuid, 0x8000_0001, 0).ecx & CPUID_8000_0001_ECX_SVM,
+            0
+        );
+        check_common(&kvm, &vcpus[0], 0, 1);
     }
 
     #[test]

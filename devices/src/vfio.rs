@@ -235,6 +235,9 @@ pub struct VfioPciDevice {
     msix: Option<MsixCapability>,
     intx: Option<Intx>,
     relocator: Option<Arc<dyn BarRelocator>>,
+    /// BARs never mmapped into the guest (CH's `x_exclude_mmap_bars`): every access to
+    /// them traps, for devices whose BARs misbehave when the guest reaches them directly.
+    mmap_excluded: [bool; 6],
 }
 
 impl VfioPciDevice {
@@ -347,7 +350,22 @@ impl VfioPciDevice {
             msix,
             intx: None,
             relocator: None,
+            mmap_excluded: [false; 6],
         })
+    }
+
+    /// Keeps `bars` (indexes 0..=5; others name no BAR and are ignored) out of
+    /// [`VfioPciDevice::mmap_areas`]: the guest's accesses to them all trap and are
+    /// forwarded to the device.
+    pub fn exclude_from_mmap(&mut self, bars: &[u64]) {
+        for &bar in bars {
+            if let Some(excluded) = usize::try_from(bar)
+                .ok()
+                .and_then(|b| self.mmap_excluded.get_mut(b))
+            {
+                *excluded = true;
+            }
+        }
     }
 
     /// The BARs (and ROM) that need guest address space.
@@ -416,12 +434,15 @@ impl VfioPciDevice {
 
     /// The parts of memory BARs the guest may reach directly: what VFIO lets us mmap,
     /// whole pages only, minus the pages holding the MSI-X table and PBA (which are
-    /// emulated).
+    /// emulated) and the BARs excluded with [`VfioPciDevice::exclude_from_mmap`].
     pub fn mmap_areas(&self) -> Vec<MmapArea> {
         let mut out = Vec::new();
         for state in self.bars.iter().flatten() {
             let index = state.request.index;
-            if index == ROM_BAR || state.request.bar_type == PciBarType::Io {
+            if index == ROM_BAR
+                || state.request.bar_type == PciBarType::Io
+                || self.mmap_excluded.get(index).copied().unwrap_or(false)
+            {
                 continue;
             }
             let Some(region) = self.io.region(VFIO_PCI_BAR0_REGION_INDEX + index as u32) else {
@@ -1013,6 +1034,21 @@ mod tests {
         // Past the device's 8 bytes of the I/O BAR: nothing reaches it.
         d.bar_read(0, 0x4000, &mut b);
         assert_eq!(b, [0xff; 4]);
+    }
+
+    #[test]
+    fn an_excluded_bar_is_not_mapped_and_every_access_traps() {
+        let (fake, mut d) = device();
+        // 7 names no BAR: ignored.
+        d.exclude_from_mmap(&[7]);
+        assert_eq!(d.mmap_areas().len(), 1);
+        d.exclude_from_mmap(&[0]);
+        assert_eq!(d.mmap_areas(), vec![]);
+        // What would have been mapped now reaches the device through the trap.
+        let mut b = [0u8; 4];
+        d.bar_read(0, 0x10, &mut b);
+        d.bar_write(0, 0x1000, &[1, 2]);
+        assert_eq!(fake.log(), vec!["read 0 0x10", "write 0 0x1000 [1, 2]"]);
     }
 
     #[test]

@@ -284,6 +284,7 @@ impl VmArgs {
                 kernel: self.kernel.clone(),
                 cmdline: self.cmdline.clone(),
                 initramfs: self.initramfs.clone(),
+                ..PayloadConfig::default()
             },
             ..VmConfig::default()
         };

@@ -20,7 +20,9 @@ use tessera_api::config::{ConfigError, VmConfig};
 use tessera_api::server::{
     ApiError, ApiReply, ApiRequest, Published, RemoveGenericInitiator, Snapshot, VmAction,
 };
-use tessera_api::types::{AcpiInfo, AcpiTable, DeviceInfo, VmInfo, VmState, VmmPingResponse};
+use tessera_api::types::{
+    AcpiInfo, AcpiTable, DeviceInfo, DeviceNode, VmInfo, VmState, VmmPingResponse,
+};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -603,11 +605,24 @@ impl Control {
             State::Paused(_) => VmState::Paused,
             _ => VmState::Created,
         };
+        let device_tree = devices
+            .iter()
+            .map(|d| {
+                let node = DeviceNode {
+                    id: d.id.clone(),
+                    resources: Vec::new(),
+                    children: Vec::new(),
+                    pci_bdf: Some(d.bdf.clone()),
+                };
+                (d.id.clone(), node)
+            })
+            .collect();
         // Serialized here, once per change, rather than once per request.
         ApiReply::json_text(&VmInfo {
             config: config.clone(),
             state,
             memory_actual_size: Some(topology.acpi.memory.iter().map(|m| m.size).sum()),
+            device_tree: Some(device_tree),
             devices,
         })
     }

@@ -42,6 +42,9 @@ pub struct GuestTopology {
     pub devices: Vec<PlacedDevice>,
     /// What the ACPI tables are built from.
     pub acpi: Topology,
+    /// The guest's physical address width (CPUID 0x8000_0008): the host's, or
+    /// `cpus.max_phys_bits` if that is smaller. The memory map fits it.
+    pub phys_bits: u8,
 }
 
 /// Why a configuration has no valid topology.
@@ -69,8 +72,12 @@ impl TopologyError {
     }
 }
 
-/// Builds the guest's topology for a guest with `phys_bits` physical address bits.
-pub fn guest_topology(config: &VmConfig, phys_bits: u8) -> Result<GuestTopology, TopologyError> {
+/// Builds the guest's topology on a host with `host_phys_bits` physical address bits;
+/// the guest gets as many, or `cpus.max_phys_bits` if that is fewer (as in CH).
+pub fn guest_topology(
+    config: &VmConfig,
+    host_phys_bits: u8,
+) -> Result<GuestTopology, TopologyError> {
     config.validate()?;
     if config.cpus.max_vcpus != config.cpus.boot_vcpus {
         return Err(ConfigError {
@@ -87,7 +94,20 @@ pub fn guest_topology(config: &VmConfig, phys_bits: u8) -> Result<GuestTopology,
         config.memory.zones.iter().map(|z| z.size).collect()
     };
     let segments = config.platform.num_pci_segments;
-    let layout = lay_out(&zone_sizes, segments, phys_bits)?;
+    let phys_bits = host_phys_bits.min(config.cpus.max_phys_bits);
+    let layout = lay_out(&zone_sizes, segments, phys_bits).map_err(|e| match e {
+        // The configuration's limit is what is too small, so name it.
+        LayoutError::AddressSpace { .. } if phys_bits < host_phys_bits => {
+            TopologyError::Config(ConfigError {
+                field: "cpus.max_phys_bits".into(),
+                message: format!(
+                    "{e}: the guest's RAM and PCI windows need a wider address space \
+                     (this host has {host_phys_bits} bits)"
+                ),
+            })
+        }
+        e => TopologyError::Layout(e),
+    })?;
 
     let devices = place_devices(config)?;
 
@@ -214,6 +234,7 @@ pub fn guest_topology(config: &VmConfig, phys_bits: u8) -> Result<GuestTopology,
         layout,
         devices,
         acpi,
+        phys_bits,
     })
 }
 
@@ -298,7 +319,7 @@ fn place_devices(config: &VmConfig) -> Result<Vec<PlacedDevice>, ConfigError> {
     let mut slots: Vec<Option<(u16, u8)>> = vec![None; config.devices.len()];
     for (i, d) in config.devices.iter().enumerate() {
         if let Some(slot) = d.pci_device_id {
-            let seg = d.pci_segment.unwrap_or(0);
+            let seg = d.pci_segment;
             let free = taken
                 .get_mut(usize::from(seg))
                 .and_then(|s| s.get_mut(usize::from(slot)));
@@ -322,7 +343,7 @@ fn place_devices(config: &VmConfig) -> Result<Vec<PlacedDevice>, ConfigError> {
         if d.pci_device_id.is_some() {
             continue;
         }
-        let seg = d.pci_segment.unwrap_or(0);
+        let seg = d.pci_segment;
         let slot = taken
             .get_mut(usize::from(seg))
             .and_then(|s| s.iter_mut().position(|t| !*t).map(|p| (s, p)))

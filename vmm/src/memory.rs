@@ -1,6 +1,7 @@
 //! Guest RAM: one anonymous mapping per laid-out range, with each zone's options
-//! (shared, hugepages, prefault, host NUMA binding), checked against what the host can
-//! give before anything is mapped, and registered with KVM as one slot per range.
+//! (shared, hugepages, prefault, host NUMA binding, KSM merging, swap reservation) and
+//! the VM's THP choice, checked against what the host can give before anything is
+//! mapped, and registered with KVM as one slot per range.
 
 use std::path::Path;
 
@@ -73,8 +74,10 @@ fn zone_options(config: &VmConfig, zone: usize) -> (MemoryZoneConfig, String) {
                     shared: m.shared,
                     hugepages: m.hugepages,
                     hugepage_size: m.hugepage_size,
-                    host_numa_node: None,
                     prefault: m.prefault,
+                    reserve: m.reserve,
+                    mergeable: m.mergeable,
+                    ..MemoryZoneConfig::default()
                 },
                 "memory".into(),
             )
@@ -275,7 +278,13 @@ pub fn allocate(config: &VmConfig, layout: &GuestLayout) -> Result<GuestRam, Mem
                 field: field.clone(),
                 message: "does not fit this host's address space".into(),
             })?;
-            let mut flags = libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+            let mut flags = libc::MAP_ANONYMOUS;
+            // Without `reserve`, as in CH: the kernel does not set swap aside for the
+            // whole of guest RAM up front, so a guest larger than free memory plus swap
+            // can start (and is only in trouble if it really touches all of it).
+            if !z.reserve {
+                flags |= libc::MAP_NORESERVE;
+            }
             flags |= if z.shared {
                 libc::MAP_SHARED
             } else {
@@ -316,6 +325,25 @@ pub fn allocate(config: &VmConfig, layout: &GuestLayout) -> Result<GuestRam, Mem
                     field: format!("{field}.host_numa_node"),
                     what: "mbind",
                     source,
+                })?;
+            }
+            // Before prefaulting, so the pages it faults in follow the advice.
+            if !z.hugepages && !config.memory.thp {
+                advise(mapping.as_ptr(), len, libc::MADV_NOHUGEPAGE).map_err(|source| {
+                    MemoryError::Os {
+                        field: "memory.thp".into(),
+                        what: "madvise(MADV_NOHUGEPAGE)",
+                        source,
+                    }
+                })?;
+            }
+            if z.mergeable {
+                advise(mapping.as_ptr(), len, libc::MADV_MERGEABLE).map_err(|source| {
+                    MemoryError::Os {
+                        field: format!("{field}.mergeable"),
+                        what: "madvise(MADV_MERGEABLE) (is the host kernel built with KSM?)",
+                        source,
+                    }
                 })?;
             }
             if z.prefault {
@@ -360,6 +388,19 @@ fn bind_to_node(addr: *mut u8, len: usize, node: u32) -> std::io::Result<()> {
             MPOL_MF_STRICT | MPOL_MF_MOVE,
         )
     };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// madvise(2) on a whole mapping.
+#[allow(unsafe_code)]
+fn advise(addr: *mut u8, len: usize, advice: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: madvise on a mapping we own; the advice used here (MADV_NOHUGEPAGE,
+    // MADV_MERGEABLE) changes how the kernel backs the pages, never their contents.
+    let rc = unsafe { libc::madvise(addr.cast(), len, advice) };
     if rc == 0 {
         Ok(())
     } else {

@@ -20,7 +20,7 @@ use tessera_acpi::{build as build_acpi, Placement};
 use tessera_api::config::VmConfig;
 use tessera_arch::boot::{configure_boot, load_initramfs, load_kernel};
 use tessera_arch::layout::{HIGH_RAM_START, RSDP_START};
-use tessera_arch::vcpu::configure_vcpu;
+use tessera_arch::vcpu::{configure_vcpu, GuestCpus};
 use tessera_devices::ged::GedDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -180,8 +180,7 @@ impl Vm {
         serial: &SerialSink,
         events: &VmEvents,
     ) -> Result<Vm, VmError> {
-        let phys_bits = tessera_arch::vcpu::host_phys_bits();
-        let topology = guest_topology(config, phys_bits)?;
+        let topology = guest_topology(config, tessera_arch::vcpu::host_phys_bits())?;
         check_payload(config)?;
         let vfio_hosts = crate::vfio::check_host(config)?;
         memory::check_host(config, &topology.layout)?;
@@ -211,6 +210,7 @@ impl Vm {
             &vm_fd,
             &guest_memory,
             &vfio_hosts,
+            config,
             &topology,
             &router,
             guest_memory.num_regions() as u32,
@@ -263,13 +263,18 @@ impl Vm {
         }
 
         let cpu_count = config.cpus.boot_vcpus;
+        let guest_cpus = GuestCpus {
+            count: cpu_count,
+            phys_bits: topology.phys_bits,
+            nested: config.cpus.nested,
+        };
         let mut vcpu_fds = Vec::with_capacity(cpu_count as usize);
         for index in 0..cpu_count {
             let vcpu = vm_fd
                 .create_vcpu(u64::from(index))
                 .map_err(kvm_err("create_vcpu"))?;
             let boot = (index == 0).then_some(&entry);
-            configure_vcpu(kvm, &vcpu, &guest_memory, index, index, cpu_count, boot)
+            configure_vcpu(kvm, &vcpu, &guest_memory, index, index, guest_cpus, boot)
                 .map_err(|e| VmError::Vcpu(e.to_string()))?;
             vcpu_fds.push(vcpu);
         }

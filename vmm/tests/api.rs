@@ -561,15 +561,26 @@ fn sixty_four_concurrent_clients() {
 #[test]
 fn bad_requests_to_the_real_binary() {
     let t = Tessera::start();
-    // Malformed JSON, an unknown (Cloud Hypervisor) field, a wrong type: 400 naming it.
+    // Malformed JSON, a Cloud Hypervisor device Tessera lacks, an unknown field, a wrong
+    // type: 400 naming it.
     let (status, e) = t.json("PUT", "vm.create", Some("{\"payload\": "));
     assert_eq!(status, 400, "{e}");
     let (status, e) = t.json(
         "PUT",
         "vm.create",
-        Some(r#"{"payload": {"kernel": "/k"}, "disks": []}"#),
+        Some(r#"{"payload": {"kernel": "/k"}, "disks": [{"path": "/disk.img"}]}"#),
     );
     assert_eq!((status, e["field"].as_str()), (400, Some("disks")), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("no virtio-block"),
+        "{e}"
+    );
+    let (status, e) = t.json(
+        "PUT",
+        "vm.create",
+        Some(r#"{"payload": {"kernel": "/k"}, "disk": []}"#),
+    );
+    assert_eq!((status, e["field"].as_str()), (400, Some("disk")), "{e}");
     let (status, e) = t.json(
         "PUT",
         "vm.create",
@@ -605,6 +616,97 @@ fn bad_requests_to_the_real_binary() {
     assert!(e["error"].as_str().unwrap().contains("snapshots"), "{e}");
     // Still serving after all that.
     assert_eq!(t.api("GET", "vmm.ping", None).0, 200);
+}
+
+/// A configuration Cloud Hypervisor wrote (`tests/fixtures/cloud-hypervisor/`), with this
+/// host's kernel for CH's placeholder.
+fn ch_fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/../tests/fixtures/cloud-hypervisor/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["payload"]["kernel"] = Value::String(kernel());
+    v
+}
+
+/// Every leaf of `ch` is in `ours` with the same value.
+fn assert_contains(ch: &Value, ours: &Value, at: &str) {
+    match (ch, ours) {
+        (Value::Object(c), Value::Object(o)) => {
+            for (k, v) in c {
+                let at = format!("{at}.{k}");
+                assert_contains(v, o.get(k).unwrap_or_else(|| panic!("{at}: missing")), &at);
+            }
+        }
+        (Value::Array(c), Value::Array(o)) => {
+            assert_eq!(c.len(), o.len(), "{at}");
+            for (i, (c, o)) in c.iter().zip(o).enumerate() {
+                assert_contains(c, o, &format!("{at}[{i}]"));
+            }
+        }
+        _ => assert_eq!(ch, ours, "{at}"),
+    }
+}
+
+#[test]
+fn chs_own_configurations_round_trip_through_vm_info() {
+    let t = Tessera::start();
+    for name in ["minimal.json", "rich.json", "honoured.json"] {
+        let ch = ch_fixture(name);
+        let (status, text) = t.api("PUT", "vm.create", Some(&ch.to_string()));
+        assert_eq!(status, 204, "{name}: {text}");
+        let (_, info) = t.json("GET", "vm.info", None);
+        // Every field CH wrote, at CH's value; and CH's VmInfo keys.
+        assert_contains(&ch, &info["config"], name);
+        assert_eq!(info["memory_actual_size"], 512 << 20, "{name}");
+        for (id, node) in info["device_tree"].as_object().unwrap() {
+            assert_eq!(node["id"], *id);
+            let listed = info["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["id"] == *id)
+                .unwrap();
+            assert_eq!(node["pci_bdf"], listed["bdf"], "{name}: {id}");
+        }
+        // vm.info's config, given back to vm.create, makes the same VM.
+        assert_eq!(t.api("PUT", "vm.delete", None).0, 204);
+        let again = info["config"].to_string();
+        assert_eq!(t.api("PUT", "vm.create", Some(&again)).0, 204, "{name}");
+        let (_, info2) = t.json("GET", "vm.info", None);
+        assert_eq!(info2, info, "{name}");
+        assert_eq!(t.api("PUT", "vm.delete", None).0, 204);
+    }
+    // ch-remote's add-device body, and a CH field Tessera refuses, named.
+    assert_eq!(
+        t.api(
+            "PUT",
+            "vm.create",
+            Some(&ch_fixture("minimal.json").to_string())
+        )
+        .0,
+        204
+    );
+    let body = r#"{"id":"d0","pci_segment":0,"path":"/sys/bus/pci/devices/0000:41:00.0","x_exclude_mmap_bars":[]}"#;
+    assert_eq!(t.api("PUT", "vm.add-device", Some(body)).0, 204);
+    let (status, e) = t.json(
+        "PUT",
+        "vm.add-device",
+        Some(r#"{"id":"d1","path":"/sys/bus/pci/devices/0000:42:00.0","iommu":true}"#),
+    );
+    // Named within the request's body, as add-device's other refusals are.
+    assert_eq!((status, e["field"].as_str()), (400, Some("iommu")), "{e}");
+    assert!(e["error"].as_str().unwrap().contains("virtio-iommu"), "{e}");
+    assert_eq!(t.api("PUT", "vm.delete", None).0, 204);
+    let mut refused = ch_fixture("minimal.json");
+    refused["cpus"]["kvm_hyperv"] = Value::Bool(true);
+    let (status, e) = t.json("PUT", "vm.create", Some(&refused.to_string()));
+    assert_eq!(
+        (status, e["field"].as_str()),
+        (400, Some("cpus.kvm_hyperv")),
+        "{e}"
+    );
 }
 
 #[test]

@@ -131,11 +131,7 @@ fn distances(c: &VmConfig) -> Vec<Vec<u8>> {
         c.memory.zones.push(tessera_api::config::MemoryZoneConfig {
             id: id.clone(),
             size: 64 << 20,
-            shared: false,
-            hugepages: false,
-            hugepage_size: None,
-            host_numa_node: None,
-            prefault: false,
+            ..Default::default()
         });
         n.memory_zones = vec![id];
         n.cpus.clear();
@@ -451,11 +447,7 @@ const EXAMPLES: &[Example] = &[
             c.memory.zones.push(tessera_api::config::MemoryZoneConfig {
                 id: "mem0".into(),
                 size: GIB,
-                shared: false,
-                hugepages: false,
-                hugepage_size: None,
-                host_numa_node: None,
-                prefault: false,
+                ..Default::default()
             });
             c.numa[0].cpus = vec![0];
             let e = c.validate().unwrap_err();

@@ -115,26 +115,30 @@ fn gpus_at_devfn_0_of_their_own_segments() {
         DeviceConfig {
             path: "/a".into(),
             id: Some("gpu0".into()),
-            pci_segment: Some(1),
+            pci_segment: 1,
             pci_device_id: None,
+            ..DeviceConfig::new("")
         },
         DeviceConfig {
             path: "/b".into(),
             id: Some("gpu1".into()),
-            pci_segment: Some(2),
+            pci_segment: 2,
             pci_device_id: None,
+            ..DeviceConfig::new("")
         },
         DeviceConfig {
             path: "/c".into(),
             id: None,
-            pci_segment: None,
+            pci_segment: 0,
             pci_device_id: Some(7),
+            ..DeviceConfig::new("")
         },
         DeviceConfig {
             path: "/d".into(),
             id: None,
-            pci_segment: None,
+            pci_segment: 0,
             pci_device_id: None,
+            ..DeviceConfig::new("")
         },
     ];
     c.numa[0].pci_segments = vec![1];
@@ -166,14 +170,16 @@ fn a_taken_slot_is_refused() {
     c.devices.push(DeviceConfig {
         path: "/x".into(),
         id: Some("a".into()),
-        pci_segment: None,
+        pci_segment: 0,
         pci_device_id: Some(3),
+        ..DeviceConfig::new("")
     });
     c.devices.push(DeviceConfig {
         path: "/y".into(),
         id: Some("b".into()),
-        pci_segment: None,
+        pci_segment: 0,
         pci_device_id: Some(3),
+        ..DeviceConfig::new("")
     });
     let e = guest_topology(&c, 40).unwrap_err();
     assert_eq!(e.field(), "devices[2].pci_device_id");
@@ -222,4 +228,37 @@ fn a_non_numa_config_has_no_nodes() {
     );
     let tables = build(&g.acpi, Placement::default()).unwrap();
     assert!(tables.get("SRAT").is_none());
+}
+
+#[test]
+fn max_phys_bits_narrows_the_guest_and_its_memory_map() {
+    // CH's default, 46, on a 48-bit host: the guest gets 46 bits, and its 64-bit PCI
+    // windows end below 2^46.
+    let mut c = seed();
+    assert_eq!(c.cpus.max_phys_bits, 46);
+    let g = guest_topology(&c, 48).unwrap();
+    assert_eq!(g.phys_bits, 46);
+    // On a narrower host the host's width is the limit.
+    assert_eq!(guest_topology(&c, 40).unwrap().phys_bits, 40);
+    // 64 GiB of address space leaves the 64-bit window less than its usual 64 GiB.
+    c.cpus.max_phys_bits = 36;
+    let g = guest_topology(&c, 48).unwrap();
+    assert_eq!(g.phys_bits, 36);
+    let end = g
+        .layout
+        .segments
+        .iter()
+        .map(|s| s.mmio64.end)
+        .max()
+        .unwrap();
+    assert!(end <= 1 << 36, "{end:#x}");
+    assert!(guest_topology(&c, 48).unwrap().layout != guest_topology(&seed(), 48).unwrap().layout);
+    // Too few bits for RAM and windows: refused naming the field that set the limit.
+    c.cpus.max_phys_bits = 32;
+    let e = guest_topology(&c, 48).unwrap_err();
+    assert_eq!(e.field(), "cpus.max_phys_bits");
+    assert!(e.to_string().contains("this host has 48 bits"), "{e}");
+    // The same limit coming from the host is the memory map's problem, as before.
+    c.cpus.max_phys_bits = 46;
+    assert_eq!(guest_topology(&c, 32).unwrap_err().field(), "memory");
 }

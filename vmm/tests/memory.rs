@@ -21,6 +21,7 @@ fn zone(id: &str, size: u64) -> MemoryZoneConfig {
         hugepage_size: None,
         host_numa_node: None,
         prefault: false,
+        ..MemoryZoneConfig::default()
     }
 }
 
@@ -133,4 +134,82 @@ fn ram_is_mapped_per_range_and_registered_with_kvm() {
     let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm is needed for this test");
     let vm = kvm.create_vm().unwrap();
     register(&vm, &mem).unwrap();
+}
+
+/// The `VmFlags` of the mapping holding `addr` in this process, from /proc/self/smaps:
+/// the kernel's own record of how it backs the memory.
+fn vm_flags(addr: usize) -> Vec<String> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let holds = |l: &str| {
+        let range = l.split_whitespace().next().unwrap_or_default();
+        let Some((a, b)) = range.split_once('-') else {
+            return false;
+        };
+        match (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+            (Ok(a), Ok(b)) => (a..b).contains(&addr),
+            _ => false,
+        }
+    };
+    let mut lines = smaps.lines().skip_while(|l| !holds(l));
+    assert!(lines.next().is_some(), "no mapping holds {addr:#x}");
+    lines
+        .find_map(|l| l.strip_prefix("VmFlags:"))
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// The flags of each mapping of `c`'s RAM (one zone of 64 MiB, or `memory.size`).
+fn flags_of(c: &VmConfig) -> Vec<Vec<String>> {
+    let layout = lay_out(&[64 * MIB], 1, 40).unwrap();
+    let mem = allocate(c, &layout).unwrap();
+    mem.iter()
+        .map(|r| vm_flags(r.get_host_address(MemoryRegionAddress(0)).unwrap() as usize))
+        .collect()
+}
+
+#[test]
+fn thp_mergeable_and_reserve_reach_the_kernel() {
+    let has = |flags: &[Vec<String>], f: &str| flags.iter().all(|v| v.iter().any(|x| x == f));
+    let none = |flags: &[Vec<String>], f: &str| flags.iter().all(|v| v.iter().all(|x| x != f));
+
+    // CH's defaults: THP left to the host's policy (neither advice), no KSM, no swap
+    // reservation (MAP_NORESERVE: "nr").
+    let mut c = config(vec![zone("m0", 64 * MIB)]);
+    let flags = flags_of(&c);
+    assert!(none(&flags, "nh") && none(&flags, "hg"), "{flags:?}");
+    assert!(none(&flags, "mg"), "{flags:?}");
+    assert!(has(&flags, "nr"), "{flags:?}");
+
+    c.memory.thp = false;
+    c.memory.zones[0].mergeable = true;
+    c.memory.zones[0].reserve = true;
+    let flags = flags_of(&c);
+    assert!(
+        has(&flags, "nh"),
+        "thp: false is MADV_NOHUGEPAGE: {flags:?}"
+    );
+    assert!(has(&flags, "mg"), "mergeable is MADV_MERGEABLE: {flags:?}");
+    assert!(none(&flags, "nr"), "reserve drops MAP_NORESERVE: {flags:?}");
+
+    // Without zones the same options come from `memory` itself.
+    let mut c: VmConfig = serde_json::from_str(
+        r#"{"payload": {"kernel": "/k"},
+            "memory": {"size": 67108864, "mergeable": true, "reserve": true, "thp": false}}"#,
+    )
+    .unwrap();
+    let flags = flags_of(&c);
+    assert!(
+        has(&flags, "nh") && has(&flags, "mg") && none(&flags, "nr"),
+        "{flags:?}"
+    );
+    // With zones, a zone's own `mergeable` and `reserve` count, as in CH.
+    c.memory.size = 0;
+    c.memory.zones = vec![zone("m0", 64 * MIB)];
+    let flags = flags_of(&c);
+    assert!(
+        none(&flags, "mg") && has(&flags, "nr") && has(&flags, "nh"),
+        "{flags:?}"
+    );
 }

@@ -73,8 +73,9 @@ impl Tree {
                 .map(|p| DeviceConfig {
                     path: p.to_path_buf(),
                     id: None,
-                    pci_segment: None,
+                    pci_segment: 0,
                     pci_device_id: None,
+                    ..DeviceConfig::new("")
                 })
                 .collect(),
             ..serde_json::from_str(r#"{"payload": {"kernel": "/k"}}"#).unwrap()

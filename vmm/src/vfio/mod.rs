@@ -20,6 +20,7 @@ use kvm_bindings::{
     kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_userspace_memory_region,
 };
 use kvm_ioctls::VmFd;
+use tessera_api::config::VmConfig;
 use tessera_arch::layout::Range;
 use tessera_devices::bus::{Bus, BusDevice};
 use tessera_devices::interrupt::InterruptRouter;
@@ -175,12 +176,14 @@ fn allocator(r: &Range) -> Result<AddressAllocator, String> {
 
 impl Passthrough {
     /// Opens the devices [`check_host`] found (`hosts`, in configuration order), DMA-maps
-    /// `memory`, places the BARs, maps what can be mapped into the guest starting at KVM
-    /// slot `first_slot`, and wires INTx. Fails leaving nothing open or mapped.
+    /// `memory`, places the BARs, maps what can be mapped into the guest (all but each
+    /// device's `x_exclude_mmap_bars` in `config`) starting at KVM slot `first_slot`, and
+    /// wires INTx. Fails leaving nothing open or mapped.
     pub fn open(
         vm: &Arc<VmFd>,
         memory: &GuestMemoryMmap,
         hosts: &[HostDevice],
+        config: &VmConfig,
         topology: &GuestTopology,
         router: &Arc<KvmInterruptRouter>,
         first_slot: u32,
@@ -265,6 +268,9 @@ impl Passthrough {
             let router: Arc<dyn InterruptRouter> = router.clone();
             let mut model = VfioPciDevice::new(&name, Arc::new(device), router)
                 .map_err(|e| fail(&field, format!("{}: {e}", host.sysfs.display())))?;
+            if let Some(d) = config.devices.get(placed.config_index) {
+                model.exclude_from_mmap(&d.x_exclude_mmap_bars);
+            }
             let seg = allocators
                 .get_mut(usize::from(placed.bdf.segment))
                 .ok_or_else(|| fail(&field, "its PCI segment does not exist"))?;
