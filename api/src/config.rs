@@ -481,7 +481,7 @@ pub struct GenericInitiatorConfig {
     pub node: Option<u32>,
     /// A node set such as `2-9` or `2,4,6-7`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nodes: Option<String>,
+    pub nodes: Option<NodeSet>,
 }
 
 /// Platform options.
@@ -666,14 +666,80 @@ pub fn parse_node_set(s: &str) -> Result<Vec<u32>, String> {
     Ok(nodes.into_iter().collect())
 }
 
+/// A set of NUMA node ids, written as libvirt's nodeset (`2-9`, `2,4,6-7`). Parsed once,
+/// where it enters (JSON, an option string); written back in its shortest form, ranges
+/// ascending (`2,3,4` is written `2-4`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeSet(BTreeSet<u32>);
+
+impl NodeSet {
+    /// The nodes, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().copied()
+    }
+
+    /// Whether `node` is in the set.
+    pub fn contains(&self, node: u32) -> bool {
+        self.0.contains(&node)
+    }
+}
+
+impl FromIterator<u32> for NodeSet {
+    fn from_iter<I: IntoIterator<Item = u32>>(nodes: I) -> Self {
+        NodeSet(nodes.into_iter().collect())
+    }
+}
+
+impl std::str::FromStr for NodeSet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_node_set(s).map(|nodes| nodes.into_iter().collect())
+    }
+}
+
+impl std::fmt::Display for NodeSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut nodes = self.iter().peekable();
+        let mut first = true;
+        while let Some(start) = nodes.next() {
+            let mut end = start;
+            while nodes.peek() == Some(&(end.saturating_add(1))) {
+                end = nodes.next().unwrap_or(end);
+            }
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            if end == start {
+                write!(f, "{start}")?;
+            } else {
+                write!(f, "{start}-{end}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for NodeSet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeSet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl GenericInitiatorConfig {
     /// The nodes this entry links its device to, whichever form it uses.
     pub fn node_list(&self, field: &str) -> Result<Vec<u32>, ConfigError> {
         match (self.node, &self.nodes) {
             (Some(n), None) => Ok(vec![n]),
-            (None, Some(set)) => {
-                parse_node_set(set).map_err(|m| ConfigError::new(format!("{field}.nodes"), m))
-            }
+            (None, Some(set)) => Ok(set.iter().collect()),
             (Some(_), Some(_)) => Err(ConfigError::new(field, "give `node` or `nodes`, not both")),
             (None, None) => Err(ConfigError::new(field, "needs `node` or `nodes`")),
         }

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use crate::config::{
     parse_node_set, ConfigError, ConsoleConfig, ConsoleMode, CoreScheduling, CpuAffinity,
     CpuFeatures, CpuProfile, CpuTopology, CpusConfig, DeviceConfig, GenericInitiatorConfig,
-    HotplugMethod, MemoryConfig, MemoryZoneConfig, NumaConfig, NumaDistance, PlatformConfig,
-    VirtioConsoleConfig, DEFAULT_MAX_PHYS_BITS,
+    HotplugMethod, MemoryConfig, MemoryZoneConfig, NodeSet, NumaConfig, NumaDistance,
+    PlatformConfig, VirtioConsoleConfig, DEFAULT_MAX_PHYS_BITS,
 };
 use crate::types::RemoveGenericInitiator;
 
@@ -120,14 +120,10 @@ impl Options {
     }
 
     /// A node set, `2-9,12`; also `[2-9,12]`, the only way to give one with a comma.
-    fn node_set(&self, key: &str) -> Result<Option<String>, OptionError> {
+    fn node_set(&self, key: &str) -> Result<Option<NodeSet>, OptionError> {
         self.pairs
             .get(key)
-            .map(|v| {
-                let set = unbracket(v);
-                parse_node_set(set).map_err(|m| OptionError::key(key, m))?;
-                Ok(set.to_owned())
-            })
+            .map(|v| unbracket(v).parse().map_err(|m| OptionError::key(key, m)))
             .transpose()
     }
 }
@@ -797,11 +793,17 @@ mod tests {
         );
         let gi = parse_generic_initiator("device=gpu0,nodes=2-9,id=gi0").unwrap();
         assert_eq!(
-            (gi.id.as_deref(), gi.nodes.as_deref()),
+            (
+                gi.id.as_deref(),
+                gi.nodes.as_ref().map(ToString::to_string).as_deref()
+            ),
             (Some("gi0"), Some("2-9"))
         );
         let gi = parse_generic_initiator("device=gpu0,nodes=[2,4-5]").unwrap();
-        assert_eq!(gi.nodes.as_deref(), Some("2,4-5"));
+        assert_eq!(
+            gi.nodes.as_ref().map(ToString::to_string).as_deref(),
+            Some("2,4-5")
+        );
         for (s, key) in [
             ("node=2", "device"),
             ("device=gpu0", "node"),
@@ -825,7 +827,10 @@ mod tests {
             }
         );
         let r = parse_remove_generic_initiator("device=gpu0,nodes=2-3").unwrap();
-        assert_eq!(r.nodes.as_deref(), Some("2-3"));
+        assert_eq!(
+            r.nodes.as_ref().map(ToString::to_string).as_deref(),
+            Some("2-3")
+        );
         assert!(r.check().is_ok());
         let r = parse_remove_generic_initiator("device=gpu0,node=3").unwrap();
         assert!(r.check().is_ok());

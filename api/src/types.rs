@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{parse_node_set, VmConfig};
+use crate::config::{NodeSet, VmConfig};
 use crate::error::ApiError;
 
 /// `GET /vmm.ping`.
@@ -131,12 +131,12 @@ pub struct RemoveGenericInitiator {
     pub node: Option<u32>,
     /// A node set such as `2-9` or `2,4,6-7`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nodes: Option<String>,
+    pub nodes: Option<NodeSet>,
 }
 
 impl RemoveGenericInitiator {
-    /// `Ok` for `{id}` and for `{device, node}` / `{device, nodes}` with a valid node set;
-    /// otherwise a 400 naming the field that is wrong.
+    /// `Ok` for `{id}` and for `{device, node}` / `{device, nodes}`; otherwise a 400
+    /// naming the field that is wrong.
     pub fn check(&self) -> Result<(), ApiError> {
         let bad =
             |field: Option<&str>, m: &str| Err(ApiError::bad_request(m, field.map(str::to_owned)));
@@ -147,9 +147,7 @@ impl RemoveGenericInitiator {
                 Some("device"),
                 "give `id`, or `device` with `node` or `nodes`",
             ),
-            (None, Some(_), None, Some(set)) => parse_node_set(set)
-                .map(|_| ())
-                .map_err(|m| ApiError::bad_request(m, Some("nodes".into()))),
+            (None, Some(_), None, Some(_)) => Ok(()),
             (None, Some(_), Some(_), Some(_)) => bad(None, "give `node` or `nodes`, not both"),
             (None, Some(_), None, None) => bad(Some("node"), "needs `node` or `nodes`"),
         }

@@ -169,7 +169,7 @@ fn gi_links_to_missing_devices_or_nodes_or_twice() {
         )
     );
     let mut c = seed();
-    c.generic_initiators[1].nodes = Some("3-10".into());
+    c.generic_initiators[1].nodes = Some("3-10".parse().unwrap());
     assert_eq!(
         refused(&c),
         (
@@ -178,21 +178,26 @@ fn gi_links_to_missing_devices_or_nodes_or_twice() {
         )
     );
     let mut c = seed();
-    c.generic_initiators[1].nodes = Some("2-4".into());
+    c.generic_initiators[1].nodes = Some("2-4".parse().unwrap());
     assert_eq!(refused(&c).1, "`gpu0` is already linked to node 2");
     let mut c = seed();
     c.numa[9].device_id = Some("gpu0".into());
-    c.generic_initiators[1].nodes = Some("3-9".into());
+    c.generic_initiators[1].nodes = Some("3-9".parse().unwrap());
     assert_eq!(refused(&c).0, "numa[9].device_id");
     let mut c = seed();
-    c.generic_initiators[0].nodes = Some("3".into());
+    c.generic_initiators[0].nodes = Some("3".parse().unwrap());
     assert_eq!(refused(&c).1, "give `node` or `nodes`, not both");
     let mut c = seed();
     c.generic_initiators[0].node = None;
     assert_eq!(refused(&c).1, "needs `node` or `nodes`");
-    let mut c = seed();
-    c.generic_initiators[1].nodes = Some("3-x".into());
-    assert_eq!(refused(&c).0, "generic_initiators[1].nodes");
+    // A node set that does not parse never becomes a configuration.
+    let mut json = serde_json::to_value(seed()).unwrap();
+    json["generic_initiators"][1]["nodes"] = "3-x".into();
+    let e = serde_json::from_value::<VmConfig>(json).unwrap_err();
+    assert!(
+        e.to_string().contains("`x` in `3-x` is not a node number"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -407,7 +407,7 @@ async fn every_subcommand_sends_its_request_and_prints_its_answer() {
         id: id.map(Into::into),
         device: "gpu0".into(),
         node,
-        nodes: nodes.map(Into::into),
+        nodes: nodes.map(|n| n.parse().unwrap()),
     };
     expect(
         &h,
@@ -432,7 +432,7 @@ async fn every_subcommand_sends_its_request_and_prints_its_answer() {
             id: id.map(Into::into),
             device: device.map(Into::into),
             node,
-            nodes: nodes.map(Into::into),
+            nodes: nodes.map(|n| n.parse().unwrap()),
         })
     };
     expect(

@@ -145,7 +145,7 @@ async fn every_route_reaches_the_vmm_as_its_action() {
         id: Some("gi0".into()),
         device: "mig0".into(),
         node: None,
-        nodes: Some("2-9".into()),
+        nodes: Some("2-9".parse().unwrap()),
     };
     let no_content = None;
     let cases: Vec<Case> = vec![
@@ -272,7 +272,7 @@ async fn every_route_reaches_the_vmm_as_its_action() {
             Some(r#"{"device": "mig0", "nodes": "5-6"}"#.into()),
             VmAction::RemoveGenericInitiator(RemoveGenericInitiator {
                 device: Some("mig0".into()),
-                nodes: Some("5-6".into()),
+                nodes: Some("5-6".parse().unwrap()),
                 ..Default::default()
             }),
             204,

@@ -696,8 +696,7 @@ fn remove_generic_initiator(
         (None, Some(device)) => {
             let remove: Vec<u32> = match (which.node, &which.nodes) {
                 (Some(n), None) => vec![n],
-                (None, Some(set)) => tessera_api::config::parse_node_set(set)
-                    .map_err(|m| ApiError::new(400, m, Some("nodes".into())))?,
+                (None, Some(set)) => set.iter().collect(),
                 _ => return Err(ApiError::new(400, "give `node` or `nodes`", None)),
             };
             let mut kept = Vec::new();

@@ -43,7 +43,14 @@ fn ch_style_options_make_a_valid_config() {
     );
     assert_eq!(c.numa[1].memory_zones, vec!["m1".to_string()]);
     assert_eq!(c.devices[0].id.as_deref(), Some("d0"));
-    assert_eq!(c.generic_initiators[0].nodes.as_deref(), Some("2"));
+    assert_eq!(
+        c.generic_initiators[0]
+            .nodes
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("2")
+    );
 }
 
 #[test]
