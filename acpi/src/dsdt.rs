@@ -16,11 +16,6 @@ use crate::error::Error;
 use crate::topology::{PciSegment, Topology};
 use crate::{finish_table, OEM_REVISION, OEM_TABLE_ID};
 
-/// GED event register bit: the power button was pressed.
-pub const GED_EVENT_POWER_BUTTON: u32 = 1 << 0;
-/// GED event register bit reserved for PCI hotplug.
-pub const GED_EVENT_PCI_HOTPLUG: u32 = 1 << 1;
-
 /// DSDT revision 2: 64-bit integers in AML.
 const DSDT_REVISION: u8 = 2;
 
@@ -63,7 +58,7 @@ pub(crate) fn build(t: &Topology) -> Result<Vec<u8>, Error> {
         let crs = ResourceTemplate::new(vec![&irq]);
         let gdat = Path::new("GDAT");
         let read_events = Store::new(&Local(0), &gdat);
-        let power_bit = And::new(&ZERO, &Local(0), &GED_EVENT_POWER_BUTTON);
+        let power_bit = And::new(&ZERO, &Local(0), &ged.power_button_event);
         let is_power = NotEqual::new(&power_bit, &ZERO);
         let pwrb = Path::new("\\_SB_.PWRB");
         let notify_power = Notify::new(&pwrb, &0x80u8);

@@ -17,7 +17,7 @@ mod srat;
 mod topology;
 mod validate;
 
-pub use dsdt::{GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, S5_SLEEP_TYPE};
+pub use dsdt::S5_SLEEP_TYPE;
 pub use error::Error;
 pub use slit::DEFAULT_REMOTE_DISTANCE;
 pub use srat::linux_node_numbering;

@@ -384,6 +384,8 @@ impl Default for Platform {
             ged: Some(Ged {
                 mmio_base: 0xfed0_1000,
                 gsi: 9,
+                power_button_event: 1 << 0,
+                pci_hotplug_event: 1 << 1,
             }),
         }
     }
@@ -450,7 +452,10 @@ impl Default for PowerRegisters {
 }
 
 /// The ACPI Generic Event Device (`ACPI0013`): one interrupt and a 32-bit event
-/// register whose bits say which event fired (see [`crate::GED_EVENT_POWER_BUTTON`]).
+/// register whose bits say which event fired.
+///
+/// The bits are the device model's (`tessera_devices::GED_EVENT_*`); the VMM passes them
+/// in so that `_EVT` tests exactly what the device sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ged {
@@ -458,4 +463,9 @@ pub struct Ged {
     pub mmio_base: u64,
     /// Global system interrupt (edge, active high).
     pub gsi: u32,
+    /// The event register bit (a mask with one bit set) for "the power button was pressed".
+    pub power_button_event: u32,
+    /// The event register bit for "PCI hotplug slots changed"; `_EVT` scans the slots on
+    /// it when `Platform::pci_hotplug` is set.
+    pub pci_hotplug_event: u32,
 }

@@ -455,6 +455,26 @@ fn check_platform(t: &Topology) -> Result<(), Error> {
             ),
         });
     }
+    if let Some(ged) = p.ged {
+        for (name, bit) in [
+            ("power_button_event", ged.power_button_event),
+            ("pci_hotplug_event", ged.pci_hotplug_event),
+        ] {
+            if !bit.is_power_of_two() {
+                return Err(Error::BadPlatform {
+                    what: format!("ged.{name}: {bit:#x} must be a single bit"),
+                });
+            }
+        }
+        if ged.power_button_event == ged.pci_hotplug_event {
+            return Err(Error::BadPlatform {
+                what: format!(
+                    "ged.pci_hotplug_event: {:#x} is already the power button's bit",
+                    ged.pci_hotplug_event
+                ),
+            });
+        }
+    }
     let mut ids = BTreeSet::new();
     for (i, io) in p.ioapics.iter().enumerate() {
         if !ids.insert(io.id) {

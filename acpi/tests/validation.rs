@@ -389,3 +389,28 @@ fn address_claims_must_not_overlap() {
         "{e}"
     );
 }
+
+#[test]
+fn ged_event_bits_are_single_distinct_bits() {
+    let ged = |t: &mut Topology| t.platform.ged.unwrap();
+    let mut t = good();
+    let mut g = ged(&mut t);
+    g.power_button_event = 0b11;
+    t.platform.ged = Some(g);
+    let e = refused(&t);
+    assert_eq!(e.field(), "platform.ged.power_button_event", "{e}");
+
+    let mut t = good();
+    let mut g = ged(&mut t);
+    g.pci_hotplug_event = 0;
+    t.platform.ged = Some(g);
+    assert_eq!(refused(&t).field(), "platform.ged.pci_hotplug_event");
+
+    let mut t = good();
+    let mut g = ged(&mut t);
+    g.pci_hotplug_event = g.power_button_event;
+    t.platform.ged = Some(g);
+    let e = refused(&t);
+    assert_eq!(e.field(), "platform.ged.pci_hotplug_event", "{e}");
+    assert!(e.to_string().contains("power button"), "{e}");
+}

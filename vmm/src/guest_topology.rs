@@ -302,6 +302,8 @@ fn platform() -> tessera_acpi::Platform {
         ged: Some(tessera_acpi::Ged {
             mmio_base: GED_START,
             gsi: GED_GSI,
+            power_button_event: tessera_devices::GED_EVENT_POWER_BUTTON,
+            pci_hotplug_event: tessera_devices::GED_EVENT_PCI_HOTPLUG,
         }),
         ..tessera_acpi::Platform::default()
     }
