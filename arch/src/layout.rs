@@ -6,6 +6,7 @@
 //! 3.5 GiB      .. 3.75 GiB      ECAM, 1 MiB (bus 0) per segment
 //! 0xfec0_0000                   I/O APIC
 //! 0xfed0_1000                   GED event register
+//! 0xfed0_2000                   PCI hotplug controller registers (PCIU/PCID/B0EJ/PSEG)
 //! 0xfee0_0000                   local APIC
 //! 4 GiB        .. RAM end       RAM (high)
 //! 1 GiB-aligned after RAM       PCI 64-bit MMIO windows, one per segment, up to the
@@ -32,6 +33,9 @@ pub const MAX_PCI_SEGMENTS: u16 = 256;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// GED event register (4 bytes).
 pub const GED_START: u64 = 0xfed0_1000;
+/// The ACPI PCI hotplug controller's register block; its length and register offsets
+/// are the device model's (`tessera_devices::pci_hotplug`). A page of its own, after the GED.
+pub const PCI_HOTPLUG_START: u64 = 0xfed0_2000;
 /// Local APIC MMIO.
 pub const LAPIC_START: u64 = 0xfee0_0000;
 /// Where the RSDP goes (the BIOS area the kernel scans).
