@@ -49,6 +49,7 @@ fn large_topology() -> Topology {
         io: None,
         node: Some(0),
         intx_routes: Vec::new(),
+        hotplug_slots: Vec::new(),
     }];
     t.pci_devices = (0..16u8)
         .map(|d| PciDevice {

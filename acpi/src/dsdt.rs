@@ -1,8 +1,6 @@
 //! DSDT: PCI host bridges per segment, COM1, the power button behind the Generic Event
-//! Device, and the S5 sleep state for power-off.
-//!
-//! Hotplug slots will hang off the host bridges and the GED's `_EVT`; the GED event
-//! register already reserves a bit per event kind for that.
+//! Device, the S5 sleep state for power-off, and, with a hotplug controller, ACPI PCI
+//! hotplug (its AML is in `pci_hotplug`).
 
 use acpi_tables::aml::{
     AddressSpace, AddressSpaceCacheable, And, Device, EISAName, Field, FieldAccessType, FieldEntry,
@@ -13,6 +11,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::{Aml, AmlSink};
 
 use crate::error::Error;
+use crate::pci_hotplug;
 use crate::topology::{PciSegment, Topology};
 use crate::{finish_table, OEM_REVISION, OEM_TABLE_ID};
 
@@ -26,8 +25,14 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 /// Builds the DSDT.
 pub(crate) fn build(t: &Topology) -> Result<Vec<u8>, Error> {
     let mut body: Vec<u8> = Vec::new();
+    let hotplug = t.platform.pci_hotplug;
+    if let Some(hp) = &hotplug {
+        pci_hotplug::controller(hp, &t.pci_segments).to_aml_bytes(&mut body);
+    }
     for (index, segment) in t.pci_segments.iter().enumerate() {
-        host_bridge(index, segment).to_aml_bytes(&mut body);
+        // Validation allows slots only with a controller.
+        let slots = pci_hotplug::slots(segment);
+        host_bridge(index, segment, &slots).to_aml_bytes(&mut body);
         ecam_reservation(index, segment).to_aml_bytes(&mut body);
     }
     if let Some(serial) = t.platform.serial {
@@ -63,6 +68,11 @@ pub(crate) fn build(t: &Topology) -> Result<Vec<u8>, Error> {
         let pwrb = Path::new("\\_SB_.PWRB");
         let notify_power = Notify::new(&pwrb, &0x80u8);
         let on_power = If::new(&is_power, vec![&notify_power]);
+        let on_hotplug = hotplug.map(|_| pci_hotplug::on_event(ged.pci_hotplug_event));
+        let mut evt: Vec<&dyn Aml> = vec![&read_events, &on_power];
+        if let Some(scan) = &on_hotplug {
+            evt.push(scan);
+        }
         Device::new(
             Path::new("\\_SB_.GED_"),
             vec![
@@ -82,7 +92,7 @@ pub(crate) fn build(t: &Topology) -> Result<Vec<u8>, Error> {
                     FieldUpdateRule::WriteAsZeroes,
                     vec![FieldEntry::Named(*b"GDAT", 32)],
                 ),
-                &Method::new(Path::new("_EVT"), 1, true, vec![&read_events, &on_power]),
+                &Method::new(Path::new("_EVT"), 1, true, evt),
             ],
         )
         .to_aml_bytes(&mut body);
@@ -107,12 +117,13 @@ pub(crate) fn build(t: &Topology) -> Result<Vec<u8>, Error> {
 }
 
 /// A 4-character ACPI name with a two-hex-digit suffix: `PC` + `0A` → `PC0A`.
-fn indexed_name(prefix: &str, index: usize) -> String {
+pub(crate) fn indexed_name(prefix: &str, index: usize) -> String {
     format!("\\_SB_.{prefix}{:02X}", index & 0xff)
 }
 
-/// A PCI Express host bridge for one segment: `_SEG`, `_BBN`, `_PXM`, windows, `_PRT`.
-fn host_bridge(index: usize, s: &PciSegment) -> OwnedAml {
+/// A PCI Express host bridge for one segment: `_SEG`, `_BBN`, `_PXM`, windows, `_PRT`,
+/// then `slots` (its hotplug slot devices, possibly none).
+fn host_bridge(index: usize, s: &PciSegment, slots: &OwnedAml) -> OwnedAml {
     let bus = AddressSpace::new_bus_number(u16::from(s.start_bus), u16::from(s.end_bus));
     let mmio32 = AddressSpace::new_memory(
         AddressSpaceCacheable::NotCacheable,
@@ -179,6 +190,9 @@ fn host_bridge(index: usize, s: &PciSegment) -> OwnedAml {
     if !routes.is_empty() {
         children.push(&prt_name);
     }
+    if !slots.0.is_empty() {
+        children.push(slots);
+    }
     OwnedAml::from(&Device::new(
         Path::new(&indexed_name("PC", index)),
         children,
@@ -210,13 +224,26 @@ fn ecam_reservation(index: usize, s: &PciSegment) -> OwnedAml {
 }
 
 /// AML already encoded, so builders can return it without borrowing their temporaries.
-struct OwnedAml(Vec<u8>);
+#[derive(Default)]
+pub(crate) struct OwnedAml(Vec<u8>);
+
+impl OwnedAml {
+    /// `aml`, encoded.
+    pub(crate) fn of(aml: &dyn Aml) -> Self {
+        let mut bytes = Vec::new();
+        aml.to_aml_bytes(&mut bytes);
+        OwnedAml(bytes)
+    }
+
+    /// Appends `aml`, encoded.
+    pub(crate) fn push(&mut self, aml: &dyn Aml) {
+        aml.to_aml_bytes(&mut self.0);
+    }
+}
 
 impl From<&Device<'_>> for OwnedAml {
     fn from(d: &Device<'_>) -> Self {
-        let mut bytes = Vec::new();
-        d.to_aml_bytes(&mut bytes);
-        OwnedAml(bytes)
+        OwnedAml::of(d)
     }
 }
 

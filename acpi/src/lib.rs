@@ -12,6 +12,7 @@ mod error;
 mod fadt;
 mod hmat;
 mod madt;
+mod pci_hotplug;
 mod slit;
 mod srat;
 mod topology;

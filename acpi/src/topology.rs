@@ -136,6 +136,13 @@ pub struct PciSegment {
     /// Legacy INTx routing (`_PRT`).
     #[serde(default)]
     pub intx_routes: Vec<IntxRoute>,
+    /// Root-bus slots (device numbers 0..=31) the guest may hot-add to and eject from by
+    /// ACPI PCI hotplug; each gets a slot device with `_ADR`, `_SUN` and `_EJ0` under the
+    /// host bridge. Needs `platform.pci_hotplug`. List every slot a device may come and go
+    /// in, boot-time devices' too (they are ejectable); leave out slots whose device must
+    /// never go, such as segment 0's host bridge at slot 0.
+    #[serde(default)]
+    pub hotplug_slots: Vec<u8>,
 }
 
 fn default_end_bus() -> u8 {
@@ -361,8 +368,11 @@ pub struct Platform {
     pub serial: Option<Serial>,
     /// Hardware-reduced ACPI sleep and reset registers.
     pub power: PowerRegisters,
-    /// The Generic Event Device that signals the power button (and later, hotplug).
+    /// The Generic Event Device that signals the power button and PCI hotplug.
     pub ged: Option<Ged>,
+    /// The ACPI PCI hotplug controller the segments' `hotplug_slots` are driven through;
+    /// `None` leaves hotplug out of the DSDT. Needs `ged`, whose interrupt announces changes.
+    pub pci_hotplug: Option<PciHotplug>,
 }
 
 impl Default for Platform {
@@ -387,6 +397,7 @@ impl Default for Platform {
                 power_button_event: 1 << 0,
                 pci_hotplug_event: 1 << 1,
             }),
+            pci_hotplug: None,
         }
     }
 }
@@ -466,6 +477,48 @@ pub struct Ged {
     /// The event register bit (a mask with one bit set) for "the power button was pressed".
     pub power_button_event: u32,
     /// The event register bit for "PCI hotplug slots changed"; `_EVT` scans the slots on
-    /// it when `Platform::pci_hotplug` is set.
+    /// it when [`Platform::pci_hotplug`] is set.
     pub pci_hotplug_event: u32,
+}
+
+/// The ACPI PCI hotplug controller: a block of 32-bit MMIO registers (Cloud Hypervisor's
+/// model) that the DSDT's `\_SB.PHPR` methods read and write.
+///
+/// The layout is the device model's (`tessera_devices::pci_hotplug`); the VMM passes it in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PciHotplug {
+    /// MMIO address of the register block.
+    pub mmio_base: u64,
+    /// Length of the block in bytes; every register lies inside it.
+    pub mmio_len: u64,
+    /// Where each register is in the block.
+    pub registers: PciHotplugRegisters,
+}
+
+/// Offsets of the hotplug controller's 32-bit registers (4-byte aligned, distinct). Each
+/// register holds one bit per slot (bit n = slot n) of the segment `segment` selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PciHotplugRegisters {
+    /// `PCIU`: slots that gained a device (read; the device clears it on read).
+    pub slots_up: u64,
+    /// `PCID`: slots whose device should be released (read; cleared on read).
+    pub slots_down: u64,
+    /// `B0EJ`: the guest writes a slot's bit to eject it.
+    pub eject: u64,
+    /// `PSEG`: the guest writes the segment the other registers refer to.
+    pub segment: u64,
+}
+
+impl PciHotplugRegisters {
+    /// The registers as (AML field name, topology field name, offset), in field order.
+    pub(crate) fn named(&self) -> [([u8; 4], &'static str, u64); 4] {
+        [
+            (*b"PCIU", "slots_up", self.slots_up),
+            (*b"PCID", "slots_down", self.slots_down),
+            (*b"B0EJ", "eject", self.eject),
+            (*b"PSEG", "segment", self.segment),
+        ]
+    }
 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::error::Error;
-use crate::topology::{Bdf, HmatDataType, Topology};
+use crate::topology::{Bdf, HmatDataType, PciHotplug, Topology};
 
 /// The most NUMA nodes the tables can carry: the SLIT has one byte per node pair and a
 /// 32-bit length, so 65535² + 44 bytes is its limit.
@@ -237,6 +237,24 @@ fn check_segments(t: &Topology, node_count: usize) -> Result<(), Error> {
                 });
             }
         }
+        let mut slots = BTreeSet::new();
+        for (i, &slot) in s.hotplug_slots.iter().enumerate() {
+            if slot > 31 {
+                return Err(bad(format!("hotplug_slots[{i}]: slot {slot} is above 31")));
+            }
+            if !slots.insert(slot) {
+                return Err(bad(format!(
+                    "hotplug_slots[{i}]: slot {slot} is listed twice"
+                )));
+            }
+        }
+        if !slots.is_empty() && t.platform.pci_hotplug.is_none() {
+            return Err(bad(
+                "hotplug_slots: hotplug slots need platform.pci_hotplug, the controller \
+                 their AML drives"
+                    .into(),
+            ));
+        }
         let mut routes = BTreeSet::new();
         for (r, route) in s.intx_routes.iter().enumerate() {
             if route.device > 31 {
@@ -294,6 +312,11 @@ fn check_address_map(t: &Topology) -> Result<(), Error> {
     }
     if let Some(ged) = p.ged {
         claim(ged.mmio_base, 4, &|| "platform.ged.mmio_base".into());
+    }
+    if let Some(hp) = p.pci_hotplug {
+        claim(hp.mmio_base, hp.mmio_len, &|| {
+            "platform.pci_hotplug.mmio_base".into()
+        });
     }
     claims.sort_unstable_by_key(|c| (c.0, c.1));
     for pair in claims.windows(2) {
@@ -475,12 +498,50 @@ fn check_platform(t: &Topology) -> Result<(), Error> {
             });
         }
     }
+    if let Some(hp) = p.pci_hotplug {
+        check_pci_hotplug(&hp, p.ged.is_some())?;
+    }
     let mut ids = BTreeSet::new();
     for (i, io) in p.ioapics.iter().enumerate() {
         if !ids.insert(io.id) {
             return Err(Error::BadPlatform {
                 what: format!("ioapics[{i}].id: I/O APIC id {} is used twice", io.id),
             });
+        }
+    }
+    Ok(())
+}
+
+fn check_pci_hotplug(hp: &PciHotplug, has_ged: bool) -> Result<(), Error> {
+    let bad = |what: String| Error::BadPlatform {
+        what: format!("pci_hotplug.{what}"),
+    };
+    if !has_ged {
+        return Err(bad(
+            "mmio_base: the hotplug controller needs platform.ged, whose interrupt \
+             announces slot changes"
+                .into(),
+        ));
+    }
+    if hp.mmio_len == 0 || hp.mmio_base.checked_add(hp.mmio_len).is_none() {
+        return Err(bad(format!(
+            "mmio_len: the block {:#x}+{:#x} is empty or overflows",
+            hp.mmio_base, hp.mmio_len
+        )));
+    }
+    let registers = hp.registers.named();
+    for (i, (_, name, offset)) in registers.iter().enumerate() {
+        if offset % 4 != 0 || offset.checked_add(4).is_none_or(|end| end > hp.mmio_len) {
+            return Err(bad(format!(
+                "registers.{name}: offset {offset:#x} must be 4-byte aligned with the 32-bit \
+                 register inside the {:#x}-byte block",
+                hp.mmio_len
+            )));
+        }
+        if let Some((_, other, _)) = registers.iter().take(i).find(|r| r.2 == *offset) {
+            return Err(bad(format!(
+                "registers.{name}: offset {offset:#x} is already {other}'s"
+            )));
         }
     }
     Ok(())

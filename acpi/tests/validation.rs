@@ -367,6 +367,7 @@ fn address_claims_must_not_overlap() {
         io: None,
         node: None,
         intx_routes: vec![],
+        hotplug_slots: vec![],
     };
     let mut t = good();
     t.pci_segments = vec![segment()];
@@ -413,4 +414,122 @@ fn ged_event_bits_are_single_distinct_bits() {
     let e = refused(&t);
     assert_eq!(e.field(), "platform.ged.pci_hotplug_event", "{e}");
     assert!(e.to_string().contains("power button"), "{e}");
+}
+
+fn hotplug_controller() -> tessera_acpi::PciHotplug {
+    tessera_acpi::PciHotplug {
+        mmio_base: 0xfed0_2000,
+        mmio_len: 0x10,
+        registers: tessera_acpi::PciHotplugRegisters {
+            slots_up: 0,
+            slots_down: 4,
+            eject: 8,
+            segment: 12,
+        },
+    }
+}
+
+/// `good()` with one segment whose slots 1..=31 are hotplug slots.
+fn with_hotplug() -> Topology {
+    let mut t = good();
+    t.pci_segments = vec![tessera_acpi::PciSegment {
+        id: 0,
+        ecam_base: 0xe000_0000,
+        start_bus: 0,
+        end_bus: 0,
+        mmio32: tessera_acpi::Window {
+            base: 0xc000_0000,
+            size: 0x1000_0000,
+        },
+        mmio64: None,
+        io: None,
+        node: None,
+        intx_routes: vec![],
+        hotplug_slots: (1..32).collect(),
+    }];
+    t.platform.pci_hotplug = Some(hotplug_controller());
+    t
+}
+
+#[test]
+fn hotplug_slots_are_root_bus_slots_listed_once_with_a_controller() {
+    validate(&with_hotplug()).unwrap();
+
+    let mut t = with_hotplug();
+    t.pci_segments[0].hotplug_slots.push(32);
+    let e = refused(&t);
+    assert_eq!(e.field(), "pci_segments[0].hotplug_slots[31]", "{e}");
+    assert!(e.to_string().contains("above 31"), "{e}");
+
+    let mut t = with_hotplug();
+    t.pci_segments[0].hotplug_slots.push(5);
+    let e = refused(&t);
+    assert_eq!(e.field(), "pci_segments[0].hotplug_slots[31]", "{e}");
+    assert!(e.to_string().contains("listed twice"), "{e}");
+
+    let mut t = with_hotplug();
+    t.platform.pci_hotplug = None;
+    let e = refused(&t);
+    assert_eq!(e.field(), "pci_segments[0].hotplug_slots", "{e}");
+    assert!(e.to_string().contains("platform.pci_hotplug"), "{e}");
+}
+
+#[test]
+fn the_hotplug_controller_needs_the_ged_and_sound_registers() {
+    let mut t = with_hotplug();
+    t.platform.ged = None;
+    let e = refused(&t);
+    assert_eq!(e.field(), "platform.pci_hotplug.mmio_base", "{e}");
+    assert!(e.to_string().contains("platform.ged"), "{e}");
+
+    let with = |f: &dyn Fn(&mut tessera_acpi::PciHotplug)| {
+        let mut t = with_hotplug();
+        let mut hp = hotplug_controller();
+        f(&mut hp);
+        t.platform.pci_hotplug = Some(hp);
+        refused(&t)
+    };
+    let e = with(&|hp| hp.registers.eject = 6);
+    assert_eq!(e.field(), "platform.pci_hotplug.registers.eject", "{e}");
+    assert!(e.to_string().contains("aligned"), "{e}");
+    let e = with(&|hp| hp.registers.segment = 0x10);
+    assert_eq!(e.field(), "platform.pci_hotplug.registers.segment", "{e}");
+    let e = with(&|hp| hp.registers.segment = u64::MAX - 3);
+    assert_eq!(e.field(), "platform.pci_hotplug.registers.segment", "{e}");
+    let e = with(&|hp| hp.registers.slots_down = 0);
+    assert_eq!(
+        e.field(),
+        "platform.pci_hotplug.registers.slots_down",
+        "{e}"
+    );
+    assert!(e.to_string().contains("already slots_up's"), "{e}");
+    let e = with(&|hp| hp.mmio_len = 0);
+    assert_eq!(e.field(), "platform.pci_hotplug.mmio_len", "{e}");
+    let e = with(&|hp| hp.mmio_base = u64::MAX - 8);
+    assert_eq!(e.field(), "platform.pci_hotplug.mmio_len", "{e}");
+}
+
+#[test]
+fn the_hotplug_registers_must_not_overlap_other_mmio() {
+    let mut t = with_hotplug();
+    let mut hp = hotplug_controller();
+    hp.mmio_base = 0xfed0_0ff8; // runs into the GED register at 0xfed01000
+    t.platform.pci_hotplug = Some(hp);
+    let e = refused(&t);
+    assert_eq!(e.field(), "platform.ged.mmio_base", "{e}");
+    assert!(
+        e.to_string()
+            .contains("overlaps platform.pci_hotplug.mmio_base"),
+        "{e}"
+    );
+
+    let mut t = with_hotplug();
+    hp.mmio_base = 0xc000_0100; // inside segment 0's mmio32 window
+    t.platform.pci_hotplug = Some(hp);
+    let e = refused(&t);
+    assert_eq!(e.field(), "platform.pci_hotplug.mmio_base", "{e}");
+    assert!(
+        e.to_string().contains("overlaps pci_segments[0].mmio32"),
+        "{e}"
+    );
 }

@@ -177,6 +177,7 @@ pub fn segment0() -> PciSegment {
                     })
             })
             .collect(),
+        hotplug_slots: Vec::new(),
     }
 }
 

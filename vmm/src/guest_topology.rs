@@ -171,6 +171,8 @@ pub fn guest_topology(
                     .find(|n| n.pci_segments.contains(&id))
                     .map(|n| n.guest_numa_id),
                 intx_routes: intx_routes(),
+                // Hotplug is off until the VMM has a hotplug controller on its bus.
+                hotplug_slots: Vec::new(),
             }
         })
         .collect();
@@ -305,8 +307,36 @@ fn platform() -> tessera_acpi::Platform {
             power_button_event: tessera_devices::GED_EVENT_POWER_BUTTON,
             pci_hotplug_event: tessera_devices::GED_EVENT_PCI_HOTPLUG,
         }),
+        // Hotplug stays out of every guest's DSDT until the VMM puts a
+        // PciHotplugController on the MMIO bus; then this becomes
+        // `Some(pci_hotplug_controller())` and each segment gets `hotplug_slots(id)`.
+        pci_hotplug: None,
         ..tessera_acpi::Platform::default()
     }
+}
+
+/// The ACPI PCI hotplug controller as the DSDT describes it: arch's address, the device
+/// model's register block.
+pub fn pci_hotplug_controller() -> tessera_acpi::PciHotplug {
+    use tessera_devices::pci_hotplug as hp;
+    tessera_acpi::PciHotplug {
+        mmio_base: tessera_arch::layout::PCI_HOTPLUG_START,
+        mmio_len: hp::PCI_HOTPLUG_MMIO_LEN,
+        registers: tessera_acpi::PciHotplugRegisters {
+            slots_up: hp::PCI_HOTPLUG_SLOTS_UP,
+            slots_down: hp::PCI_HOTPLUG_SLOTS_DOWN,
+            eject: hp::PCI_HOTPLUG_EJECT,
+            segment: hp::PCI_HOTPLUG_SEGMENT,
+        },
+    }
+}
+
+/// The root-bus slots of `segment` that ACPI PCI hotplug offers: all 32, but segment 0's
+/// slot 0, which holds the host bridge. Slots of boot-time devices are included, so those
+/// can be ejected too; segments other than 0 keep slot 0 free for GI-ready GPU slots.
+pub fn hotplug_slots(segment: u16) -> Vec<u8> {
+    let first = if segment == 0 { 1 } else { 0 };
+    (first..32).collect()
 }
 
 /// Guest BDFs: pinned slots first, then the rest in configuration order at the lowest
