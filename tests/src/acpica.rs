@@ -92,6 +92,18 @@ pub fn acpiexec(
     other_tables: &[(&str, &[u8])],
     commands: &[&str],
 ) -> Result<String, AcpicaError> {
+    acpiexec_with(dsdt, other_tables, &[], commands)
+}
+
+/// [`acpiexec`] with extra options, e.g. `-vr`, which logs every access to an
+/// OperationRegion (`AcpiExec: SystemMemory Write: Val 00000001 Addr FED0200C ...`).
+/// acpiexec backs SystemMemory regions with a buffer, so values written stay readable.
+pub fn acpiexec_with(
+    dsdt: &[u8],
+    other_tables: &[(&str, &[u8])],
+    options: &[&str],
+    commands: &[&str],
+) -> Result<String, AcpicaError> {
     let dir = tempfile::tempdir()?;
     let mut files = vec![];
     std::fs::write(dir.path().join("DSDT.dat"), dsdt)?;
@@ -102,7 +114,8 @@ pub fn acpiexec(
         files.push(name);
     }
     let batch = commands.join("; ");
-    let mut args: Vec<&str> = vec!["-b", &batch];
+    let mut args: Vec<&str> = options.to_vec();
+    args.extend(["-b", &batch]);
     args.extend(files.iter().map(String::as_str));
     let (ok, output) = run(dir.path(), "acpiexec", &args)?;
     let complaint = ["ACPI Error", "ACPI Exception", "failed with status", "AE_"]
@@ -121,6 +134,22 @@ pub fn acpiexec(
             output,
         }),
     }
+}
+
+/// Compiles ASL source with `iasl` (e.g. a test's SSDT that plays the VMM's part by
+/// writing registers) and returns the AML table.
+pub fn compile_asl(source: &str) -> Result<Vec<u8>, AcpicaError> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("test.asl"), source)?;
+    let (ok, output) = run(dir.path(), "iasl", &["test.asl"])?;
+    if !ok || !output.contains("0 Errors") {
+        return Err(AcpicaError::Rejected {
+            table: "test.asl".into(),
+            what: "iasl cannot compile it".into(),
+            output,
+        });
+    }
+    Ok(std::fs::read(dir.path().join("test.aml"))?)
 }
 
 fn file_name(p: &Path) -> String {

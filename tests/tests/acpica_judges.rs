@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 
 use tessera_acpi::{build, Placement};
-use tessera_tests::acpica::{acpiexec, judge_table};
+use tessera_tests::acpica::{acpiexec, acpiexec_with, compile_asl, judge_table};
 use tessera_tests::topologies::{self, Case};
 
 fn judge_case(case: &Case) {
@@ -105,6 +105,8 @@ fn judge_case(case: &Case) {
         .map(|t| (t.signature.as_str(), t.bytes.as_slice()))
         .collect();
     let mut commands: Vec<String> = Vec::new();
+    // acpiexec takes at most 1023 characters of batch commands: hotplug gets its own run.
+    let mut hotplug_commands: Vec<String> = Vec::new();
     for (i, s) in t.pci_segments.iter().enumerate() {
         for obj in ["_HID", "_CID", "_SEG", "_UID", "_BBN", "_CRS"] {
             commands.push(format!("evaluate \\_SB_.PC{i:02X}.{obj}"));
@@ -116,6 +118,19 @@ fn judge_case(case: &Case) {
             commands.push(format!("evaluate \\_SB_.PC{i:02X}._PRT"));
         }
         commands.push(format!("evaluate \\_SB_.MB{i:02X}._CRS"));
+        // The first and last hotplug slot's identity (their _EJ0 writes registers, which
+        // acpiexec_drives_the_hotplug_methods checks).
+        for slot in [s.hotplug_slots.iter().min(), s.hotplug_slots.iter().max()]
+            .into_iter()
+            .flatten()
+        {
+            for obj in ["_ADR", "_SUN"] {
+                hotplug_commands.push(format!("evaluate \\_SB_.PC{i:02X}.SL{slot:02X}.{obj}"));
+            }
+        }
+    }
+    if t.platform.pci_hotplug.is_some() {
+        hotplug_commands.push("evaluate \\_SB_.PHPR._CRS".into());
     }
     commands.extend(
         [
@@ -130,12 +145,36 @@ fn judge_case(case: &Case) {
     );
     let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
     let out = acpiexec(dsdt, &others, &commands).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let hotplug_commands: Vec<&str> = hotplug_commands.iter().map(String::as_str).collect();
+    let hotplug_out = if hotplug_commands.is_empty() {
+        String::new()
+    } else {
+        acpiexec(dsdt, &others, &hotplug_commands).unwrap_or_else(|e| panic!("{}: {e}", case.name))
+    };
     assert!(
         out.contains("Entering sleep state [S5]"),
         "{}: S5 not entered:\n{out}",
         case.name
     );
     for s in &t.pci_segments {
+        for &slot in s
+            .hotplug_slots
+            .iter()
+            .min()
+            .iter()
+            .chain(&s.hotplug_slots.iter().max())
+        {
+            let adr = u32::from(*slot) << 16;
+            let sun = u32::from(s.id) * 32 + u32::from(*slot);
+            for value in [u64::from(adr), u64::from(sun)] {
+                assert!(
+                    hotplug_out.contains(&format!("[Integer] = {value:016X}")),
+                    "{}: slot {slot} of segment {}: {value:#x} not evaluated",
+                    case.name,
+                    s.id
+                );
+            }
+        }
         if let Some(node) = s.node {
             assert!(
                 out.contains(&format!("[Integer] = {node:016X}")),
@@ -323,4 +362,127 @@ fn tables_from_a_vm_config_pass_acpica() {
         memory_mib: 4096,
         qemu_devices: vec![],
     });
+}
+
+/// What the VMM builds from a config with `segments` PCI segments and a GPU at devfn 0 of
+/// the last one, with ACPI PCI hotplug turned on the way the VMM will: its controller
+/// and every slot but the host bridge's.
+fn vm_with_hotplug(segments: u16) -> tessera_acpi::Topology {
+    use tessera_vmm::guest_topology::{guest_topology, hotplug_slots, pci_hotplug_controller};
+    let config: tessera_api::config::VmConfig = serde_json::from_str(&format!(
+        r#"{{
+      "cpus": {{"boot_vcpus": 2, "max_vcpus": 2}},
+      "memory": {{"size": 1073741824}},
+      "payload": {{"kernel": "/boot/vmlinuz"}},
+      "platform": {{"num_pci_segments": {segments}}},
+      "devices": [{{"path": "/sys/bus/pci/devices/0000:41:00.0", "id": "gpu0",
+                    "pci_segment": {last}}}]
+    }}"#,
+        last = segments - 1
+    ))
+    .unwrap();
+    let mut t = guest_topology(&config, 46).unwrap().acpi;
+    t.platform.pci_hotplug = Some(pci_hotplug_controller());
+    for s in &mut t.pci_segments {
+        s.hotplug_slots = hotplug_slots(s.id);
+    }
+    t
+}
+
+#[test]
+fn tables_with_pci_hotplug_pass_acpica() {
+    for segments in [1, 3] {
+        judge_case(&Case {
+            name: "PCI hotplug",
+            topology: vm_with_hotplug(segments),
+            cpus: 2,
+            memory_mib: 1024,
+            qemu_devices: vec![],
+        });
+    }
+}
+
+/// The values acpiexec's `-vr` trace shows written to `address`, in order.
+fn register_writes(out: &str, address: u64) -> Vec<u32> {
+    let tag = format!("Addr {address:08X} ");
+    out.lines()
+        .filter(|l| l.contains("SystemMemory Write:") && l.contains(&tag))
+        .map(|l| {
+            let val = l.split("Val ").nth(1).unwrap().split(' ').next().unwrap();
+            u32::from_str_radix(val, 16).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn acpiexec_drives_the_hotplug_methods() {
+    let t = vm_with_hotplug(2);
+    // The devices crate's layout, as the VMM passed it in.
+    let hp = t.platform.pci_hotplug.unwrap();
+    let (base, regs) = (hp.mmio_base, hp.registers);
+    let tables = build(&t, Placement::default()).unwrap();
+    let dsdt = &tables.get("DSDT").unwrap().bytes;
+    // The test plays the VMM: slots 0, 1 and 31 came up, slot 2 is asked to go, and the
+    // GED says "hotplug". acpiexec keeps SystemMemory in a buffer, so what this writes is
+    // what PSCN reads, for every segment it selects.
+    let vmm = compile_asl(
+        r#"DefinitionBlock ("", "SSDT", 2, "TEST", "PLAYVMM", 1)
+        {
+            External (\_SB.PHPR.PCIU, FieldUnitObj)
+            External (\_SB.PHPR.PCID, FieldUnitObj)
+            External (\_SB.GED.GDAT, FieldUnitObj)
+            Method (\VMM) {
+                \_SB.PHPR.PCIU = 0x80000003
+                \_SB.PHPR.PCID = 0x00000004
+                \_SB.GED.GDAT = 0x02
+            }
+        }"#,
+    )
+    .unwrap();
+    let out = acpiexec_with(
+        dsdt,
+        &[("SSDT", &vmm)],
+        &["-vr"],
+        &[
+            "evaluate \\VMM",
+            "evaluate \\_SB_.GED_._EVT 9",
+            "evaluate \\_SB_.PC01.SL00._EJ0 1",
+            "evaluate \\_SB_.PC00.SL1F._EJ0 1",
+        ],
+    )
+    .unwrap();
+
+    let notified = |slot: &str, what: &str| {
+        out.lines()
+            .filter(|l| l.contains(&format!("Notify on [{slot}]")) && l.contains(what))
+            .count()
+    };
+    // Segment 0 has no slot 0 (the host bridge); segment 1 has all 32.
+    assert_eq!(notified("SL00", "(Device Check)"), 1, "{out}");
+    assert_eq!(notified("SL01", "(Device Check)"), 2, "{out}");
+    assert_eq!(notified("SL1F", "(Device Check)"), 2, "{out}");
+    assert_eq!(notified("SL02", "(Eject Request)"), 2, "{out}");
+    assert_eq!(out.matches("Received a System Notify").count(), 7, "{out}");
+    assert!(
+        !out.contains("[PWRB]"),
+        "the power button bit was clear:\n{out}"
+    );
+
+    // PSCN selected segment 0 then 1 and read PCIU once each; each _EJ0 selected its
+    // segment, then wrote its slot's bit to B0EJ.
+    assert_eq!(
+        register_writes(&out, base + regs.segment),
+        [0, 1, 1, 0],
+        "{out}"
+    );
+    assert_eq!(
+        register_writes(&out, base + regs.eject),
+        [1 << 0, 1 << 31],
+        "{out}"
+    );
+    let pciu_reads = format!(
+        "SystemMemory Read : Val 80000003 Addr {:08X}",
+        base + regs.slots_up
+    );
+    assert_eq!(out.matches(&pciu_reads).count(), 2, "{out}");
 }
