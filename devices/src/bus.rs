@@ -1,10 +1,13 @@
 //! The I/O buses: one address space (port I/O or MMIO) split into non-overlapping ranges,
 //! each owned by a device, and the dispatch of a guest access to the device that owns it.
 //!
-//! A [`Bus`] is filled while the VM is assembled, then shared by the vCPU threads
-//! (`Arc<Bus>`). Afterwards only [`Bus::relocate`] changes it (the guest moving a
-//! passed-through device's BAR), so lookups take a read lock that is released before the
-//! device's own `Mutex` is taken: a device may relocate its own ranges from inside an access.
+//! A [`Bus`] is shared by the vCPU threads (`Arc<Bus>`) and stays changeable while they
+//! run: the device manager inserts and removes devices (hotplug), the guest moves a
+//! passed-through device's BAR ([`Bus::relocate`]). The ranges sit behind an `RwLock`; a
+//! guest access takes it for reading, clones the device's `Arc` (no allocation) and
+//! releases it before the device's own `Mutex` is taken, so a device may relocate its own
+//! ranges from inside an access, and a device removed during an access lives until the
+//! access ends.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -103,18 +106,25 @@ impl Bus {
     /// Ranges may touch but not overlap. The same device may be inserted at several ranges;
     /// it then sees offsets relative to whichever range was accessed.
     pub fn insert(
-        &mut self,
+        &self,
         base: u64,
         len: u64,
         device: Arc<Mutex<dyn BusDevice>>,
     ) -> Result<(), BusError> {
-        let ranges = self
-            .ranges
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        check_free(ranges, base, len, None)?;
+        let mut ranges = self.ranges.write().unwrap_or_else(PoisonError::into_inner);
+        check_free(&ranges, base, len, None)?;
         ranges.insert(base, BusRange { len, device });
         Ok(())
+    }
+
+    /// Takes the range based at `base` off the bus (a device unplugged), returning its
+    /// device. An access already dispatched to it completes; later ones find nothing.
+    pub fn remove(&self, base: u64) -> Result<Arc<Mutex<dyn BusDevice>>, BusError> {
+        let mut ranges = self.ranges.write().unwrap_or_else(PoisonError::into_inner);
+        ranges
+            .remove(&base)
+            .map(|r| r.device)
+            .ok_or(BusError::NoRange { base })
     }
 
     /// Moves the range based at `old_base` to `new_base`, keeping its device and length;
@@ -237,7 +247,7 @@ mod tests {
 
     #[test]
     fn relocate_moves_a_range_and_refuses_overlaps() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(0x1000, 0x100, recorder()).unwrap();
         bus.insert(0x2000, 0x100, recorder()).unwrap();
         assert_eq!(
@@ -262,7 +272,7 @@ mod tests {
 
     #[test]
     fn insert_rejects_zero_length_overlap_and_overflow() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(0x100, 0x10, recorder()).unwrap();
         assert_eq!(
             bus.insert(0x200, 0, recorder()),
@@ -298,7 +308,7 @@ mod tests {
 
     #[test]
     fn dispatch_passes_relative_offsets_and_data() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let a = recorder();
         let b = recorder();
         bus.insert(0x3f8, 8, a.clone()).unwrap();
@@ -319,7 +329,7 @@ mod tests {
 
     #[test]
     fn boundary_and_straddling_accesses() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let a = recorder();
         let b = recorder();
         bus.insert(0x100, 0x10, a.clone()).unwrap();
@@ -351,8 +361,73 @@ mod tests {
     }
 
     #[test]
+    fn remove_takes_a_range_off_and_frees_its_place() {
+        let bus = Bus::new();
+        let a = recorder();
+        bus.insert(0x100, 0x10, a.clone()).unwrap();
+        assert!(bus.write(0x100, &[1]));
+        assert!(matches!(
+            bus.remove(0x104),
+            Err(BusError::NoRange { base: 0x104 })
+        ));
+        bus.remove(0x100).unwrap();
+        assert!(!bus.write(0x100, &[2]));
+        assert!(matches!(
+            bus.remove(0x100),
+            Err(BusError::NoRange { base: 0x100 })
+        ));
+        // The place is free again, for another device.
+        let b = recorder();
+        bus.insert(0x108, 0x10, b.clone()).unwrap();
+        assert!(bus.write(0x108, &[3]));
+        assert_eq!(accesses(&a), vec![("w", 0, vec![1])]);
+        assert_eq!(accesses(&b), vec![("w", 0, vec![3])]);
+    }
+
+    /// A vCPU-like reader dispatches without pause while another thread inserts and
+    /// removes a device: every access lands whole on the device or on nothing, and the
+    /// ranges that stay put are never missed.
+    #[test]
+    fn insert_and_remove_while_a_reader_dispatches() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let bus = Arc::new(Bus::new());
+        let fixed = recorder();
+        bus.insert(0x10, 4, fixed.clone()).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (bus, stop) = (bus.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut hits, mut misses) = (0u64, 0u64);
+                while !stop.load(Ordering::SeqCst) {
+                    assert!(bus.write(0x10, &[0]), "the fixed range went missing");
+                    let mut b = [0u8; 2];
+                    if bus.read(0x1000, &mut b) {
+                        assert_eq!(b, [0x10, 0x11]);
+                        hits += 1;
+                    } else {
+                        assert_eq!(b, [0, 0]);
+                        misses += 1;
+                    }
+                }
+                (hits, misses)
+            })
+        };
+        let hot = recorder();
+        for _ in 0..2000 {
+            bus.insert(0x1000, 0x100, hot.clone()).unwrap();
+            std::thread::yield_now();
+            bus.remove(0x1000).unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+        let (hits, misses) = reader.join().unwrap();
+        assert!(hits + misses > 0);
+        assert!(accesses(&hot).iter().all(|(k, o, _)| *k == "r" && *o == 0));
+        assert!(!bus.read(0x1000, &mut [0u8; 2]), "removed at the end");
+    }
+
+    #[test]
     fn one_device_at_two_ranges() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let a = recorder();
         bus.insert(0x10, 4, a.clone()).unwrap();
         bus.insert(0x20, 4, a.clone()).unwrap();

@@ -3,8 +3,8 @@
 //! Event Device, the ACPI PCI hotplug controller, and PCI configuration space (host bridge,
 //! 0xCF8/0xCFC, ECAM).
 //!
-//! The VMM builds one [`Bus`] per address space, inserts devices behind `Arc<Mutex<_>>`,
-//! then shares the buses read-only with its vCPU threads.
+//! The VMM builds one [`Bus`] per address space, shares it with its vCPU threads, and
+//! inserts and removes devices (behind `Arc<Mutex<_>>`) on it for the VM's whole life.
 
 pub mod bus;
 pub mod cmos;

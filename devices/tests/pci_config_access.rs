@@ -67,14 +67,14 @@ fn machine() -> Machine {
         .add_device(ENDPOINT, Arc::new(Mutex::new(endpoint())))
         .unwrap();
     let segment = Arc::new(Mutex::new(segment));
-    let mut pio = Bus::new();
+    let pio = Bus::new();
     pio.insert(
         CFG_ADDR,
         PCI_CONFIG_IO_PORT_LEN,
         Arc::new(Mutex::new(PciConfigIo::new(segment.clone()))),
     )
     .unwrap();
-    let mut mmio = Bus::new();
+    let mmio = Bus::new();
     mmio.insert(
         ECAM_BASE,
         PCI_ECAM_BUS_SIZE,
@@ -167,7 +167,7 @@ fn ecam_beyond_bus_0_reads_all_ones() {
     segment
         .add_device(0, Arc::new(Mutex::new(PciHostBridge::new())))
         .unwrap();
-    let mut mmio = Bus::new();
+    let mmio = Bus::new();
     mmio.insert(
         ECAM_BASE,
         4 * PCI_ECAM_BUS_SIZE,

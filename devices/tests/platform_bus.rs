@@ -52,13 +52,13 @@ fn platform_devices_on_buses() {
     )));
     let ged = Arc::new(Mutex::new(GedDevice::new(ged_irq.try_clone().unwrap())));
 
-    let mut pio = Bus::new();
+    let pio = Bus::new();
     let com1 = u64::from(COM1_PORT_BASE);
     let serial_dyn: Arc<Mutex<dyn BusDevice>> = serial.clone();
     pio.insert(com1, SERIAL_PORT_LEN, serial_dyn).unwrap();
     pio.insert(u64::from(ACPI_POWER_PORT), ACPI_POWER_PORT_LEN, power)
         .unwrap();
-    let mut mmio = Bus::new();
+    let mmio = Bus::new();
     mmio.insert(GED_BASE, GED_MMIO_LEN, ged.clone()).unwrap();
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 

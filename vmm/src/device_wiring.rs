@@ -44,8 +44,8 @@ pub(crate) fn wire_devices(
 ) -> Result<Wired, VmError> {
     let dev_err = |what: &str, e: &dyn std::fmt::Display| VmError::Devices(format!("{what}: {e}"));
     let os = |what| move |source| VmError::Os { what, source };
-    let mut pio = Bus::new();
-    let mut mmio = Bus::new();
+    let pio = Bus::new();
+    let mmio = Bus::new();
 
     let mut serial_input = None;
     if let Some(out) = &serial.out {
@@ -113,7 +113,7 @@ pub(crate) fn wire_devices(
             .map_err(|e| dev_err("PCI host bridge", &e))?;
     }
     if let Some(p) = passthrough {
-        p.attach(&mut segments, &mut pio, &mut mmio)
+        p.attach(&mut segments, &pio, &mmio)
             .map_err(|e| dev_err("VFIO", &e))?;
     }
     for ((id, windows), segment) in layout.segments.iter().enumerate().zip(segments) {

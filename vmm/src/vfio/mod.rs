@@ -363,12 +363,7 @@ impl Passthrough {
     }
 
     /// Puts each device on its segment and its BARs on the buses.
-    pub fn attach(
-        &self,
-        segments: &mut [PciSegment],
-        pio: &mut Bus,
-        mmio: &mut Bus,
-    ) -> Result<(), String> {
+    pub fn attach(&self, segments: &mut [PciSegment], pio: &Bus, mmio: &Bus) -> Result<(), String> {
         for d in &self.devices {
             let segment = segments
                 .get_mut(usize::from(d.placed.bdf.segment))
@@ -385,9 +380,9 @@ impl Passthrough {
                 let trap: Arc<Mutex<dyn BusDevice>> =
                     Arc::new(Mutex::new(VfioBarTrap::new(d.device.clone(), bar)));
                 let bus = if bar_type == PciBarType::Io {
-                    &mut *pio
+                    pio
                 } else {
-                    &mut *mmio
+                    mmio
                 };
                 bus.insert(address, size, trap)
                     .map_err(|e| format!("{} BAR {bar}: {e}", d.placed.id))?;
