@@ -4,7 +4,8 @@
 //!
 //! Configuration edits (devices, NUMA nodes, Generic Initiator links) are only taken
 //! before boot: Linux reads the SRAT once. Every edit is applied to a copy and checked
-//! whole before it replaces the configuration, so a refused edit changes nothing.
+//! whole before it replaces the configuration, so a refused edit changes nothing. Devices
+//! configured without an id get their generated one written back when they come in.
 //!
 //! After every change, and before answering the request that made it, the loop
 //! publishes the answers to `vmm.ping`, `vm.info` and `vm.acpi` ([`Snapshot`]): the API
@@ -27,6 +28,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::console::SerialSink;
+use crate::device_manager::placement::name_devices;
 use crate::guest_topology::{guest_topology, TopologyError};
 use crate::vm::{Vm, VmError, VmEvents};
 
@@ -96,7 +98,10 @@ links are fixed in the SRAT at boot (shut the VM down to change them)";
 
 impl Control {
     /// A VMM with no VM, or with `config` created.
-    pub fn new(kvm: kvm_ioctls::Kvm, config: Option<VmConfig>) -> Result<Self, VmError> {
+    pub fn new(kvm: kvm_ioctls::Kvm, mut config: Option<VmConfig>) -> Result<Self, VmError> {
+        if let Some(c) = config.as_mut() {
+            name_devices(c);
+        }
         let state = if config.is_some() {
             State::Created
         } else {
@@ -341,6 +346,7 @@ impl Control {
             .clone()
             .ok_or_else(|| err(404, "no VM has been created"))?;
         edit(&mut config)?;
+        name_devices(&mut config);
         guest_topology(&config, tessera_arch::vcpu::host_phys_bits()).map_err(topology_err)?;
         self.config = Some(config);
         Ok(())
@@ -379,7 +385,11 @@ impl Control {
                 }
                 guest_topology(&config, tessera_arch::vcpu::host_phys_bits())
                     .map_err(topology_err)?;
-                self.config = Some(*config);
+                let mut config = *config;
+                // Generated ids become the devices' own, so vm.info shows them and they
+                // survive other devices' removal and reboots.
+                name_devices(&mut config);
+                self.config = Some(config);
                 self.state = State::Created;
                 Ok(ApiReply::NoContent)
             }
@@ -492,13 +502,11 @@ impl Control {
             }
             VmAction::RemoveDevice { id } => {
                 self.edit(|c| {
+                    // Every device has its id: they are written back when they come in.
                     let index = c
                         .devices
                         .iter()
-                        .enumerate()
-                        .position(|(i, d)| {
-                            d.id.clone().unwrap_or_else(|| format!("_vfio{i}")) == id
-                        })
+                        .position(|d| d.id.as_deref() == Some(id.as_str()))
                         .ok_or_else(|| {
                             ApiError::new(
                                 404,

@@ -1,6 +1,7 @@
 //! From a VM configuration to the guest's topology: RAM ranges per zone, PCI segments
-//! with their windows, each device's guest BDF, and the NUMA description (nodes, GI
-//! links, distances) the ACPI tables are built from.
+//! with their windows, each device's guest BDF (placed by the device manager's
+//! `placement`), and the NUMA description (nodes, GI links, distances) the ACPI tables
+//! are built from.
 //!
 //! Deterministic: the same configuration always gives the same BDFs and so the same
 //! ACPI bytes. Touches no host resource.
@@ -12,6 +13,9 @@ use tessera_acpi::{
 use tessera_api::config::{ConfigError, VmConfig, HOST_BRIDGE_ID};
 use tessera_arch::layout::{lay_out, GuestLayout, LayoutError, Range};
 
+pub use crate::device_manager::placement::PlacedDevice;
+use crate::device_manager::placement::{place_devices, PciSlots};
+
 /// First GSI used for PCI INTx; 0..15 are the ISA interrupts.
 const INTX_GSI_BASE: u32 = 16;
 /// INTx lines shared round-robin by the slots (as on a PC: the pins of 32 slots swizzle
@@ -22,17 +26,6 @@ pub const SERIAL_GSI: u32 = 4;
 /// The GED's GSI.
 pub const GED_GSI: u32 = 9;
 
-/// A device at its guest address.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlacedDevice {
-    /// The device's id (given, or `_vfioN` by position).
-    pub id: String,
-    /// Index in `VmConfig::devices`.
-    pub config_index: usize,
-    /// Guest address.
-    pub bdf: Bdf,
-}
-
 /// The guest as the configuration describes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GuestTopology {
@@ -40,6 +33,8 @@ pub struct GuestTopology {
     pub layout: GuestLayout,
     /// Each VFIO device's guest address.
     pub devices: Vec<PlacedDevice>,
+    /// The slot tables those addresses came from, which the device manager keeps.
+    pub slots: PciSlots,
     /// What the ACPI tables are built from.
     pub acpi: Topology,
     /// The guest's physical address width (CPUID 0x8000_0008): the host's, or
@@ -109,7 +104,7 @@ pub fn guest_topology(
         e => TopologyError::Layout(e),
     })?;
 
-    let devices = place_devices(config)?;
+    let (slots, devices) = place_devices(config)?;
 
     let node_of_zone = |zone: usize| -> Option<u32> {
         let id = config.memory.zones.get(zone)?.id.as_str();
@@ -235,6 +230,7 @@ pub fn guest_topology(
     Ok(GuestTopology {
         layout,
         devices,
+        slots,
         acpi,
         phys_bits,
     })
@@ -337,79 +333,4 @@ pub fn pci_hotplug_controller() -> tessera_acpi::PciHotplug {
 pub fn hotplug_slots(segment: u16) -> Vec<u8> {
     let first = if segment == 0 { 1 } else { 0 };
     (first..32).collect()
-}
-
-/// Guest BDFs: pinned slots first, then the rest in configuration order at the lowest
-/// free slot of their segment. Segment 0's slot 0 is the host bridge; on other segments
-/// slot 0 is free, for GPUs whose driver wants devfn 0.
-fn place_devices(config: &VmConfig) -> Result<Vec<PlacedDevice>, ConfigError> {
-    let segments = usize::from(config.platform.num_pci_segments);
-    let mut taken = vec![[false; 32]; segments];
-    if let Some(seg0) = taken.first_mut() {
-        seg0[0] = true;
-    }
-    let mut slots: Vec<Option<(u16, u8)>> = vec![None; config.devices.len()];
-    for (i, d) in config.devices.iter().enumerate() {
-        if let Some(slot) = d.pci_device_id {
-            let seg = d.pci_segment;
-            let free = taken
-                .get_mut(usize::from(seg))
-                .and_then(|s| s.get_mut(usize::from(slot)));
-            match free {
-                Some(t) if !*t => {
-                    *t = true;
-                    if let Some(s) = slots.get_mut(i) {
-                        *s = Some((seg, slot));
-                    }
-                }
-                _ => {
-                    return Err(ConfigError {
-                        field: format!("devices[{i}].pci_device_id"),
-                        message: format!("slot {slot} on segment {seg} is already taken"),
-                    })
-                }
-            }
-        }
-    }
-    for (i, d) in config.devices.iter().enumerate() {
-        if d.pci_device_id.is_some() {
-            continue;
-        }
-        let seg = d.pci_segment;
-        let slot = taken
-            .get_mut(usize::from(seg))
-            .and_then(|s| s.iter_mut().position(|t| !*t).map(|p| (s, p)))
-            .map(|(s, p)| {
-                if let Some(t) = s.get_mut(p) {
-                    *t = true;
-                }
-                p as u8
-            })
-            .ok_or_else(|| ConfigError {
-                field: format!("devices[{i}]"),
-                message: format!("segment {seg} has no free slot left"),
-            })?;
-        if let Some(s) = slots.get_mut(i) {
-            *s = Some((seg, slot));
-        }
-    }
-    Ok(config
-        .devices
-        .iter()
-        .zip(slots)
-        .enumerate()
-        .filter_map(|(i, (d, slot))| {
-            let (segment, device) = slot?;
-            Some(PlacedDevice {
-                id: d.id.clone().unwrap_or_else(|| format!("_vfio{i}")),
-                config_index: i,
-                bdf: Bdf {
-                    segment,
-                    bus: 0,
-                    device,
-                    function: 0,
-                },
-            })
-        })
-        .collect())
 }

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod console;
 pub mod control;
+pub mod device_manager;
 mod device_wiring;
 pub mod guest_topology;
 pub mod irq_routing;

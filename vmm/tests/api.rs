@@ -1102,3 +1102,52 @@ fn every_request_in_every_state_is_answered_as_documented() {
     assert_eq!(t.api("PUT", "vmm.shutdown", None).0, 204);
     assert_eq!(t.wait(), (0, false));
 }
+
+/// Devices configured without an id get `_vfioN` (N their place in the configuration),
+/// written into the configuration when they come in: vm.info shows it, and removing a
+/// device renames no other.
+#[test]
+fn generated_device_ids_are_written_back_and_stable() {
+    let t = Tessera::start();
+    let config: Value = serde_json::from_str(&vm_config()).unwrap();
+    let mut config = config;
+    config["devices"] = serde_json::json!([
+        {"path": "/sys/bus/pci/devices/0000:41:00.0"},
+        {"path": "/sys/bus/pci/devices/0000:41:00.1", "id": "gpu1"},
+    ]);
+    assert_eq!(t.api("PUT", "vm.create", Some(&config.to_string())).0, 204);
+    let body = r#"{"path": "/sys/bus/pci/devices/0000:41:00.2"}"#;
+    assert_eq!(t.api("PUT", "vm.add-device", Some(body)).0, 204);
+    let ids = |t: &Tessera| {
+        let (_, info) = t.json("GET", "vm.info", None);
+        let from_config: Vec<Value> = info["config"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].clone())
+            .collect();
+        let placed: Vec<(Value, Value)> = info["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["id"].clone(), d["bdf"].clone()))
+            .collect();
+        (from_config, placed)
+    };
+    let (from_config, placed) = ids(&t);
+    assert_eq!(from_config, ["_vfio0", "gpu1", "_vfio2"]);
+    assert_eq!(
+        placed,
+        [
+            ("_host_bridge", "0000:00:00.0"),
+            ("_vfio0", "0000:00:01.0"),
+            ("gpu1", "0000:00:02.0"),
+            ("_vfio2", "0000:00:03.0"),
+        ]
+        .map(|(i, b)| (Value::from(i), Value::from(b)))
+    );
+    let body = r#"{"id": "_vfio0"}"#;
+    assert_eq!(t.api("PUT", "vm.remove-device", Some(body)).0, 204);
+    let (from_config, _) = ids(&t);
+    assert_eq!(from_config, ["gpu1", "_vfio2"]);
+}
