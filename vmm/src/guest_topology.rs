@@ -25,6 +25,12 @@ const INTX_GSI_COUNT: u32 = 8;
 pub const SERIAL_GSI: u32 = 4;
 /// The GED's GSI.
 pub const GED_GSI: u32 = 9;
+/// The I/O ports segment 0 decodes for BARs (0xcf8/0xcfc and the legacy devices sit
+/// below). Only segment 0 decodes port I/O.
+pub const PCI_IO_WINDOW: Range = Range {
+    start: 0x1000,
+    end: 0x1_0000,
+};
 
 /// The guest as the configuration describes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -156,10 +162,7 @@ pub fn guest_topology(
                 mmio32: window(w.mmio32),
                 mmio64: Some(window(w.mmio64)),
                 // Only segment 0 decodes port I/O (0xcf8/0xcfc and BAR ports above 4 KiB).
-                io: (id == 0).then_some(Window {
-                    base: 0x1000,
-                    size: 0xf000,
-                }),
+                io: (id == 0).then_some(window(PCI_IO_WINDOW)),
                 node: config
                     .numa
                     .iter()

@@ -1,15 +1,15 @@
 //! Tessera's VMM: turns a VM configuration into a running VM. `cli` reads the command
-//! line, `guest_topology` decides where everything goes, `memory` maps guest RAM, `vfio`
-//! checks, opens and maps passed-through devices, `irq_routing` keeps KVM's GSI routing
-//! table, `vm` assembles and runs one boot (`device_wiring` puts its devices on buses,
-//! `vcpu` runs its vCPUs); `console` and `serial_input` are the serial port's host side,
-//! which outlives boots; the `tessera` binary drives them through `control`.
+//! line, `guest_topology` decides where everything goes, `memory` maps guest RAM,
+//! `device_manager` brings devices in and out for the VM's life (`vfio` checks, opens and
+//! maps passed-through ones; `irq_routing` keeps KVM's GSI routing table), `vm` assembles
+//! and runs one boot (`vcpu` runs its vCPUs); `console` and `serial_input` are the serial
+//! port's host side, which outlives boots; the `tessera` binary drives them through
+//! `control`.
 
 pub mod cli;
 pub mod console;
 pub mod control;
 pub mod device_manager;
-mod device_wiring;
 pub mod guest_topology;
 pub mod irq_routing;
 pub mod memory;

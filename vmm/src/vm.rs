@@ -4,15 +4,15 @@
 //! Also the errors of a boot and the guest's power-off and reset events.
 //!
 //! Owns the `Vm` and the order of its parts; the steps themselves live with their job:
-//! `device_wiring` puts devices on buses, `vcpu` runs the vCPU threads, `console` is the
-//! serial port's host side, `memory` and `vfio` map RAM and devices.
+//! the `device_manager` brings devices in (and, later, out), `vcpu` runs the vCPU
+//! threads, `console` is the serial port's host side, `memory` maps RAM.
 //!
 //! Everything that can be checked is checked before the first vCPU runs. On every way
 //! out, vCPU threads are stopped and joined before guest memory is unmapped.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -21,18 +21,16 @@ use tessera_api::config::VmConfig;
 use tessera_arch::boot::{configure_boot, load_initramfs, load_kernel};
 use tessera_arch::layout::{HIGH_RAM_START, RSDP_START};
 use tessera_arch::vcpu::{configure_vcpu, GuestCpus};
-use tessera_devices::ged::GedDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::console::SerialSink;
-use crate::device_wiring::wire_devices;
+use crate::device_manager::memory_slots::MemorySlots;
+use crate::device_manager::placement::name_devices;
+use crate::device_manager::DeviceManager;
 use crate::guest_topology::{guest_topology, GuestTopology};
-use crate::irq_routing::KvmInterruptRouter;
 use crate::memory;
-use crate::serial_input::AttachedUart;
 use crate::vcpu::Vcpus;
-use crate::vfio::Passthrough;
 
 /// KVM's TSS and identity-map pages, in the 32-bit gap above everything we place there.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -157,14 +155,10 @@ impl VmEvents {
 /// A booted VM whose vCPUs are running.
 pub struct Vm {
     // Fields drop in this order, which matters: the vCPU threads are stopped and joined
-    // first; the VM fd goes before the memory its slots point at.
+    // first; then the devices go (reset and unmapped, the UART detached from typed input);
+    // the VM fd goes before the memory its slots point at.
     vcpus: Vcpus,
-    /// Detaches this boot's UART from typed input, which then waits for the next boot.
-    _serial_input: Option<AttachedUart>,
-    ged: Arc<Mutex<GedDevice>>,
-    /// Passed-through devices: reset and unmapped before the VM fd and memory go.
-    _passthrough: Option<Passthrough>,
-    _router: Arc<KvmInterruptRouter>,
+    devices: DeviceManager,
     _vm_fd: Arc<VmFd>,
     _memory: memory::GuestRam,
     /// The guest's topology (BDFs, nodes), for reporting.
@@ -182,7 +176,8 @@ impl Vm {
     ) -> Result<Vm, VmError> {
         let topology = guest_topology(config, tessera_arch::vcpu::host_phys_bits())?;
         check_payload(config)?;
-        let vfio_hosts = crate::vfio::check_host(config)?;
+        // Every device, before anything is opened: errors name the first at fault.
+        crate::vfio::check_host(config)?;
         memory::check_host(config, &topology.layout)?;
 
         let kvm_err = |what| move |source| VmError::Kvm { what, source };
@@ -205,16 +200,26 @@ impl Vm {
 
         let guest_memory = memory::allocate(config, &topology.layout)?;
         memory::register(&vm_fd, &guest_memory)?;
-        let router = Arc::new(KvmInterruptRouter::new(vm_fd.clone()));
-        let passthrough = Passthrough::open(
+        let memory_slots = MemorySlots::new(
+            guest_memory.num_regions() as u32,
+            u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX),
+        );
+        let mut devices = DeviceManager::new(
             &vm_fd,
             &guest_memory,
-            &vfio_hosts,
-            config,
-            &topology,
-            &router,
-            guest_memory.num_regions() as u32,
+            &topology.layout,
+            topology.slots.clone(),
+            memory_slots,
+            serial,
+            events,
         )?;
+        // The ids placement reserved the slots under (control has written them back, but
+        // a configuration may come without them).
+        let mut named = config.clone();
+        name_devices(&mut named);
+        for (index, device) in named.devices.iter().enumerate() {
+            devices.add_device(device).map_err(|e| e.at_boot(index))?;
+        }
 
         let kernel_path = config.payload.kernel.clone().unwrap_or_default();
         let kernel = load_kernel(&guest_memory, &kernel_path).map_err(|e| VmError::Payload {
@@ -251,17 +256,6 @@ impl Vm {
             message: e.to_string(),
         })?;
 
-        let wired = wire_devices(
-            &vm_fd,
-            &topology.layout,
-            serial,
-            events,
-            passthrough.as_ref(),
-        )?;
-        if let Some(p) = &passthrough {
-            p.follow_bars(&wired.pio, &wired.mmio);
-        }
-
         let cpu_count = config.cpus.boot_vcpus;
         let guest_cpus = GuestCpus {
             count: cpu_count,
@@ -279,13 +273,10 @@ impl Vm {
             vcpu_fds.push(vcpu);
         }
 
-        let vcpus = Vcpus::start(vcpu_fds, &wired.pio, &wired.mmio, events)?;
+        let vcpus = Vcpus::start(vcpu_fds, devices.pio(), devices.mmio(), events)?;
         Ok(Vm {
             vcpus,
-            _serial_input: wired.serial_input,
-            ged: wired.ged,
-            _passthrough: passthrough,
-            _router: router,
+            devices,
             _vm_fd: vm_fd,
             _memory: guest_memory,
             topology,
@@ -304,7 +295,8 @@ impl Vm {
 
     /// Presses the ACPI power button (a GED event the guest's ACPI handles).
     pub fn power_button(&self) -> Result<(), VmError> {
-        self.ged
+        self.devices
+            .ged()
             .lock()
             .map_err(|_| VmError::Devices("the GED is poisoned".into()))?
             .notify(tessera_devices::GED_EVENT_POWER_BUTTON)

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tessera_api::config::VmConfig;
+use tessera_api::config::{DeviceConfig, VmConfig};
 use vfio_ioctls::VfioError;
 
 /// Why a device cannot be passed through; `field` names the configuration entry.
@@ -39,6 +39,36 @@ pub struct HostDevice {
 /// Where the VFIO character devices are.
 const DEV_VFIO: &str = "/dev/vfio";
 
+/// Checks one device on this host, opening nothing: errors about it name `path`, a host
+/// without VFIO names `devices`.
+pub fn check_device(device: &DeviceConfig) -> Result<HostDevice, VfioHostError> {
+    check_device_at(device, Path::new(DEV_VFIO))
+}
+
+/// [`check_device`] with the VFIO device directory given (tests use a fake tree).
+pub fn check_device_at(
+    device: &DeviceConfig,
+    dev_vfio: &Path,
+) -> Result<HostDevice, VfioHostError> {
+    let found = check_path("path", &device.path, dev_vfio)?;
+    check_vfio(dev_vfio)?;
+    Ok(found)
+}
+
+/// `/dev/vfio/vfio` must exist.
+fn check_vfio(dev_vfio: &Path) -> Result<(), VfioHostError> {
+    if dev_vfio.join("vfio").exists() {
+        return Ok(());
+    }
+    Err(fail(
+        "devices",
+        format!(
+            "{} does not exist: load the vfio-pci module (modprobe vfio-pci)",
+            dev_vfio.join("vfio").display()
+        ),
+    ))
+}
+
 /// Checks every configured device on this host, opening nothing.
 pub fn check_host(config: &VmConfig) -> Result<Vec<HostDevice>, VfioHostError> {
     check_host_at(config, Path::new(DEV_VFIO))
@@ -49,7 +79,7 @@ pub fn check_host_at(config: &VmConfig, dev_vfio: &Path) -> Result<Vec<HostDevic
     let mut found: Vec<HostDevice> = Vec::new();
     for (i, d) in config.devices.iter().enumerate() {
         let field = format!("devices[{i}].path");
-        let device = check_device(&field, &d.path, dev_vfio)?;
+        let device = check_path(&field, &d.path, dev_vfio)?;
         if let Some(j) = found.iter().position(|f| f.sysfs == device.sysfs) {
             return Err(fail(
                 &field,
@@ -62,14 +92,8 @@ pub fn check_host_at(config: &VmConfig, dev_vfio: &Path) -> Result<Vec<HostDevic
         found.push(device);
     }
     // Checked after the devices: a wrong path is the likelier mistake, and names its entry.
-    if !config.devices.is_empty() && !dev_vfio.join("vfio").exists() {
-        return Err(fail(
-            "devices",
-            format!(
-                "{} does not exist: load the vfio-pci module (modprobe vfio-pci)",
-                dev_vfio.join("vfio").display()
-            ),
-        ));
+    if !config.devices.is_empty() {
+        check_vfio(dev_vfio)?;
     }
     Ok(found)
 }
@@ -86,7 +110,7 @@ fn driver_allows_group(driver: &str) -> bool {
     driver.contains("vfio") || driver == "pci-stub" || driver == "pcieport"
 }
 
-fn check_device(field: &str, path: &Path, dev_vfio: &Path) -> Result<HostDevice, VfioHostError> {
+fn check_path(field: &str, path: &Path, dev_vfio: &Path) -> Result<HostDevice, VfioHostError> {
     if !path.exists() {
         return Err(fail(
             field,

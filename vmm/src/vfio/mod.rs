@@ -1,15 +1,15 @@
-//! VFIO passthrough for one boot, the host side: the VFIO container and groups, DMA
-//! mapping of all guest RAM, the devices' BARs placed in their segment's windows and
-//! mmapped into the guest as KVM slots (and, best effort, into the IOMMU for peer-to-peer
-//! DMA). The checks made before anything is opened are in [`host`].
-//!
-//! [`Passthrough`] owns all of it; dropping it resets the devices, removes the slots,
-//! unmaps the BARs and the DMA mappings and closes the groups, leaving the devices bound to
-//! vfio-pci as they were found.
+//! VFIO passthrough, the host side. The VM's [`Container`]: opened when the first device
+//! comes and kept for the VM's life, with all guest RAM DMA-mapped while it holds devices. Per device: the VFIO
+//! device opened in it ([`Container::open_device`]) and its BARs mmapped into the guest
+//! as KVM slots and, best effort, into the IOMMU for peer-to-peer DMA ([`BarMappings`]),
+//! following the guest when it moves them. The checks made before anything is opened are
+//! in [`host`]. The device manager decides when these happen; this module how.
 
 mod host;
 
-pub use host::{check_host, check_host_at, HostDevice, VfioHostError};
+pub use host::{
+    check_device, check_device_at, check_host, check_host_at, HostDevice, VfioHostError,
+};
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,42 +20,101 @@ use kvm_bindings::{
     kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_userspace_memory_region,
 };
 use kvm_ioctls::VmFd;
-use tessera_api::config::VmConfig;
-use tessera_arch::layout::Range;
-use tessera_devices::bus::{Bus, BusDevice};
+use tessera_devices::bus::Bus;
 use tessera_devices::interrupt::InterruptRouter;
-use tessera_devices::pci::{PciBarType, PciSegment};
-use tessera_devices::vfio::{
-    BarRelocator, MmapArea, VfioBarTrap, VfioPciDevice, PAGE_SIZE, ROM_BAR,
-};
+use tessera_devices::pci::PciBarType;
+use tessera_devices::vfio::{BarRelocator, MmapArea, VfioPciDevice};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd};
-use vm_allocator::{AddressAllocator, AllocPolicy};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::guest_topology::{intx_gsi, GuestTopology, PlacedDevice};
-use crate::irq_routing::KvmInterruptRouter;
+use crate::device_manager::memory_slots::MemorySlots;
 use host::{fail, open_error};
-/// A part of a BAR mmapped from the device and given to the guest as a KVM slot.
-struct BarMapping {
-    slot: u32,
-    guest_address: u64,
-    size: u64,
-    /// The mmap's address in this process.
-    host: usize,
-    /// Whether it is also in the IOMMU (peer-to-peer DMA), at `guest_address`.
-    in_iommu: bool,
-}
 
-/// State the relocator shares with [`Passthrough`].
-struct Mappings {
+/// The VM's VFIO container. Guest RAM is DMA-mapped into it whenever it holds a device:
+/// the kernel sets up the IOMMU when the first group joins and drops it, mappings and
+/// all, when the last one leaves.
+pub struct Container {
     vm: Arc<VmFd>,
     container: Arc<VfioContainer>,
-    list: Mutex<Vec<BarMapping>>,
+    memory: GuestMemoryMmap,
+    /// Whether guest RAM is in the IOMMU now.
+    ram_mapped: AtomicBool,
     /// Set once a peer-to-peer mapping has failed, so the warning is given once.
     p2p_warned: AtomicBool,
 }
 
-impl Mappings {
+impl Container {
+    /// Opens the container through KVM's VFIO device, for guest RAM `memory`, which must
+    /// stay mapped until the container is dropped.
+    pub fn open(vm: &Arc<VmFd>, memory: &GuestMemoryMmap) -> Result<Container, VfioHostError> {
+        let mut create = kvm_create_device {
+            type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
+            fd: 0,
+            flags: 0,
+        };
+        let kvm_vfio = vm
+            .create_device(&mut create)
+            .map_err(|e| fail("devices", format!("creating the KVM VFIO device: {e}")))?;
+        let container = VfioContainer::new(Some(Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio))))
+            .map_err(|e| fail("devices", format!("opening the VFIO container: {e}")))?;
+        Ok(Container {
+            vm: vm.clone(),
+            container: Arc::new(container),
+            memory: memory.clone(),
+            ram_mapped: AtomicBool::new(false),
+            p2p_warned: AtomicBool::new(false),
+        })
+    }
+
+    /// DMA-maps all guest RAM, so devices can DMA anywhere the guest points them; once a
+    /// device has joined (the IOMMU exists from then), and only if not mapped already.
+    pub fn map_ram(&self) -> Result<(), VfioHostError> {
+        if self.ram_mapped.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let start = Instant::now();
+        // SAFETY: guest memory stays mapped until the container is dropped, which unmaps it
+        // from the IOMMU first; the VMM touches it only through vm-memory's volatile
+        // accessors, never through references the device's DMA could alias.
+        #[allow(unsafe_code)]
+        unsafe { self.container.vfio_map_guest_memory(&self.memory) }
+            .map_err(|e| fail("devices", format!("DMA-mapping guest RAM: {e}")))?;
+        self.ram_mapped.store(true, Ordering::SeqCst);
+        let took = start.elapsed();
+        let ram: u64 = self.memory.iter().map(|r| r.len()).sum();
+        tracing::info!(
+            "vfio: DMA-mapped {} MiB of guest RAM in {:.1} ms",
+            ram >> 20,
+            took.as_secs_f64() * 1000.0
+        );
+        Ok(())
+    }
+
+    /// Takes guest RAM out of the IOMMU; before the last device leaves, while the IOMMU
+    /// still exists.
+    pub fn unmap_ram(&self) {
+        if self.ram_mapped.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.container.vfio_unmap_guest_memory(&self.memory) {
+                tracing::warn!("unmapping guest RAM from the IOMMU: {e}");
+            }
+        }
+    }
+
+    /// Opens the device [`check_device`] found as `host` and reads what it needs;
+    /// `name` is for logs, `field` for errors.
+    pub fn open_device(
+        &self,
+        host: &HostDevice,
+        name: &str,
+        field: &str,
+        router: Arc<dyn InterruptRouter>,
+    ) -> Result<VfioPciDevice, VfioHostError> {
+        let device = VfioDevice::new(&host.sysfs, self.container.clone(), false)
+            .map_err(|e| open_error(field, host, e))?;
+        VfioPciDevice::new(name, Arc::new(device), router)
+            .map_err(|e| fail(field, format!("{}: {e}", host.sysfs.display())))
+    }
+
     fn set_slot(&self, m: &BarMapping, size: u64) -> io::Result<()> {
         let region = kvm_userspace_memory_region {
             slot: m.slot,
@@ -64,8 +123,8 @@ impl Mappings {
             memory_size: size,
             userspace_addr: m.host as u64,
         };
-        // SAFETY: the slot points at a live mmap of the device's BAR owned by `self`,
-        // which removes the slot (size 0) before unmapping it.
+        // SAFETY: the slot points at a live mmap of the device's BAR owned by a
+        // `BarMappings`, which removes the slot (size 0) before unmapping it.
         #[allow(unsafe_code)]
         unsafe { self.vm.set_user_memory_region(region) }
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))
@@ -74,9 +133,9 @@ impl Mappings {
     /// Best effort: lets other devices DMA to this BAR (peer to peer). An emulated IOMMU
     /// may refuse MMIO mappings (QEMU's VT-d does); the guest still boots, so say it once.
     fn map_p2p(&self, m: &mut BarMapping, device: &str) {
-        // SAFETY: the range is a live mmap of device memory owned by `self`, unmapped from
-        // the IOMMU (unmap_p2p) before it is unmapped from this process; no Rust reference
-        // to it exists.
+        // SAFETY: the range is a live mmap of device memory owned by a `BarMappings`,
+        // unmapped from the IOMMU (unmap_p2p) before it is unmapped from this process; no
+        // Rust reference to it exists.
         #[allow(unsafe_code)]
         let result = unsafe {
             self.container
@@ -106,13 +165,120 @@ impl Mappings {
     }
 }
 
-/// Follows BAR moves: KVM slots, IOMMU entries and bus ranges. Holds the buses weakly:
-/// they hold the devices, which hold this.
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.unmap_ram();
+    }
+}
+
+/// A part of a BAR mmapped from the device and given to the guest as a KVM slot.
+struct BarMapping {
+    slot: u32,
+    guest_address: u64,
+    size: u64,
+    /// The mmap's address in this process.
+    host: usize,
+    /// Whether it is also in the IOMMU (peer-to-peer DMA), at `guest_address`.
+    in_iommu: bool,
+}
+
+/// One device's BARs mapped into the guest. [`BarMappings::unmap_all`] (or dropping it)
+/// removes the KVM slots and IOMMU entries, unmaps the BARs and gives the slots back.
+pub struct BarMappings {
+    container: Arc<Container>,
+    slots: Arc<Mutex<MemorySlots>>,
+    name: String,
+    list: Mutex<Vec<BarMapping>>,
+}
+
+impl BarMappings {
+    /// Maps every area of `model`'s assigned BARs that may be mmapped, each into a KVM
+    /// slot taken from `slots`. Fails leaving nothing mapped.
+    pub fn map(
+        container: &Arc<Container>,
+        slots: &Arc<Mutex<MemorySlots>>,
+        model: &VfioPciDevice,
+        name: &str,
+    ) -> Result<Arc<BarMappings>, String> {
+        let mappings = Arc::new(BarMappings {
+            container: container.clone(),
+            slots: slots.clone(),
+            name: name.to_string(),
+            list: Mutex::new(Vec::new()),
+        });
+        for area in model.mmap_areas() {
+            let Some((_, bar_base, _)) = model.bar_range(area.bar) else {
+                continue;
+            };
+            let slot = slots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .allocate()
+                .map_err(|e| format!("BAR {}: {e}", area.bar))?;
+            let mapped = map_area(model.device_fd(), &area, bar_base + area.bar_offset, slot);
+            let mut mapping = match mapped {
+                Ok(m) => m,
+                Err(e) => {
+                    mappings.release_slot(slot);
+                    return Err(format!("mmapping BAR {}: {e}", area.bar));
+                }
+            };
+            if let Err(e) = container.set_slot(&mapping, mapping.size) {
+                unmap(&mapping);
+                mappings.release_slot(slot);
+                return Err(format!("KVM slot for BAR {}: {e}", area.bar));
+            }
+            container.map_p2p(&mut mapping, name);
+            mappings.lock().push(mapping);
+        }
+        Ok(mappings)
+    }
+
+    /// A relocator for the device's BARs, moving their bus ranges on `pio` and `mmio`
+    /// (held weakly: the buses hold the device, which holds the relocator).
+    pub fn relocator(self: &Arc<Self>, pio: &Arc<Bus>, mmio: &Arc<Bus>) -> Arc<dyn BarRelocator> {
+        Arc::new(Relocator {
+            mappings: self.clone(),
+            pio: Arc::downgrade(pio),
+            mmio: Arc::downgrade(mmio),
+        })
+    }
+
+    /// Takes every BAR out of the guest and the IOMMU and unmaps it; the slots go back.
+    pub fn unmap_all(&self) {
+        let mut list = self.lock();
+        for m in list.iter_mut() {
+            self.container.unmap_p2p(m);
+            let _ = self.container.set_slot(m, 0);
+            unmap(m);
+            self.release_slot(m.slot);
+        }
+        list.clear();
+    }
+
+    fn release_slot(&self, slot: u32) {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .release(slot);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<BarMapping>> {
+        self.list.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for BarMappings {
+    fn drop(&mut self) {
+        self.unmap_all();
+    }
+}
+
+/// Follows BAR moves: KVM slots, IOMMU entries and bus ranges.
 struct Relocator {
-    mappings: Arc<Mappings>,
+    mappings: Arc<BarMappings>,
     pio: Weak<Bus>,
     mmio: Weak<Bus>,
-    name: String,
 }
 
 impl BarRelocator for Relocator {
@@ -123,288 +289,23 @@ impl BarRelocator for Relocator {
         };
         let bus = bus.upgrade().ok_or("the VM is shutting down")?;
         bus.relocate(old, new).map_err(|e| e.to_string())?;
-        let mut list = self
-            .mappings
-            .list
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for m in list
+        let m = &self.mappings;
+        let mut list = m.lock();
+        for b in list
             .iter_mut()
-            .filter(|m| m.guest_address >= old && m.guest_address < old + size)
+            .filter(|b| b.guest_address >= old && b.guest_address < old + size)
         {
-            self.mappings.unmap_p2p(m);
-            self.mappings
-                .set_slot(m, 0)
+            m.container.unmap_p2p(b);
+            m.container
+                .set_slot(b, 0)
                 .map_err(|e| format!("removing a KVM slot: {e}"))?;
-            m.guest_address = m.guest_address - old + new;
-            self.mappings
-                .set_slot(m, m.size)
+            b.guest_address = b.guest_address - old + new;
+            m.container
+                .set_slot(b, b.size)
                 .map_err(|e| format!("adding a KVM slot: {e}"))?;
-            self.mappings.map_p2p(m, &self.name);
+            m.container.map_p2p(b, &m.name);
         }
         Ok(())
-    }
-}
-
-/// A passed-through device in the guest.
-pub struct PassedDevice {
-    /// Its placement.
-    pub placed: PlacedDevice,
-    /// The device model.
-    pub device: Arc<Mutex<VfioPciDevice>>,
-}
-
-/// Everything VFIO for one boot.
-pub struct Passthrough {
-    /// The devices, in configuration order.
-    pub devices: Vec<PassedDevice>,
-    mappings: Arc<Mappings>,
-    memory: GuestMemoryMmap,
-    dma_mapped: bool,
-}
-
-/// Guest address space for BARs on one segment.
-struct SegmentAllocators {
-    mmio32: AddressAllocator,
-    mmio64: AddressAllocator,
-    io: Option<AddressAllocator>,
-}
-
-fn allocator(r: &Range) -> Result<AddressAllocator, String> {
-    AddressAllocator::new(r.start, r.len()).map_err(|e| e.to_string())
-}
-
-impl Passthrough {
-    /// Opens the devices [`check_host`] found (`hosts`, in configuration order), DMA-maps
-    /// `memory`, places the BARs, maps what can be mapped into the guest (all but each
-    /// device's `x_exclude_mmap_bars` in `config`) starting at KVM slot `first_slot`, and
-    /// wires INTx. Fails leaving nothing open or mapped.
-    pub fn open(
-        vm: &Arc<VmFd>,
-        memory: &GuestMemoryMmap,
-        hosts: &[HostDevice],
-        config: &VmConfig,
-        topology: &GuestTopology,
-        router: &Arc<KvmInterruptRouter>,
-        first_slot: u32,
-    ) -> Result<Option<Passthrough>, VfioHostError> {
-        if hosts.is_empty() {
-            return Ok(None);
-        }
-
-        let mut create = kvm_create_device {
-            type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
-            fd: 0,
-            flags: 0,
-        };
-        let kvm_vfio = vm
-            .create_device(&mut create)
-            .map_err(|e| fail("devices", format!("creating the KVM VFIO device: {e}")))?;
-        let container = VfioContainer::new(Some(Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio))))
-            .map_err(|e| fail("devices", format!("opening the VFIO container: {e}")))?;
-        let container = Arc::new(container);
-
-        let mut opened = Vec::new();
-        for (placed, host) in topology.devices.iter().zip(hosts) {
-            let field = format!("devices[{}].path", placed.config_index);
-            let device = VfioDevice::new(&host.sysfs, container.clone(), false)
-                .map_err(|e| open_error(&field, host, e))?;
-            opened.push((placed.clone(), host.clone(), device));
-        }
-
-        let mut pass = Passthrough {
-            devices: Vec::new(),
-            mappings: Arc::new(Mappings {
-                vm: vm.clone(),
-                container: container.clone(),
-                list: Mutex::new(Vec::new()),
-                p2p_warned: AtomicBool::new(false),
-            }),
-            memory: memory.clone(),
-            dma_mapped: false,
-        };
-
-        // All guest RAM, so devices can DMA anywhere the guest points them.
-        let start = Instant::now();
-        // SAFETY: guest memory stays mapped until `Passthrough` is dropped, which unmaps it
-        // from the IOMMU first; the VMM touches it only through vm-memory's volatile
-        // accessors, never through references the device's DMA could alias.
-        #[allow(unsafe_code)]
-        unsafe { container.vfio_map_guest_memory(memory) }
-            .map_err(|e| fail("devices", format!("DMA-mapping guest RAM: {e}")))?;
-        pass.dma_mapped = true;
-        let took = start.elapsed();
-        let ram: u64 = memory.iter().map(|r| r.len()).sum();
-        tracing::info!(
-            "vfio: DMA-mapped {} MiB of guest RAM in {:.1} ms",
-            ram >> 20,
-            took.as_secs_f64() * 1000.0
-        );
-
-        let mut allocators = topology
-            .layout
-            .segments
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                Ok(SegmentAllocators {
-                    mmio32: allocator(&w.mmio32)?,
-                    mmio64: allocator(&w.mmio64)?,
-                    // Only segment 0 decodes port I/O (see guest_topology).
-                    io: if i == 0 {
-                        Some(AddressAllocator::new(0x1000, 0xf000).map_err(|e| e.to_string())?)
-                    } else {
-                        None
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|e| fail("devices", format!("BAR windows: {e}")))?;
-
-        let mut slot = first_slot;
-        for (placed, host, device) in opened {
-            let field = format!("devices[{}].path", placed.config_index);
-            let name = format!("{} ({})", placed.id, host.sysfs.display());
-            let router: Arc<dyn InterruptRouter> = router.clone();
-            let mut model = VfioPciDevice::new(&name, Arc::new(device), router)
-                .map_err(|e| fail(&field, format!("{}: {e}", host.sysfs.display())))?;
-            if let Some(d) = config.devices.get(placed.config_index) {
-                model.exclude_from_mmap(&d.x_exclude_mmap_bars);
-            }
-            let seg = allocators
-                .get_mut(usize::from(placed.bdf.segment))
-                .ok_or_else(|| fail(&field, "its PCI segment does not exist"))?;
-            for request in model.bar_requests() {
-                let (space, align) = match request.bar_type {
-                    PciBarType::Io => match seg.io.as_mut() {
-                        Some(io) => (io, request.size),
-                        None => {
-                            tracing::warn!(
-                                "{name}: I/O BAR {} left unassigned: only PCI segment 0 decodes port I/O",
-                                request.index
-                            );
-                            continue;
-                        }
-                    },
-                    PciBarType::Memory32 => (&mut seg.mmio32, request.size.max(PAGE_SIZE)),
-                    PciBarType::Memory64 => (&mut seg.mmio64, request.size.max(PAGE_SIZE)),
-                };
-                let range = space
-                    .allocate(request.size, align, AllocPolicy::FirstMatch)
-                    .map_err(|e| {
-                        fail(
-                            &field,
-                            format!(
-                                "{}: no room for BAR {} ({:#x} bytes) in segment {}'s window: {e}",
-                                host.sysfs.display(),
-                                request.index,
-                                request.size,
-                                placed.bdf.segment
-                            ),
-                        )
-                    })?;
-                model
-                    .assign_bar(request.index, range.start())
-                    .map_err(|e| fail(&field, format!("{}: {e}", host.sysfs.display())))?;
-            }
-            for area in model.mmap_areas() {
-                let Some((_, bar_base, _)) = model.bar_range(area.bar) else {
-                    continue;
-                };
-                let mut mapping =
-                    map_area(model.device_fd(), &area, bar_base + area.bar_offset, slot).map_err(
-                        |e| {
-                            fail(
-                                &field,
-                                format!("{}: mmapping BAR {}: {e}", host.sysfs.display(), area.bar),
-                            )
-                        },
-                    )?;
-                slot += 1;
-                let registered = pass.mappings.set_slot(&mapping, mapping.size);
-                if let Err(e) = registered {
-                    unmap(&mapping);
-                    return Err(fail(
-                        &field,
-                        format!(
-                            "{}: KVM slot for BAR {}: {e}",
-                            host.sysfs.display(),
-                            area.bar
-                        ),
-                    ));
-                }
-                pass.mappings.map_p2p(&mut mapping, &name);
-                pass.mappings
-                    .list
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(mapping);
-            }
-            let pin = model.interrupt_pin();
-            if pin != 0 {
-                model
-                    .enable_intx(intx_gsi(placed.bdf.device, pin))
-                    .map_err(|e| fail(&field, format!("{}: INTx: {e}", host.sysfs.display())))?;
-            }
-            tracing::info!(
-                "vfio: {name} at {} with BARs {:?}",
-                placed.bdf,
-                (0..=ROM_BAR)
-                    .filter_map(|i| model.bar_range(i).map(|(_, a, s)| (i, a, s)))
-                    .map(|(i, a, s)| format!("{i}:{a:#x}+{s:#x}"))
-                    .collect::<Vec<_>>()
-            );
-            pass.devices.push(PassedDevice {
-                placed,
-                device: Arc::new(Mutex::new(model)),
-            });
-        }
-        Ok(Some(pass))
-    }
-
-    /// Puts each device on its segment and its BARs on the buses.
-    pub fn attach(&self, segments: &mut [PciSegment], pio: &Bus, mmio: &Bus) -> Result<(), String> {
-        for d in &self.devices {
-            let segment = segments
-                .get_mut(usize::from(d.placed.bdf.segment))
-                .ok_or("no such PCI segment")?;
-            let as_pci: Arc<Mutex<dyn tessera_devices::pci::PciDevice>> = d.device.clone();
-            segment
-                .add_device(d.placed.bdf.devfn(), as_pci)
-                .map_err(|e| format!("{}: {e}", d.placed.id))?;
-            let model = d.device.lock().unwrap_or_else(PoisonError::into_inner);
-            for bar in 0..=ROM_BAR {
-                let Some((bar_type, address, size)) = model.bar_range(bar) else {
-                    continue;
-                };
-                let trap: Arc<Mutex<dyn BusDevice>> =
-                    Arc::new(Mutex::new(VfioBarTrap::new(d.device.clone(), bar)));
-                let bus = if bar_type == PciBarType::Io {
-                    pio
-                } else {
-                    mmio
-                };
-                bus.insert(address, size, trap)
-                    .map_err(|e| format!("{} BAR {bar}: {e}", d.placed.id))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Lets the devices follow the guest when it moves their BARs.
-    pub fn follow_bars(&self, pio: &Arc<Bus>, mmio: &Arc<Bus>) {
-        for d in &self.devices {
-            let relocator = Arc::new(Relocator {
-                mappings: self.mappings.clone(),
-                pio: Arc::downgrade(pio),
-                mmio: Arc::downgrade(mmio),
-                name: d.placed.id.clone(),
-            });
-            d.device
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .set_relocator(relocator);
-        }
     }
 }
 
@@ -448,37 +349,5 @@ fn unmap(m: &BarMapping) {
     #[allow(unsafe_code)]
     unsafe {
         libc::munmap(m.host as *mut libc::c_void, m.size as usize);
-    }
-}
-
-impl Drop for Passthrough {
-    fn drop(&mut self) {
-        for d in &self.devices {
-            d.device
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .reset();
-        }
-        let mut list = self
-            .mappings
-            .list
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for m in list.iter_mut() {
-            self.mappings.unmap_p2p(m);
-            let _ = self.mappings.set_slot(m, 0);
-            unmap(m);
-        }
-        list.clear();
-        drop(list);
-        if self.dma_mapped {
-            if let Err(e) = self
-                .mappings
-                .container
-                .vfio_unmap_guest_memory(&self.memory)
-            {
-                tracing::warn!("unmapping guest RAM from the IOMMU: {e}");
-            }
-        }
     }
 }
