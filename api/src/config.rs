@@ -74,6 +74,14 @@ pub struct VmConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub devices: Vec<DeviceConfig>,
+    /// GI-ready PCI slots reserved at boot (Tessera extension): a device whose `id` is a
+    /// slot's lands at its BDF, at boot or when added later.
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub pci_slots: Vec<PciSlotConfig>,
     /// CH's vfio-user devices; an empty list only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_devices: Option<Vec<OpaqueConfig>>,
@@ -99,7 +107,8 @@ pub struct VmConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub numa: Vec<NumaConfig>,
-    /// Generic Initiator links from a device to NUMA nodes (Tessera extension).
+    /// Generic Initiator links from a device or a PCI slot to NUMA nodes (Tessera
+    /// extension).
     #[serde(
         default,
         deserialize_with = "null_is_empty",
@@ -416,6 +425,24 @@ impl DeviceConfig {
     }
 }
 
+/// A GI-ready PCI slot: a BDF reserved at boot under an id, which GI links and
+/// `numa[].device_id` may name like a device's. The SRAT names the slot's BDF from boot,
+/// whether or not a device fills it, because Linux reads the SRAT only at boot; a device
+/// whose `id` is the slot's fills it, and the slot stays reserved when the device goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PciSlotConfig {
+    /// The slot's id, in the namespace of device ids: the device with this id fills it.
+    pub id: String,
+    /// PCI segment of the slot.
+    #[serde(default)]
+    pub pci_segment: u16,
+    /// Device number on the segment's root bus; without it, the lowest free one, placed
+    /// as devices are (pinned first, then in configuration order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_device_id: Option<u8>,
+}
+
 /// A guest NUMA node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -450,7 +477,8 @@ pub struct NumaConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub pci_segments: Vec<u16>,
-    /// A device whose Generic Initiator this node is (CH's form of one GI link).
+    /// A device (or PCI slot) whose Generic Initiator this node is (CH's form of one GI
+    /// link).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
 }
@@ -474,7 +502,7 @@ pub struct GenericInitiatorConfig {
     /// Optional name of this link (QEMU's object id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// The device's id.
+    /// The id of a device or of a PCI slot (`pci_slots`).
     pub device: String,
     /// One node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -823,23 +851,30 @@ impl VmConfig {
                     ));
                 }
             }
-            if d.pci_segment >= self.platform.num_pci_segments {
+            self.check_pci_address(&format!("devices[{i}]"), d.pci_segment, d.pci_device_id)?;
+        }
+        // Slot ids share the namespace of device ids: a device with a slot's id is the
+        // one that fills it, so only slots among themselves must differ.
+        let mut slots = BTreeMap::new();
+        for (i, s) in self.pci_slots.iter().enumerate() {
+            let field = format!("pci_slots[{i}]");
+            if s.id.is_empty() {
+                return Err(ConfigError::new(format!("{field}.id"), "must not be empty"));
+            }
+            if s.id == HOST_BRIDGE_ID {
                 return Err(ConfigError::new(
-                    format!("devices[{i}].pci_segment"),
-                    format!(
-                        "segment {} does not exist (platform.num_pci_segments is {})",
-                        d.pci_segment, self.platform.num_pci_segments
-                    ),
+                    format!("{field}.id"),
+                    format!("`{HOST_BRIDGE_ID}` is reserved for the PCI host bridge"),
                 ));
             }
-            if let Some(slot) = d.pci_device_id {
-                if (slot == 0 && d.pci_segment == 0) || slot > 31 {
-                    return Err(ConfigError::new(
-                        format!("devices[{i}].pci_device_id"),
-                        format!("{slot} is not a free device number (1..=31 on segment 0, 0..=31 elsewhere)"),
-                    ));
-                }
+            if let Some(first) = slots.insert(s.id.as_str(), i) {
+                return Err(ConfigError::new(
+                    format!("{field}.id"),
+                    format!("`{}` is already pci_slots[{first}]", s.id),
+                ));
             }
+            self.check_pci_address(&field, s.pci_segment, s.pci_device_id)?;
+            devices.entry(s.id.as_str()).or_insert(i);
         }
         if self.platform.num_pci_segments == 0 {
             return Err(ConfigError::new(
@@ -848,6 +883,38 @@ impl VmConfig {
             ));
         }
         self.validate_numa(&zones, &devices)
+    }
+
+    /// A device's or slot's `pci_segment` and `pci_device_id`, at `field`: the segment
+    /// exists, the device number is one a device may have. Whether it is free is
+    /// placement's to say.
+    fn check_pci_address(
+        &self,
+        field: &str,
+        segment: u16,
+        device_id: Option<u8>,
+    ) -> Result<(), ConfigError> {
+        if segment >= self.platform.num_pci_segments {
+            return Err(ConfigError::new(
+                format!("{field}.pci_segment"),
+                format!(
+                    "segment {segment} does not exist (platform.num_pci_segments is {})",
+                    self.platform.num_pci_segments
+                ),
+            ));
+        }
+        if let Some(slot) = device_id {
+            if (slot == 0 && segment == 0) || slot > 31 {
+                return Err(ConfigError::new(
+                    format!("{field}.pci_device_id"),
+                    format!(
+                        "{slot} is not a free device number (1..=31 on segment 0, whose 0 \
+                         is the host bridge; 0..=31 elsewhere)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_console(&self) -> Result<(), ConfigError> {
@@ -956,7 +1023,7 @@ impl VmConfig {
                 if !devices.contains_key(dev.as_str()) {
                     return Err(ConfigError::new(
                         format!("numa[{i}].device_id"),
-                        format!("no device has id `{dev}`"),
+                        format!("no device or PCI slot has id `{dev}`"),
                     ));
                 }
             }
@@ -987,7 +1054,7 @@ impl VmConfig {
             if !devices.contains_key(gi.device.as_str()) {
                 return Err(ConfigError::new(
                     format!("{field}.device"),
-                    format!("no device has id `{}`", gi.device),
+                    format!("no device or PCI slot has id `{}`", gi.device),
                 ));
             }
             let node_field = format!(

@@ -14,7 +14,7 @@ use crate::config::{
     parse_node_set, ConfigError, ConsoleConfig, ConsoleMode, CoreScheduling, CpuAffinity,
     CpuFeatures, CpuProfile, CpuTopology, CpusConfig, DeviceConfig, GenericInitiatorConfig,
     HotplugMethod, MemoryConfig, MemoryZoneConfig, NodeSet, NumaConfig, NumaDistance,
-    PlatformConfig, VirtioConsoleConfig, DEFAULT_MAX_PHYS_BITS,
+    PciSlotConfig, PlatformConfig, VirtioConsoleConfig, DEFAULT_MAX_PHYS_BITS,
 };
 use crate::types::RemoveGenericInitiator;
 
@@ -588,6 +588,16 @@ pub fn parse_device(s: &str) -> Result<DeviceConfig, OptionError> {
     Ok(device)
 }
 
+/// `id=ID[,pci_segment=N,pci_device_id=D]`: a GI-ready PCI slot (`pci_slots[]`).
+pub fn parse_pci_slot(s: &str) -> Result<PciSlotConfig, OptionError> {
+    let o = Options::parse(s, &["id", "pci_segment", "pci_device_id"])?;
+    Ok(PciSlotConfig {
+        id: o.required("id")?,
+        pci_segment: o.number("pci_segment")?.unwrap_or(0),
+        pci_device_id: o.number("pci_device_id")?,
+    })
+}
+
 /// `guest_numa_id=N[,cpus=[..],memory_zones=[..],distances=[N@D,..],pci_segments=[..],device_id=ID]`:
 /// `PUT /vm.add-numa-node`'s body.
 pub fn parse_numa(s: &str) -> Result<NumaConfig, OptionError> {
@@ -725,6 +735,26 @@ mod tests {
         assert!(e.message.contains("given twice"), "{e}");
         let e = parse_device("/x").unwrap_err();
         assert_eq!((e.key, e.message.as_str()), (None, "`/x` is not key=value"));
+    }
+
+    #[test]
+    fn pci_slot() {
+        let s = parse_pci_slot("id=gpu0,pci_segment=1,pci_device_id=0").unwrap();
+        assert_eq!(
+            (s.id.as_str(), s.pci_segment, s.pci_device_id),
+            ("gpu0", 1, Some(0))
+        );
+        let s = parse_pci_slot("id=gpu1").unwrap();
+        assert_eq!((s.pci_segment, s.pci_device_id), (0, None));
+        for (bad, key) in [
+            ("pci_segment=1", "id"),
+            ("id=a,pci_device_id=x", "pci_device_id"),
+            ("id=a,pci_device_id=256", "pci_device_id"),
+            ("id=a,path=/x", "path"),
+        ] {
+            let e = parse_pci_slot(bad).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{bad}: {e}");
+        }
     }
 
     #[test]

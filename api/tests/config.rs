@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use tessera_api::config::{parse_node_set, ConsoleMode, VmConfig};
+use tessera_api::config::{parse_node_set, ConsoleMode, PciSlotConfig, VmConfig};
 
 /// The seed's shape: 2 CPU nodes with a zone each, 8 GI nodes on one device.
 const SEED: &str = r#"{
@@ -165,7 +165,7 @@ fn gi_links_to_missing_devices_or_nodes_or_twice() {
         refused(&c),
         (
             "generic_initiators[0].device".into(),
-            "no device has id `gpu9`".into()
+            "no device or PCI slot has id `gpu9`".into()
         )
     );
     let mut c = seed();
@@ -261,4 +261,94 @@ fn the_host_bridge_is_a_device_links_may_name() {
     c.validate().unwrap();
     c.devices[0].id = Some(tessera_api::config::HOST_BRIDGE_ID.into());
     assert_eq!(refused(&c).0, "devices[0].id");
+}
+
+fn slot(id: &str, segment: u16, device: Option<u8>) -> PciSlotConfig {
+    PciSlotConfig {
+        id: id.into(),
+        pci_segment: segment,
+        pci_device_id: device,
+    }
+}
+
+/// The seed with its device gone and its GI links on an empty slot at 0001:00:00.0.
+fn seed_with_an_empty_slot() -> VmConfig {
+    let mut c = seed();
+    c.devices.clear();
+    c.platform.num_pci_segments = 2;
+    c.pci_slots = vec![slot("gpu0", 1, Some(0))];
+    c
+}
+
+#[test]
+fn gi_links_may_name_an_empty_slot_and_it_round_trips() {
+    let c = seed_with_an_empty_slot();
+    c.validate().unwrap();
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(
+        json["pci_slots"],
+        serde_json::json!([{"id": "gpu0", "pci_segment": 1, "pci_device_id": 0}])
+    );
+    let back: VmConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(back, c);
+    // Defaults: segment 0, no device number.
+    let s: PciSlotConfig = serde_json::from_str(r#"{"id": "s"}"#).unwrap();
+    assert_eq!(s, slot("s", 0, None));
+    let e = serde_json::from_str::<PciSlotConfig>(r#"{"id": "s", "bus": 1}"#).unwrap_err();
+    assert!(e.to_string().contains("unknown field `bus`"), "{e}");
+    // A device may have a slot's id (it fills the slot); both name one GI target.
+    let mut c = seed();
+    c.pci_slots = vec![slot("gpu0", 0, None)];
+    c.validate().unwrap();
+}
+
+#[test]
+fn bad_slots_are_named() {
+    let mut c = seed_with_an_empty_slot();
+    c.pci_slots.push(slot("gpu0", 0, None));
+    assert_eq!(
+        refused(&c),
+        (
+            "pci_slots[1].id".into(),
+            "`gpu0` is already pci_slots[0]".into()
+        )
+    );
+    let mut c = seed_with_an_empty_slot();
+    c.pci_slots[0].pci_segment = 2;
+    assert_eq!(
+        refused(&c),
+        (
+            "pci_slots[0].pci_segment".into(),
+            "segment 2 does not exist (platform.num_pci_segments is 2)".into()
+        )
+    );
+    let mut c = seed_with_an_empty_slot();
+    c.pci_slots[0].pci_segment = 0;
+    assert_eq!(refused(&c).0, "pci_slots[0].pci_device_id");
+    c.pci_slots[0].pci_device_id = Some(32);
+    assert_eq!(refused(&c).0, "pci_slots[0].pci_device_id");
+    c.pci_slots[0].pci_device_id = Some(31);
+    c.validate().unwrap();
+    let mut c = seed_with_an_empty_slot();
+    c.pci_slots[0].id = String::new();
+    assert_eq!(refused(&c).0, "pci_slots[0].id");
+    c.pci_slots[0].id = tessera_api::config::HOST_BRIDGE_ID.into();
+    assert_eq!(refused(&c).0, "pci_slots[0].id");
+}
+
+#[test]
+fn a_node_a_slots_link_needs_cannot_go() {
+    // As for a device: without node 9, the slot's link to it names nothing.
+    let mut c = seed_with_an_empty_slot();
+    c.generic_initiators[1].nodes = Some("3-9".parse().unwrap());
+    c.numa[9].device_id = None;
+    c.validate().unwrap();
+    c.numa.pop();
+    assert_eq!(
+        refused(&c),
+        (
+            "generic_initiators[1].nodes".into(),
+            "node 9 does not exist".into()
+        )
+    );
 }

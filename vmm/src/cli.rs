@@ -15,7 +15,7 @@ use clap::{ArgAction, Parser};
 use tessera_api::config::{PayloadConfig, VmConfig};
 use tessera_api::options::{
     parse_console, parse_cpus, parse_device, parse_generic_initiator, parse_memory,
-    parse_memory_zone, parse_numa, parse_platform, parse_serial, OptionError,
+    parse_memory_zone, parse_numa, parse_pci_slot, parse_platform, parse_serial, OptionError,
 };
 
 /// A command-line option that could not be parsed: which option, and what is wrong.
@@ -44,7 +44,7 @@ pub struct Args {
     /// A JSON VM configuration (Cloud Hypervisor's VmConfig shape) instead of the VM options.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
         "kernel", "initramfs", "cmdline", "cpus", "memory", "memory_zones", "numa",
-        "devices", "generic_initiators", "platform", "serial", "console",
+        "devices", "pci_slots", "generic_initiators", "platform", "serial", "console",
     ])]
     pub config: Option<PathBuf>,
     /// Write the ACPI tables the configuration gives into DIR (one SIG.dat each) and exit.
@@ -244,6 +244,10 @@ pub struct VmArgs {
     /// path=/sys/bus/pci/devices/BDF[,id=ID,pci_segment=N,pci_device_id=N] ...
     #[arg(long = "device", num_args = 1.., value_name = "DEVICE")]
     pub devices: Vec<String>,
+    /// id=ID[,pci_segment=N,pci_device_id=D]: GI-ready PCI slots, reserved at boot; the
+    /// device with the same id fills one ...
+    #[arg(long = "pci-slot", num_args = 1.., value_name = "SLOT")]
+    pub pci_slots: Vec<String>,
     /// num_pci_segments=N
     #[arg(long)]
     pub platform: Option<String>,
@@ -267,6 +271,7 @@ impl VmArgs {
             ("numa", !self.numa.is_empty()),
             ("generic-initiator", !self.generic_initiators.is_empty()),
             ("device", !self.devices.is_empty()),
+            ("pci-slot", !self.pci_slots.is_empty()),
             ("platform", self.platform.is_some()),
             ("serial", self.serial.is_some()),
             ("console", self.console.is_some()),
@@ -314,6 +319,11 @@ impl VmArgs {
         }
         for s in &self.devices {
             config.devices.push(parse_device(s).map_err(at("device"))?);
+        }
+        for s in &self.pci_slots {
+            config
+                .pci_slots
+                .push(parse_pci_slot(s).map_err(at("pci-slot"))?);
         }
         if let Some(s) = &self.platform {
             config.platform = parse_platform(s).map_err(at("platform"))?;

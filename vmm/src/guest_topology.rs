@@ -1,6 +1,6 @@
 //! From a VM configuration to the guest's topology: RAM ranges per zone, PCI segments
-//! with their windows, each device's guest BDF (placed by the device manager's
-//! `placement`), and the NUMA description (nodes, GI links, distances) the ACPI tables
+//! with their windows, each device's and GI-ready slot's guest BDF (placed by the device
+//! manager's `placement`), and the NUMA description (nodes, GI links, distances) the ACPI tables
 //! are built from.
 //!
 //! Deterministic: the same configuration always gives the same BDFs and so the same
@@ -13,8 +13,8 @@ use tessera_acpi::{
 use tessera_api::config::{ConfigError, VmConfig, HOST_BRIDGE_ID};
 use tessera_arch::layout::{lay_out, GuestLayout, LayoutError, Range};
 
-pub use crate::device_manager::placement::PlacedDevice;
-use crate::device_manager::placement::{place_devices, PciSlots};
+use crate::device_manager::placement::{place_devices, PciSlots, Placement};
+pub use crate::device_manager::placement::{PlacedDevice, PlacedSlot};
 
 /// First GSI used for PCI INTx; 0..15 are the ISA interrupts.
 const INTX_GSI_BASE: u32 = 16;
@@ -39,6 +39,8 @@ pub struct GuestTopology {
     pub layout: GuestLayout,
     /// Each VFIO device's guest address.
     pub devices: Vec<PlacedDevice>,
+    /// Each GI-ready slot's guest address.
+    pub pci_slots: Vec<PlacedSlot>,
     /// The slot tables those addresses came from, which the device manager keeps.
     pub slots: PciSlots,
     /// What the ACPI tables are built from.
@@ -110,7 +112,11 @@ pub fn guest_topology(
         e => TopologyError::Layout(e),
     })?;
 
-    let (slots, devices) = place_devices(config)?;
+    let Placement {
+        slots,
+        devices,
+        pci_slots,
+    } = place_devices(config)?;
 
     let node_of_zone = |zone: usize| -> Option<u32> {
         let id = config.memory.zones.get(zone)?.id.as_str();
@@ -209,7 +215,9 @@ pub fn guest_topology(
         nodes: (0..node_count as u32).map(|id| NumaNode { id }).collect(),
         memory,
         pci_segments,
-        // Segment 0's host bridge is a device GI links may name (HOST_BRIDGE_ID).
+        // Segment 0's host bridge is a device GI links may name (HOST_BRIDGE_ID), and so
+        // is every GI-ready slot, filled or not: the SRAT names its BDF from boot. A
+        // device in a slot has the slot's id and BDF, so it is listed once.
         pci_devices: std::iter::once(PciDevice {
             id: HOST_BRIDGE_ID.to_string(),
             bdf: Bdf {
@@ -219,10 +227,19 @@ pub fn guest_topology(
                 function: 0,
             },
         })
-        .chain(devices.iter().map(|d| PciDevice {
-            id: d.id.clone(),
-            bdf: d.bdf,
+        .chain(pci_slots.iter().map(|s| PciDevice {
+            id: s.id.clone(),
+            bdf: s.bdf,
         }))
+        .chain(
+            devices
+                .iter()
+                .filter(|d| !pci_slots.iter().any(|s| s.id == d.id))
+                .map(|d| PciDevice {
+                    id: d.id.clone(),
+                    bdf: d.bdf,
+                }),
+        )
         .collect(),
         generic_initiators,
         distances,
@@ -233,6 +250,7 @@ pub fn guest_topology(
     Ok(GuestTopology {
         layout,
         devices,
+        pci_slots,
         slots,
         acpi,
         phys_bits,

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
 
 use tessera_acpi::{build, linux_node_numbering, Placement};
-use tessera_api::config::{DeviceConfig, NumaDistance, VmConfig};
+use tessera_api::config::{DeviceConfig, NumaDistance, PciSlotConfig, VmConfig};
 use tessera_vmm::guest_topology::guest_topology;
 
 const MIB: u64 = 1 << 20;
@@ -187,6 +187,138 @@ fn a_taken_slot_is_refused() {
         e.to_string()
             .contains("slot 3 on segment 0 is already taken"),
         "{e}"
+    );
+}
+
+/// The seed's 8 GI nodes on an empty GI-ready slot at device 0 of segment 1.
+fn seed_with_an_empty_slot() -> VmConfig {
+    let mut c = seed();
+    c.devices.clear();
+    c.numa[9].device_id = Some("gpu0".into());
+    c.platform.num_pci_segments = 2;
+    c.pci_slots = vec![PciSlotConfig {
+        id: "gpu0".into(),
+        pci_segment: 1,
+        pci_device_id: Some(0),
+    }];
+    c
+}
+
+fn srat_gi(g: &tessera_vmm::guest_topology::GuestTopology) -> Vec<(u32, String)> {
+    let tables = build(&g.acpi, Placement::default()).unwrap();
+    let srat = tessera_acpi::decode::decode_srat(&tables.get("SRAT").unwrap().bytes).unwrap();
+    srat.generic_initiators
+        .iter()
+        .map(|gi| (gi.node, gi.bdf.clone().unwrap()))
+        .collect()
+}
+
+#[test]
+fn an_empty_gi_ready_slot_is_in_the_srat_from_boot() {
+    let g = guest_topology(&seed_with_an_empty_slot(), 40).unwrap();
+    assert!(g.devices.is_empty());
+    assert_eq!(g.pci_slots[0].id, "gpu0");
+    assert_eq!(g.pci_slots[0].bdf.to_string(), "0001:00:00.0");
+    assert_eq!(g.slots.bdf_of("gpu0"), g.pci_slots.first().map(|s| s.bdf));
+    let gi = srat_gi(&g);
+    assert_eq!(
+        gi,
+        (2..=9)
+            .map(|n| (n, "0001:00:00.0".to_string()))
+            .collect::<Vec<_>>()
+    );
+    // A device with the slot's id fills it: same BDF, same SRAT bytes.
+    let mut filled = seed_with_an_empty_slot();
+    filled.devices = vec![DeviceConfig {
+        id: Some("gpu0".into()),
+        ..DeviceConfig::new("/g")
+    }];
+    let f = guest_topology(&filled, 40).unwrap();
+    assert_eq!(f.devices[0].bdf.to_string(), "0001:00:00.0");
+    assert_eq!(
+        build(&f.acpi, Placement::default()).unwrap().get("SRAT"),
+        build(&g.acpi, Placement::default()).unwrap().get("SRAT")
+    );
+}
+
+#[test]
+fn unpinned_slots_take_the_lowest_free_slot_before_unpinned_devices() {
+    let mut c = seed();
+    c.devices.push(DeviceConfig {
+        id: Some("nic".into()),
+        pci_device_id: Some(1),
+        ..DeviceConfig::new("/n")
+    });
+    c.devices.push(DeviceConfig::new("/x"));
+    c.pci_slots = vec![PciSlotConfig {
+        id: "spare".into(),
+        pci_segment: 0,
+        pci_device_id: None,
+    }];
+    c.generic_initiators
+        .push(serde_json::from_str(r#"{"device": "spare", "node": 2}"#).unwrap());
+    c.generic_initiators[0].nodes = Some("3-8".parse().unwrap());
+    let g = guest_topology(&c, 40).unwrap();
+    let at = |id: &str| g.slots.bdf_of(id).unwrap().to_string();
+    // Pinned first (nic), then the slot, then devices in configuration order.
+    assert_eq!(
+        [at("nic"), at("spare"), at("gpu0"), at("_vfio2")],
+        [
+            "0000:00:01.0",
+            "0000:00:02.0",
+            "0000:00:03.0",
+            "0000:00:04.0"
+        ]
+    );
+    let gi = srat_gi(&g);
+    assert!(gi.contains(&(2, "0000:00:02.0".into())), "{gi:?}");
+    assert_eq!(gi.iter().filter(|(_, b)| b == "0000:00:03.0").count(), 7);
+    assert_eq!(g, guest_topology(&c, 40).unwrap());
+}
+
+#[test]
+fn a_device_with_a_slots_id_must_agree_with_the_slot() {
+    let mut c = seed_with_an_empty_slot();
+    c.devices = vec![DeviceConfig {
+        id: Some("gpu0".into()),
+        pci_segment: 1,
+        pci_device_id: Some(4),
+        ..DeviceConfig::new("/g")
+    }];
+    let e = guest_topology(&c, 40).unwrap_err();
+    assert_eq!(e.field(), "devices[0].pci_device_id");
+    assert_eq!(
+        e.to_string(),
+        "devices[0].pci_device_id: `gpu0` has slot 0001:00:00.0 reserved: give pci_device_id 0 or none"
+    );
+    c.platform.num_pci_segments = 3;
+    c.devices[0].pci_device_id = None;
+    c.devices[0].pci_segment = 2;
+    assert_eq!(
+        guest_topology(&c, 40).unwrap_err().field(),
+        "devices[0].pci_segment"
+    );
+    // Another device on the slot's BDF, or another slot.
+    let mut c = seed_with_an_empty_slot();
+    c.devices = vec![DeviceConfig {
+        id: Some("other".into()),
+        pci_segment: 1,
+        pci_device_id: Some(0),
+        ..DeviceConfig::new("/o")
+    }];
+    assert_eq!(
+        guest_topology(&c, 40).unwrap_err().field(),
+        "devices[0].pci_device_id"
+    );
+    let mut c = seed_with_an_empty_slot();
+    c.pci_slots.push(PciSlotConfig {
+        id: "gpu1".into(),
+        pci_segment: 1,
+        pci_device_id: Some(0),
+    });
+    assert_eq!(
+        guest_topology(&c, 40).unwrap_err().field(),
+        "pci_slots[1].pci_device_id"
     );
 }
 

@@ -87,6 +87,14 @@ fn errors_name_the_option_and_key() {
     assert_eq!(a.to_config().unwrap_err().option, "serial");
 
     let mut a = args();
+    a.pci_slots = vec!["pci_segment=1".into()];
+    let e = a.to_config().unwrap_err();
+    assert_eq!(
+        (e.option.as_str(), e.message.as_str()),
+        ("pci-slot", "`id` is required")
+    );
+
+    let mut a = args();
     a.memory = Some("size=1G,size=2G".into());
     assert!(a.to_config().unwrap_err().message.contains("given twice"));
 }
@@ -117,6 +125,9 @@ const MULTI: &[&str] = &[
     "--device",
     "path=/sys/bus/pci/devices/0000:00:04.0,id=d0",
     "path=/sys/bus/pci/devices/0000:00:05.0",
+    "--pci-slot",
+    "id=s0",
+    "id=s1,pci_device_id=7",
     "--generic-initiator",
     "device=d0,node=2",
     "device=_host_bridge,nodes=2",
@@ -147,6 +158,10 @@ const REPEATED: &[&str] = &[
     "path=/sys/bus/pci/devices/0000:00:04.0,id=d0",
     "--device",
     "path=/sys/bus/pci/devices/0000:00:05.0",
+    "--pci-slot",
+    "id=s0",
+    "--pci-slot",
+    "id=s1,pci_device_id=7",
     "--generic-initiator",
     "device=d0,node=2",
     "--generic-initiator",
@@ -167,6 +182,8 @@ fn several_values_after_one_flag_are_the_same_as_the_flag_repeated() {
     assert_eq!(multi.numa[1].distances[0].destination, 0);
     assert_eq!(multi.devices.len(), 2);
     assert_eq!(multi.generic_initiators.len(), 2);
+    assert_eq!(multi.pci_slots.len(), 2);
+    assert_eq!(multi.pci_slots[1].pci_device_id, Some(7));
     // Both forms at once, in any order.
     let mixed = config(&[
         "--numa",
@@ -184,10 +201,14 @@ fn several_values_after_one_flag_are_the_same_as_the_flag_repeated() {
         "path=/sys/bus/pci/devices/0000:00:04.0,id=d0",
         "--memory-zone",
         "id=m1,size=256M",
+        "--pci-slot",
+        "id=s0",
         "--generic-initiator",
         "device=_host_bridge,nodes=2",
         "--console",
         "off",
+        "--pci-slot",
+        "id=s1,pci_device_id=7",
         "--device",
         "path=/sys/bus/pci/devices/0000:00:05.0",
         "--serial",

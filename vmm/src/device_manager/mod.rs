@@ -208,10 +208,11 @@ impl DeviceManager {
             .collect()
     }
 
-    /// Brings a device in, at boot or while the vCPUs run: its slot is the one reserved
-    /// for its id, else its pinned one, else the lowest free one of its segment; a device
-    /// without an id gets `_vfioN` (for the caller to write back). Fails leaving nothing
-    /// of it behind.
+    /// Brings a device in, at boot or while the vCPUs run, where [`PciSlots::place`]
+    /// says: the slot reserved for its id (a GI-ready slot, or its own placed at boot),
+    /// else its pinned one, else the lowest free one of its segment; a device without an
+    /// id gets `_vfioN` (for the caller to write back). Fails leaving nothing of it
+    /// behind.
     pub fn add_device(&mut self, device: &DeviceConfig) -> Result<PciDeviceInfo, DeviceError> {
         let host = check_device(device).map_err(DeviceError::from_host)?;
         if let Some(other) = self.devices.iter().find(|d| d.sysfs == host.sysfs) {
@@ -231,28 +232,10 @@ impl DeviceManager {
                 format!("a device with id `{id}` already exists"),
             ));
         }
-        let (bdf, placed_now) = match self.slots.bdf_of(&id) {
-            Some(bdf) => {
-                let pinned = device.pci_device_id.is_none_or(|s| s == bdf.device);
-                if !pinned || device.pci_segment != bdf.segment {
-                    return Err(DeviceError::device(
-                        "pci_device_id",
-                        format!("`{id}` has slot {bdf} reserved"),
-                    ));
-                }
-                (bdf, false)
-            }
-            None => {
-                let bdf = self.slots.place(device, &id).map_err(|e| {
-                    let field = match device.pci_device_id {
-                        Some(_) => "pci_device_id",
-                        None => "pci_segment",
-                    };
-                    DeviceError::device(field, e.to_string())
-                })?;
-                (bdf, true)
-            }
-        };
+        let (bdf, placed_now) = self
+            .slots
+            .place(device, &id)
+            .map_err(|e| DeviceError::device(e.field(), e.to_string()))?;
         match self.bring_in(device, &host, &id, bdf) {
             Ok(()) => Ok(PciDeviceInfo { id, bdf }),
             Err(e) => {
@@ -264,7 +247,8 @@ impl DeviceManager {
         }
     }
 
-    /// Takes the device `id` out of the VM: the way it came, backwards. Its slot is freed.
+    /// Takes the device `id` out of the VM: the way it came, backwards. Its slot is freed,
+    /// but a GI-ready slot stays reserved for the next device with its id.
     pub fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, DeviceError> {
         let index = self
             .devices
