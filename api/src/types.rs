@@ -36,7 +36,7 @@ pub enum VmState {
     Paused,
 }
 
-/// `GET /vm.info`: CH's `VmInfo`, plus `devices`.
+/// `GET /vm.info`: CH's `VmInfo`, plus `devices` and `slots`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VmInfo {
     /// The VM's configuration, with the edits made since `vm.create`: every CH field,
@@ -53,6 +53,26 @@ pub struct VmInfo {
     /// PCI devices with their guest BDFs and GI nodes (Tessera extension).
     #[serde(default)]
     pub devices: Vec<DeviceInfo>,
+    /// GI-ready PCI slots (`pci_slots`) with their BDFs, GI nodes and the device filling
+    /// each (Tessera extension).
+    #[serde(default)]
+    pub slots: Vec<SlotInfo>,
+}
+
+/// A GI-ready PCI slot in [`VmInfo::slots`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    /// The slot's id.
+    pub id: String,
+    /// Its guest address, `SSSS:BB:DD.F`.
+    pub bdf: String,
+    /// The NUMA nodes the SRAT names it a Generic Initiator of, filled or not.
+    #[serde(default)]
+    pub generic_initiator_nodes: Vec<u32>,
+    /// The id of the device filling it (the slot's own id: a device fills the slot with
+    /// its id), or `null` while it is empty.
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 /// A device in [`VmInfo::device_tree`], in CH's shape.

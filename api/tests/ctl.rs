@@ -84,6 +84,7 @@ fn info() -> VmInfo {
                 generic_initiator_nodes: vec![],
             },
         ],
+        slots: vec![],
     }
 }
 

@@ -31,8 +31,8 @@ use tessera_api::server::{
     openapi_json, routes, ApiError, ApiReply, ApiRequest, Snapshot, VmAction, MAX_BODY,
 };
 use tessera_api::types::{
-    AcpiInfo, AcpiTable, DeviceInfo, DeviceNode, PciDeviceInfo, RemoveGenericInitiator, VmInfo,
-    VmRemoveDevice, VmRemoveNumaNode, VmState, VmmPingResponse,
+    AcpiInfo, AcpiTable, DeviceInfo, DeviceNode, PciDeviceInfo, RemoveGenericInitiator, SlotInfo,
+    VmInfo, VmRemoveDevice, VmRemoveNumaNode, VmState, VmmPingResponse,
 };
 
 fn doc() -> Value {
@@ -394,6 +394,7 @@ fn maximal_config() -> Value {
         "devices": [{"id": "gpu0", "iommu": true, "pci_segment": 0, "pci_device_id": 4,
                      "path": "/sys/bus/pci/devices/0000:01:00.0", "fd": 3,
                      "x_nv_gpudirect_clique": 1, "x_exclude_mmap_bars": [0, 2]}],
+        "pci_slots": [{"id": "gpu0", "pci_segment": 0, "pci_device_id": 4}],
         "user_devices": [{"socket": "/u"}],
         "vdpa": [{"path": "/dev/vhost-vdpa-0"}],
         "vsock": {"cid": 3, "socket": "/vsock"},
@@ -463,6 +464,20 @@ fn response_schemas_match_the_types() {
             bdf: "0000:00:04.0".into(),
             generic_initiator_nodes: vec![1, 2],
         }],
+        slots: vec![
+            SlotInfo {
+                id: "gpu0".into(),
+                bdf: "0000:00:04.0".into(),
+                generic_initiator_nodes: vec![1, 2],
+                device: Some("gpu0".into()),
+            },
+            SlotInfo {
+                id: "gpu1".into(),
+                bdf: "0001:00:00.0".into(),
+                generic_initiator_nodes: vec![3],
+                device: None,
+            },
+        ],
     };
     let ping = VmmPingResponse {
         build_version: "b".into(),
@@ -502,6 +517,7 @@ fn response_schemas_match_the_types() {
         memory_actual_size: None,
         device_tree: None,
         devices: vec![],
+        slots: vec![],
     };
     let v = serde_json::to_value(&minimal).unwrap();
     for r in d["components"]["schemas"]["VmInfo"]["required"]

@@ -48,6 +48,7 @@ fn info() -> VmInfo {
             bdf: "0000:00:04.0".into(),
             generic_initiator_nodes: vec![2, 3],
         }],
+        slots: vec![],
     }
 }
 

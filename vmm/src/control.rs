@@ -22,7 +22,7 @@ use tessera_api::server::{
     ApiError, ApiReply, ApiRequest, Published, RemoveGenericInitiator, Snapshot, VmAction,
 };
 use tessera_api::types::{
-    AcpiInfo, AcpiTable, DeviceInfo, DeviceNode, VmInfo, VmState, VmmPingResponse,
+    AcpiInfo, AcpiTable, DeviceInfo, DeviceNode, SlotInfo, VmInfo, VmState, VmmPingResponse,
 };
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -514,8 +514,11 @@ impl Control {
                                 Some("id".into()),
                             )
                         })?;
-                    if c.generic_initiators.iter().any(|g| g.device == id)
-                        || c.numa.iter().any(|n| n.device_id.as_ref() == Some(&id))
+                    // A GI-ready slot keeps its links when its device goes.
+                    let in_slot = c.pci_slots.iter().any(|s| s.id == id);
+                    if !in_slot
+                        && (c.generic_initiators.iter().any(|g| g.device == id)
+                            || c.numa.iter().any(|n| n.device_id.as_ref() == Some(&id)))
                     {
                         return Err(ApiError::new(
                             409,
@@ -582,6 +585,15 @@ impl Control {
             .ok_or_else(|| err(404, "no VM has been created"))?;
         let topology =
             guest_topology(config, tessera_arch::vcpu::host_phys_bits()).map_err(topology_err)?;
+        let gi_nodes = |id: &str| -> Vec<u32> {
+            topology
+                .acpi
+                .generic_initiators
+                .iter()
+                .filter(|l| l.device == id)
+                .map(|l| l.node)
+                .collect()
+        };
         let devices: Vec<DeviceInfo> = std::iter::once((
             tessera_api::config::HOST_BRIDGE_ID.to_string(),
             "0000:00:00.0".to_string(),
@@ -592,21 +604,26 @@ impl Control {
                 .iter()
                 .map(|d| (d.id.clone(), d.bdf.to_string())),
         )
-        .map(|(id, bdf)| {
-            let generic_initiator_nodes = topology
-                .acpi
-                .generic_initiators
-                .iter()
-                .filter(|l| l.device == id)
-                .map(|l| l.node)
-                .collect();
-            DeviceInfo {
-                id,
-                bdf,
-                generic_initiator_nodes,
-            }
+        .map(|(id, bdf)| DeviceInfo {
+            generic_initiator_nodes: gi_nodes(&id),
+            id,
+            bdf,
         })
         .collect();
+        let slots = topology
+            .pci_slots
+            .iter()
+            .map(|s| SlotInfo {
+                id: s.id.clone(),
+                bdf: s.bdf.to_string(),
+                generic_initiator_nodes: gi_nodes(&s.id),
+                device: config
+                    .devices
+                    .iter()
+                    .any(|d| d.id.as_ref() == Some(&s.id))
+                    .then(|| s.id.clone()),
+            })
+            .collect();
         let state = match &self.state {
             State::Created if self.shut_down => VmState::Shutdown,
             State::Running(_) => VmState::Running,
@@ -632,6 +649,7 @@ impl Control {
             memory_actual_size: Some(topology.acpi.memory.iter().map(|m| m.size).sum()),
             device_tree: Some(device_tree),
             devices,
+            slots,
         })
     }
 
