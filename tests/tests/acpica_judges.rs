@@ -364,6 +364,54 @@ fn tables_from_a_vm_config_pass_acpica() {
     });
 }
 
+#[test]
+fn an_empty_gi_ready_slot_is_named_by_the_srat_iasl_decodes() {
+    // `--platform num_pci_segments=2 --pci-slot id=gpu0,pci_segment=1,pci_device_id=0
+    // --generic-initiator device=gpu0,nodes=2-9`, no device: the SRAT names 0001:00:00.0
+    // for nodes 2-9 all the same.
+    let config: tessera_api::config::VmConfig = serde_json::from_str(
+        r#"{
+      "cpus": {"boot_vcpus": 2, "max_vcpus": 2},
+      "memory": {"size": 0, "zones": [{"id": "m0", "size": 268435456}, {"id": "m1", "size": 268435456}]},
+      "payload": {"kernel": "/boot/vmlinuz"},
+      "platform": {"num_pci_segments": 2},
+      "pci_slots": [{"id": "gpu0", "pci_segment": 1, "pci_device_id": 0}],
+      "numa": [
+        {"guest_numa_id": 0, "cpus": [0], "memory_zones": ["m0"]},
+        {"guest_numa_id": 1, "cpus": [1], "memory_zones": ["m1"]},
+        {"guest_numa_id": 2}, {"guest_numa_id": 3}, {"guest_numa_id": 4}, {"guest_numa_id": 5},
+        {"guest_numa_id": 6}, {"guest_numa_id": 7}, {"guest_numa_id": 8}, {"guest_numa_id": 9}
+      ],
+      "generic_initiators": [{"device": "gpu0", "nodes": "2-9"}]
+    }"#,
+    )
+    .unwrap();
+    let guest = tessera_vmm::guest_topology::guest_topology(&config, 46).unwrap();
+    let tables = build(&guest.acpi, Placement::default()).unwrap();
+    let srat = judge_table("SRAT", &tables.get("SRAT").unwrap().bytes).unwrap();
+    let field = |name: &str| -> Vec<String> {
+        srat.lines()
+            .filter(|l| l.contains(name))
+            .map(|l| l.split(" : ").nth(1).unwrap().trim().to_string())
+            .collect()
+    };
+    // Segment 1 (little-endian), bus 0, devfn 0.
+    assert_eq!(
+        field("Device Handle :"),
+        vec!["01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"; 8]
+    );
+    let mut domains = field("Proximity Domain :");
+    domains.retain(|d| u32::from_str_radix(d, 16).unwrap() >= 2);
+    assert_eq!(domains.len(), 8, "{srat}");
+    judge_case(&Case {
+        name: "an empty GI-ready slot",
+        topology: guest.acpi,
+        cpus: 2,
+        memory_mib: 512,
+        qemu_devices: vec![],
+    });
+}
+
 /// What the VMM builds from a config with `segments` PCI segments and a GPU at devfn 0 of
 /// the last one, with ACPI PCI hotplug turned on the way the VMM will: its controller
 /// and every slot but the host bridge's.

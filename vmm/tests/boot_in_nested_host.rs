@@ -96,6 +96,9 @@ fn an_elf_vmlinux_boots_through_pvh() {
 
 #[test]
 fn the_seed_shape_8_gi_nodes_on_a_pci_device() {
+    // The seed's 8 GI nodes on an EMPTY GI-ready slot at device 0 of segment 1 (where a
+    // GPU hot-added later would land), and a 9th on the host bridge, a device that is
+    // there: Linux takes GI entries for a BDF where no device exists yet.
     let (status, console) = tessera_in_l1(
         "--cpus boot=2 --memory size=0 \
          --memory-zone id=m0,size=256M --memory-zone id=m1,size=256M \
@@ -103,17 +106,20 @@ fn the_seed_shape_8_gi_nodes_on_a_pci_device() {
          --numa guest_numa_id=1,cpus=[1],memory_zones=m1 \
          --numa guest_numa_id=2 --numa guest_numa_id=3 --numa guest_numa_id=4 \
          --numa guest_numa_id=5 --numa guest_numa_id=6 --numa guest_numa_id=7 \
-         --numa guest_numa_id=8 --numa guest_numa_id=9 \
-         --generic-initiator device=_host_bridge,nodes=2-9",
+         --numa guest_numa_id=8 --numa guest_numa_id=9 --numa guest_numa_id=10 \
+         --platform num_pci_segments=2 \
+         --pci-slot id=gpu0,pci_segment=1,pci_device_id=0 \
+         --generic-initiator device=gpu0,nodes=2-9 device=_host_bridge,node=10",
         "",
     );
     assert_eq!(status, 0, "{console}");
     let r = report(&console);
-    assert_eq!(r.has_generic_initiator, (2..=9).collect::<Vec<_>>());
-    assert_eq!(r.online, (0..=9).collect::<Vec<_>>());
+    assert_eq!(r.has_generic_initiator, (2..=10).collect::<Vec<_>>());
+    assert_eq!(r.online, (0..=10).collect::<Vec<_>>());
     assert_eq!(r.has_cpu, vec![0, 1]);
-    // The device the GI entries name is in the guest, under our host bridge.
+    // The host bridge is in the guest; the slot's BDF is empty.
     assert!(r.pci_numa.contains_key("0000:00:00.0"), "{:?}", r.pci_numa);
+    assert!(!r.pci_numa.contains_key("0001:00:00.0"), "{:?}", r.pci_numa);
 }
 
 #[test]
