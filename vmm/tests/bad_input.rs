@@ -96,7 +96,43 @@ fn a_gi_link_to_a_device_the_vm_does_not_have() {
             "device=gpu0,node=1",
         ],
         "generic_initiators[0].device",
-        "no device has id `gpu0`",
+        "no device or PCI slot has id `gpu0`",
+    );
+}
+
+#[test]
+fn gi_ready_slots_that_cannot_be() {
+    let k = judge_kernel();
+    refused(
+        &["--kernel", &k, "--pci-slot", "id=gpu0,pci_segment=1"],
+        "pci_slots[0].pci_segment",
+        "segment 1 does not exist",
+    );
+    refused(
+        &["--kernel", &k, "--pci-slot", "id=a", "id=a"],
+        "pci_slots[1].id",
+        "`a` is already pci_slots[0]",
+    );
+    refused(
+        &["--kernel", &k, "--pci-slot", "id=a,pci_device_id=0"],
+        "pci_slots[0].pci_device_id",
+        "host bridge",
+    );
+    refused(
+        &[
+            "--kernel",
+            &k,
+            "--pci-slot",
+            "id=a,pci_device_id=3",
+            "id=b,pci_device_id=3",
+        ],
+        "pci_slots[1].pci_device_id",
+        "slot 3 on segment 0 is already taken",
+    );
+    refused(
+        &["--kernel", &k, "--pci-slot", "pci_device_id=3"],
+        "--pci-slot",
+        "`id` is required",
     );
 }
 
