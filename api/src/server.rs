@@ -65,9 +65,9 @@ pub enum VmAction {
     Delete,
     /// `PUT /vm.power-button`.
     PowerButton,
-    /// `PUT /vm.add-device`: add the device to the configuration of a VM not booted, and
-    /// answer 204, as Cloud Hypervisor answers a cold add. (CH answers a hot-plug with
-    /// 200 and a [`crate::types::PciDeviceInfo`]; Tessera refuses hot-plug with 409.)
+    /// `PUT /vm.add-device`: add the device to the configuration of a VM not booted (204,
+    /// a cold add), or hot-plug it into a running VM (200 with a
+    /// [`crate::types::PciDeviceInfo`]), as Cloud Hypervisor does.
     AddDevice(DeviceConfig),
     /// `PUT /vm.remove-device` `{"id": ...}`.
     RemoveDevice {

@@ -62,6 +62,10 @@ pub struct Args {
     /// Tessera never exits on power-off.
     #[arg(long)]
     pub no_shutdown: bool,
+    /// How long `vm.remove-device` waits for the guest to eject the device before it
+    /// answers 504 and leaves the device attached.
+    #[arg(long, value_name = "SECS", default_value_t = crate::control::DEFAULT_EJECT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub eject_timeout: u64,
     /// More log output: -v info, -vv debug, -vvv trace (default: warnings; overrides TESSERA_LOG).
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,

@@ -175,8 +175,7 @@ pub fn guest_topology(
                     .find(|n| n.pci_segments.contains(&id))
                     .map(|n| n.guest_numa_id),
                 intx_routes: intx_routes(),
-                // Hotplug is off until the VMM has a hotplug controller on its bus.
-                hotplug_slots: Vec::new(),
+                hotplug_slots: hotplug_slots(id),
             }
         })
         .collect();
@@ -324,10 +323,8 @@ fn platform() -> tessera_acpi::Platform {
             power_button_event: tessera_devices::GED_EVENT_POWER_BUTTON,
             pci_hotplug_event: tessera_devices::GED_EVENT_PCI_HOTPLUG,
         }),
-        // Hotplug stays out of every guest's DSDT until the VMM puts a
-        // PciHotplugController on the MMIO bus; then this becomes
-        // `Some(pci_hotplug_controller())` and each segment gets `hotplug_slots(id)`.
-        pci_hotplug: None,
+        // Every VM has the controller on its MMIO bus (the device manager's).
+        pci_hotplug: Some(pci_hotplug_controller()),
         ..tessera_acpi::Platform::default()
     }
 }
@@ -354,4 +351,11 @@ pub fn pci_hotplug_controller() -> tessera_acpi::PciHotplug {
 pub fn hotplug_slots(segment: u16) -> Vec<u8> {
     let first = if segment == 0 { 1 } else { 0 };
     (first..32).collect()
+}
+
+/// [`hotplug_slots`] as the controller's bitmap: bit n = slot n.
+pub fn hotplug_slot_mask(segment: u16) -> u32 {
+    hotplug_slots(segment).into_iter().fold(0, |mask, slot| {
+        mask | 1u32.checked_shl(u32::from(slot)).unwrap_or(0)
+    })
 }

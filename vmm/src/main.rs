@@ -132,7 +132,8 @@ fn run_api(args: &Args, socket: &ApiSocket) -> Result<()> {
     let shutdown = std::sync::Arc::new(tokio::sync::Notify::new());
     let shutdown_api = shutdown.clone();
     // Made before the server starts, so that its first requests find a snapshot.
-    let mut control = Control::new(kvm, initial.clone())?;
+    let mut control = Control::new(kvm, initial.clone())?
+        .eject_timeout(std::time::Duration::from_secs(args.eject_timeout));
     let published = control.published();
     let server = std::thread::Builder::new()
         .name("api".into())

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -21,6 +21,7 @@ use tessera_api::config::VmConfig;
 use tessera_arch::boot::{configure_boot, load_initramfs, load_kernel};
 use tessera_arch::layout::{HIGH_RAM_START, RSDP_START};
 use tessera_arch::vcpu::{configure_vcpu, GuestCpus};
+use tessera_devices::pci_hotplug::PciSlot;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -123,15 +124,34 @@ impl VmError {
 pub struct VmEvents {
     pub(crate) exit: EventFd,
     pub(crate) reset: EventFd,
+    /// Fires when the guest ejects a hotplug slot; the slots are on `ejected`.
+    pub(crate) eject: EventFd,
+    pub(crate) eject_tx: mpsc::Sender<PciSlot>,
+    ejected: mpsc::Receiver<PciSlot>,
 }
 
 impl VmEvents {
     /// Two fresh, unfired events.
     pub fn new() -> Result<Self, VmError> {
+        let (eject_tx, ejected) = mpsc::channel();
         Ok(VmEvents {
             exit: event_fd()?,
             reset: event_fd()?,
+            eject: event_fd()?,
+            eject_tx,
+            ejected,
         })
+    }
+
+    /// The event that fires when the guest ejects a hotplug slot ([`VmEvents::ejected`]).
+    pub fn eject_fd(&self) -> std::os::fd::RawFd {
+        self.eject.as_raw_fd()
+    }
+
+    /// The slots the guest has ejected since the last call; consumes the event.
+    pub fn ejected(&self) -> Vec<PciSlot> {
+        let _ = self.eject.read();
+        self.ejected.try_iter().collect()
     }
 
     /// The event that fires when the guest powers off.
@@ -149,6 +169,7 @@ impl VmEvents {
     pub fn clear(&self) {
         let _ = self.exit.read();
         let _ = self.reset.read();
+        let _ = self.ejected();
     }
 }
 
@@ -309,6 +330,11 @@ impl Vm {
     /// Exits taken per vCPU: `{"vcpu0": {"io_exits": N, "mmio_exits": N, "other_exits": N}}`.
     pub fn counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
         self.vcpus.counters()
+    }
+
+    /// The device manager, for hotplug.
+    pub fn devices(&mut self) -> &mut DeviceManager {
+        &mut self.devices
     }
 
     /// Reports a vCPU thread that has stopped on its own (an error), stopping the rest.

@@ -396,37 +396,39 @@ fn max_phys_bits_narrows_the_guest_and_its_memory_map() {
 }
 
 #[test]
-fn hotplug_is_off_but_its_platform_facts_fit_the_guest() {
-    use tessera_vmm::guest_topology::{hotplug_slots, pci_hotplug_controller};
+fn every_guest_gets_pci_hotplug_on_every_segment() {
+    use tessera_vmm::guest_topology::{hotplug_slot_mask, hotplug_slots, pci_hotplug_controller};
     let mut config = seed();
     config.platform.num_pci_segments = 2;
     let g = guest_topology(&config, 40).unwrap();
-    // Off today: no controller, no slots, so the DSDT has no hotplug AML.
-    assert_eq!(g.acpi.platform.pci_hotplug, None);
-    assert!(g
-        .acpi
-        .pci_segments
-        .iter()
-        .all(|s| s.hotplug_slots.is_empty()));
-    let dsdt = build(&g.acpi, Placement::default()).unwrap();
-    let dsdt = &dsdt.get("DSDT").unwrap().bytes;
-    assert!(!dsdt.windows(4).any(|w| w == b"PHPR"));
-
-    // Turned on, the controller's registers overlap nothing in the guest's address map
-    // and every slot but the host bridge's is offered.
-    let mut t = g.acpi.clone();
-    t.platform.pci_hotplug = Some(pci_hotplug_controller());
-    for s in &mut t.pci_segments {
-        s.hotplug_slots = hotplug_slots(s.id);
-    }
-    tessera_acpi::validate(&t).unwrap();
+    // The controller the device manager puts on the MMIO bus, and every slot but the
+    // host bridge's offered, on every segment.
+    assert_eq!(g.acpi.platform.pci_hotplug, Some(pci_hotplug_controller()));
     assert_eq!(
-        t.pci_segments[0].hotplug_slots,
+        g.acpi.pci_segments[0].hotplug_slots,
         (1..32).collect::<Vec<u8>>()
     );
     assert_eq!(
-        t.pci_segments[1].hotplug_slots,
+        g.acpi.pci_segments[1].hotplug_slots,
         (0..32).collect::<Vec<u8>>()
+    );
+    assert_eq!(hotplug_slots(1), g.acpi.pci_segments[1].hotplug_slots);
+    // The controller's bitmaps are the same slots.
+    assert_eq!(hotplug_slot_mask(0), 0xffff_fffe);
+    assert_eq!(hotplug_slot_mask(1), 0xffff_ffff);
+    let tables = build(&g.acpi, Placement::default()).unwrap();
+    let dsdt = &tables.get("DSDT").unwrap().bytes;
+    assert!(dsdt.windows(4).any(|w| w == b"PHPR"));
+    assert!(dsdt.windows(4).any(|w| w == b"SL1F"), "segment 1's slot 31");
+    // Deterministic: the same configuration, the same bytes.
+    let again = guest_topology(&config, 40).unwrap();
+    assert_eq!(
+        build(&again.acpi, Placement::default())
+            .unwrap()
+            .get("DSDT")
+            .unwrap()
+            .bytes,
+        *dsdt
     );
     let hp = pci_hotplug_controller();
     assert_eq!(hp.mmio_base, tessera_arch::layout::PCI_HOTPLUG_START);

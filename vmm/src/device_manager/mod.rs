@@ -25,6 +25,7 @@ use tessera_devices::bus::{Bus, BusDevice};
 use tessera_devices::ged::GedDevice;
 use tessera_devices::interrupt::InterruptRouter;
 use tessera_devices::pci::{PciBarType, PciDevice};
+use tessera_devices::pci_hotplug::{PciHotplugController, PciSlot};
 use tessera_devices::vfio::{VfioBarTrap, VfioPciDevice, ROM_BAR};
 use vm_memory::GuestMemoryMmap;
 
@@ -154,7 +155,14 @@ impl DeviceManager {
     ) -> Result<DeviceManager, VmError> {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
-        let platform = add_platform_devices(vm, serial, events, &pio, &mmio)?;
+        let platform = add_platform_devices(
+            vm,
+            serial,
+            events,
+            layout.segments.len() as u16,
+            &pio,
+            &mmio,
+        )?;
         let segments = layout
             .segments
             .iter()
@@ -245,6 +253,49 @@ impl DeviceManager {
                 Err(e)
             }
         }
+    }
+
+    /// [`Self::add_device`] on a running VM: the guest is then told of the new slot
+    /// (acpiphp scans it). If the guest cannot be told, the device goes again.
+    pub fn hotplug_device(&mut self, device: &DeviceConfig) -> Result<PciDeviceInfo, DeviceError> {
+        let info = self.add_device(device)?;
+        let told = self.hotplug().slot_added(slot_of(info.bdf));
+        if let Err(e) = told {
+            let _ = self.remove_device(&info.id);
+            return Err(DeviceError::Vm(format!("telling the guest: {e}")));
+        }
+        Ok(info)
+    }
+
+    /// Asks the guest to give up the device `id` (acpiphp unbinds it and ejects its slot;
+    /// the eject comes back through the VM's events, and the caller then calls
+    /// [`Self::remove_device`]). Returns where the device is.
+    pub fn request_removal(&mut self, id: &str) -> Result<Bdf, DeviceError> {
+        let bdf = self
+            .devices
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| d.bdf)
+            .ok_or_else(|| DeviceError::NotFound(id.to_string()))?;
+        self.hotplug()
+            .slot_removal_requested(slot_of(bdf))
+            .map_err(|e| DeviceError::Vm(format!("asking the guest: {e}")))?;
+        Ok(bdf)
+    }
+
+    /// The id of the device in `slot`, if one is there.
+    pub fn device_in(&self, slot: PciSlot) -> Option<String> {
+        self.devices
+            .iter()
+            .find(|d| slot_of(d.bdf) == slot)
+            .map(|d| d.id.clone())
+    }
+
+    fn hotplug(&self) -> std::sync::MutexGuard<'_, PciHotplugController> {
+        self.platform
+            .hotplug
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Takes the device `id` out of the VM: the way it came, backwards. Its slot is freed,
@@ -440,6 +491,14 @@ impl DeviceManager {
         let c = Arc::new(Container::open(&self.vm, &self.memory).map_err(DeviceError::from_host)?);
         self.container = Some(c.clone());
         Ok(c)
+    }
+}
+
+/// The hotplug slot a device's BDF is in.
+fn slot_of(bdf: Bdf) -> PciSlot {
+    PciSlot {
+        segment: bdf.segment,
+        slot: bdf.device,
     }
 }
 

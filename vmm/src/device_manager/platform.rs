@@ -1,19 +1,23 @@
 //! The platform devices, put on the buses once when the VM is made and kept for its life:
-//! COM1 serial, CMOS RTC, the ACPI power port and the GED. Touches the VM fd only to
+//! COM1 serial, CMOS RTC, the ACPI power port, the GED and the ACPI PCI hotplug
+//! controller. Touches the VM fd only to
 //! register their interrupt eventfds; ports, addresses and GSIs are defined with the
 //! devices and in the layout, each once.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use kvm_ioctls::VmFd;
-use tessera_arch::layout::GED_START;
+use tessera_arch::layout::{GED_START, PCI_HOTPLUG_START};
 use tessera_devices::bus::{Bus, BusDevice};
 use tessera_devices::ged::GedDevice;
+use tessera_devices::pci_hotplug::{
+    EjectHandler, PciHotplugController, PciSlot, PCI_HOTPLUG_MMIO_LEN,
+};
 use tessera_devices::power::AcpiPowerDevice;
 use tessera_devices::serial::SerialDevice;
 
 use crate::console::{SerialSink, SharedWriter};
-use crate::guest_topology::{GED_GSI, SERIAL_GSI};
+use crate::guest_topology::{hotplug_slot_mask, GED_GSI, SERIAL_GSI};
 use crate::serial_input::AttachedUart;
 use crate::vm::{event_fd, VmError, VmEvents};
 
@@ -21,16 +25,43 @@ use crate::vm::{event_fd, VmError, VmEvents};
 pub(crate) struct Platform {
     /// The GED, kept typed for power-button presses (and, later, hotplug events).
     pub(crate) ged: Arc<Mutex<GedDevice>>,
+    /// The PCI hotplug registers, through which the guest hears of slot changes.
+    pub(crate) hotplug: Arc<Mutex<PciHotplugController>>,
     /// The UART's hold on typed input, held for its drop: typed input then waits for the
     /// next boot's UART.
     _serial_input: Option<AttachedUart>,
 }
 
-/// Creates the platform devices on `pio` and `mmio`.
+/// Hands the guest's ejects to the control loop: the slot on the channel, then the
+/// eventfd its epoll watches. Runs on a vCPU thread with the controller locked, so it only
+/// hands off.
+struct EjectToControl {
+    slots: mpsc::Sender<PciSlot>,
+    wake: vmm_sys_util::eventfd::EventFd,
+}
+
+impl EjectHandler for EjectToControl {
+    fn eject(&mut self, slot: PciSlot) {
+        if self.slots.send(slot).is_err() {
+            tracing::debug!(
+                ?slot,
+                "PCI hotplug: eject dropped, the control loop is gone"
+            );
+            return;
+        }
+        if let Err(e) = self.wake.write(1) {
+            tracing::warn!(?slot, "PCI hotplug: cannot wake the control loop: {e}");
+        }
+    }
+}
+
+/// Creates the platform devices on `pio` and `mmio`, the hotplug controller with the
+/// slots of `num_segments` segments.
 pub(crate) fn add_platform_devices(
     vm: &VmFd,
     serial: &SerialSink,
     events: &VmEvents,
+    num_segments: u16,
     pio: &Bus,
     mmio: &Bus,
 ) -> Result<Platform, VmError> {
@@ -95,8 +126,25 @@ pub(crate) fn add_platform_devices(
     mmio.insert(GED_START, tessera_devices::GED_MMIO_LEN, ged_dev)
         .map_err(|e| dev_err("GED", &e))?;
 
+    let ejects = EjectToControl {
+        slots: events.eject_tx.clone(),
+        wake: events
+            .eject
+            .try_clone()
+            .map_err(os("cloning the eject event"))?,
+    };
+    let hotplug = Arc::new(Mutex::new(PciHotplugController::new(
+        (0..num_segments).map(hotplug_slot_mask).collect(),
+        Box::new(ged.clone()),
+        Box::new(ejects),
+    )));
+    let hotplug_dev: Arc<Mutex<dyn BusDevice>> = hotplug.clone();
+    mmio.insert(PCI_HOTPLUG_START, PCI_HOTPLUG_MMIO_LEN, hotplug_dev)
+        .map_err(|e| dev_err("PCI hotplug", &e))?;
+
     Ok(Platform {
         ged,
+        hotplug,
         _serial_input: serial_input,
     })
 }
