@@ -194,19 +194,28 @@ esac
 # can repeat it until it takes: lines for an earlier boot, still queued across a reboot,
 # and lines that lost bytes while the UART driver started, are ignored. The cmdline is
 # the same on every boot; this is how a test makes the guest reboot, then power off.
+# `BOOT_ID devices SEQ` prints the devices report again (what the guest sees now, e.g.
+# after a hotplug), then `judge-done: SEQ`; an order with a SEQ is done once, however
+# often it is typed. `judge-acpiphp-disable=` tells whether the ACPI PCI hotplug driver
+# was disabled on the command line (`acpiphp.disable=1`).
 console_orders() {
-    local boot_id id order
+    local boot_id id order seq last=
     boot_id=$(cat /proc/sys/kernel/random/boot_id)
     # Typed lines echoed back could land inside the line the typist looks for.
     stty -echo
+    echo "judge-acpiphp-disable=$(cat /sys/module/acpiphp/parameters/disable 2>/dev/null)"
     echo "judge-boot-id=$boot_id"
-    while read -r id order; do
+    while read -r id order seq; do
         [ "$id" = "$boot_id" ] || continue
-        echo "judge-order: $order"
+        [ -n "$seq" ] && [ "$seq" = "$last" ] && continue
+        last=$seq
+        echo "judge-order: $order${seq:+ $seq}"
         case $order in
         reboot) reboot -f ;;
         poweroff) poweroff -f ;;
+        devices) devices_report ;;
         esac
+        [ -n "$seq" ] && echo "judge-done: $seq"
     done
     # The console closed: an init that returned would panic the kernel.
     poweroff -f
