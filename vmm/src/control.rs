@@ -168,6 +168,29 @@ fn pin_devices(c: &mut VmConfig, placed: &[crate::device_manager::PciDeviceInfo]
     }
 }
 
+/// Where device `id` is in `c.devices`, if the configuration lets it go: it exists,
+/// and no Generic Initiator link names it, unless it fills a GI-ready slot, whose links
+/// stay with the slot for the next device of that id.
+fn removable(c: &VmConfig, id: &str) -> Result<usize, ApiError> {
+    // Every device has its id: they are written back when they come in.
+    let index = c
+        .devices
+        .iter()
+        .position(|d| d.id.as_deref() == Some(id))
+        .ok_or_else(|| ApiError::new(404, format!("no device has id `{id}`"), Some("id".into())))?;
+    let in_slot = c.pci_slots.iter().any(|s| s.id == id);
+    let linked = c.generic_initiators.iter().any(|g| g.device == id)
+        || c.numa.iter().any(|n| n.device_id.as_deref() == Some(id));
+    if linked && !in_slot {
+        return Err(ApiError::new(
+            409,
+            format!("`{id}` still has Generic Initiator links; remove them first"),
+            Some("id".into()),
+        ));
+    }
+    Ok(index)
+}
+
 /// The SRAT is read once by Linux, at boot.
 const FIXED_AT_BOOT: &str = "the VM is booted: NUMA nodes and Generic Initiator links are \
 fixed in the SRAT at boot (shut the VM down to change them)";
@@ -411,29 +434,13 @@ impl Control {
         None
     }
 
-    /// Whether the configuration lets device `id` go: it exists and no GI link names it.
+    /// Whether the configuration lets device `id` go ([`removable`]).
     fn check_removal(&self, id: &str) -> Result<(), ApiError> {
         let c = self
             .config
             .as_ref()
             .ok_or_else(|| err(404, "no VM has been created"))?;
-        if !c.devices.iter().any(|d| d.id.as_deref() == Some(id)) {
-            return Err(ApiError::new(
-                404,
-                format!("no device has id `{id}`"),
-                Some("id".into()),
-            ));
-        }
-        if c.generic_initiators.iter().any(|g| g.device == id)
-            || c.numa.iter().any(|n| n.device_id.as_deref() == Some(id))
-        {
-            return Err(ApiError::new(
-                409,
-                format!("`{id}` still has Generic Initiator links; remove them first"),
-                Some("id".into()),
-            ));
-        }
-        Ok(())
+        removable(c, id).map(|_| ())
     }
 
     /// The guest ejected slots: their devices leave the VM and its configuration, and a
@@ -779,36 +786,13 @@ impl Control {
                     Ok(c.devices.len() - 1)
                 })?;
                 // A cold add, as Cloud Hypervisor answers it: 204, no PciDeviceInfo (CH
-                // gives that, with 200, only for a hot-plug, which Tessera refuses: the
-                // SRAT is fixed at boot). vm.info tells where the device landed.
+                // gives that, with 200, only for a hot-plug). vm.info tells where the
+                // device landed.
                 Ok(ApiReply::NoContent)
             }
             VmAction::RemoveDevice { id } => {
                 self.edit(|c| {
-                    // Every device has its id: they are written back when they come in.
-                    let index = c
-                        .devices
-                        .iter()
-                        .position(|d| d.id.as_deref() == Some(id.as_str()))
-                        .ok_or_else(|| {
-                            ApiError::new(
-                                404,
-                                format!("no device has id `{id}`"),
-                                Some("id".into()),
-                            )
-                        })?;
-                    // A GI-ready slot keeps its links when its device goes.
-                    let in_slot = c.pci_slots.iter().any(|s| s.id == id);
-                    if !in_slot
-                        && (c.generic_initiators.iter().any(|g| g.device == id)
-                            || c.numa.iter().any(|n| n.device_id.as_ref() == Some(&id)))
-                    {
-                        return Err(ApiError::new(
-                            409,
-                            format!("`{id}` still has Generic Initiator links; remove them first"),
-                            Some("id".into()),
-                        ));
-                    }
+                    let index = removable(c, &id)?;
                     c.devices.remove(index);
                     Ok(())
                 })?;

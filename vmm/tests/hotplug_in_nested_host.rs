@@ -1,8 +1,10 @@
 //! Runtime hotplug end to end, in the nested test host, driven by Cloud Hypervisor's own
 //! `ch-remote`, with L2's kernel as the judge. In one L1 run: L1's NVMe and edu bound to
 //! vfio-pci and an mtty mdev; `tessera --api-socket` boots a guest that takes typed
-//! orders (`BOOT_ID devices N` prints what it sees now). The NVMe is hot-added (the guest
-//! finds it at the BDF the answer gave, its driver binds, data reads back, MSI-X fires),
+//! orders (`BOOT_ID devices N` prints what it sees now), with a GI-ready slot `nvme0` at
+//! device 0 of segment 1 that 8 Generic Initiator nodes name while it is empty (the
+//! guest lists them at boot). The NVMe is hot-added into that slot (the guest finds it
+//! at 0001:00:00.0, the BDF the answer gave, its driver binds, data reads back, MSI-X fires),
 //! hot-removed (gone in the guest; in L1 still on vfio-pci and no fd of it held), added
 //! again; the mdev and edu are hot-added; a reboot keeps all three at their BDFs; after
 //! the guest's poweroff, a second VM whose guest has no ACPI hotplug driver
@@ -16,7 +18,7 @@
     missing_docs
 )]
 
-use tessera_tests::linux_judge::{images, parse_device_report, DeviceReport};
+use tessera_tests::linux_judge::{images, parse_device_report, parse_report, DeviceReport};
 use tessera_tests::nested;
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
@@ -51,6 +53,18 @@ fn startup_report(serial: &str, boot: usize) -> DeviceReport {
     parse_device_report(chunk)
         .unwrap()
         .unwrap_or_else(|| panic!("boot {boot} printed no devices report:\n{chunk}"))
+}
+
+/// The GI nodes boot `boot` (1-based) listed at startup.
+fn startup_gi_nodes(serial: &str, boot: usize) -> Vec<u32> {
+    let chunk = serial
+        .split("TESSERA-INIT")
+        .nth(boot)
+        .unwrap_or_else(|| panic!("no boot {boot}:\n{serial}"));
+    parse_report(chunk)
+        .unwrap()
+        .unwrap_or_else(|| panic!("boot {boot} printed no node report:\n{chunk}"))
+        .has_generic_initiator
 }
 
 /// The value of the first `key=` line of the L1 console.
@@ -116,7 +130,13 @@ log=/run/serial.log
 # It ends when told (/run/typist.stop), so that the pipeline, and `wait`, end.
 typist() {{ while [ ! -e /run/typist.stop ]; do cat /run/order; sleep 2; done; }}
 typist | TESSERA_LOG=info in-host {TESSERA} --api-socket $sock --eject-timeout 10 \
-  --cpus boot=2 --memory size=512M --kernel {kernel} --initramfs {initramfs} \
+  --cpus boot=2 --memory size=0 --memory-zone id=m0,size=512M \
+  --platform num_pci_segments=2 --pci-slot id=nvme0,pci_segment=1,pci_device_id=0 \
+  --numa guest_numa_id=0,cpus=[0-1],memory_zones=m0 guest_numa_id=1 guest_numa_id=2 \
+    guest_numa_id=3 guest_numa_id=4 guest_numa_id=5 guest_numa_id=6 guest_numa_id=7 \
+    guest_numa_id=8 \
+  --generic-initiator device=nvme0,nodes=1-8 \
+  --kernel {kernel} --initramfs {initramfs} \
   --cmdline '{CMDLINE}' >$log 2>/run/tessera.err &
 pid=$!
 chr() {{ in-host {ch} --api-socket $sock "$@"; }}
@@ -199,14 +219,17 @@ grep -E 'hot-added|removed from|eject' /run/tessera.err
     assert_eq!(out.status, 0, "{c}");
     let serial = &c[c.find("=== serial").unwrap_or_else(|| panic!("{c}"))..];
 
-    // Boot: no device; tessera holds nothing of the NVMe.
+    // Boot: no device; tessera holds nothing of the NVMe; the empty GI-ready slot's 8
+    // Generic Initiator nodes are in the guest already.
     assert_eq!(value(c, "held-before"), "group:0 device:0");
     let d = startup_report(serial, 1);
     assert!(d.devices("nvme").is_empty(), "{d:?}");
+    assert_eq!(startup_gi_nodes(serial, 1), (1..=8).collect::<Vec<_>>());
 
-    // Hot-add: at exactly the answer's BDF, driven by the guest's nvme driver.
+    // Hot-add into the slot: at exactly the answer's BDF, the slot's, driven by the
+    // guest's nvme driver.
     let bdf = added_bdf(c, "add1", "nvme0");
-    assert_eq!(bdf, "0000:00:01.0");
+    assert_eq!(bdf, "0001:00:00.0");
     assert_eq!(value(c, "held-added"), "group:1 device:1");
     let d = report(serial, 2);
     eprintln!("after hot-add: {:?}", d.values);
@@ -246,7 +269,7 @@ grep -E 'hot-added|removed from|eject' /run/tessera.err
     let edu = added_bdf(c, "add-edu", "edu0");
     assert_eq!(
         (mdev.as_str(), edu.as_str()),
-        ("0000:00:02.0", "0000:00:03.0")
+        ("0000:00:01.0", "0000:00:02.0")
     );
     let check_all = |d: &DeviceReport| {
         assert_nvme_works(d, &bdf);
@@ -266,6 +289,7 @@ grep -E 'hot-added|removed from|eject' /run/tessera.err
     let d = startup_report(serial, 2);
     eprintln!("after the reboot: {:?}", d.values);
     check_all(&d);
+    assert_eq!(startup_gi_nodes(serial, 2), (1..=8).collect::<Vec<_>>());
     let orders: Vec<&str> = serial
         .lines()
         .filter_map(|l| l.trim().strip_prefix("judge-order: "))
