@@ -766,22 +766,7 @@ impl Control {
             }
             VmAction::AddDevice(device) => {
                 self.append("devices", |c| {
-                    if let Some(id) = &device.id {
-                        if c.devices.iter().any(|d| d.id.as_ref() == Some(id)) {
-                            return Err(ApiError::new(
-                                409,
-                                format!("a device with id `{id}` already exists"),
-                                Some("id".into()),
-                            ));
-                        }
-                    }
-                    if c.devices.iter().any(|d| d.path == device.path) {
-                        return Err(ApiError::new(
-                            409,
-                            format!("{} is already a device of this VM", device.path.display()),
-                            Some("path".into()),
-                        ));
-                    }
+                    check_new_device(c, &device)?;
                     c.devices.push(device);
                     Ok(c.devices.len() - 1)
                 })?;
