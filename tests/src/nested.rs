@@ -55,10 +55,10 @@ const DEFAULT_TIMEOUT_SECS: &str = "240";
 /// Runs `script` (shell, busybox `sh`) in a fresh L1, with `qemu_args` added to L1's
 /// QEMU command line.
 ///
-/// An L1 that stalls or whose kernel panics is retried once, saying so on stderr: SVM
-/// emulated under TCG has been seen to hang, and L1's KVM to crash L1's kernel, about once
-/// in dozens of runs. A script that fails, or an L1 that reports no status for any other
-/// reason, is never retried.
+/// An L1 that stalls or whose kernel panics, or a run whose L2 triple-faulted, is retried
+/// once, saying so on stderr: SVM emulated under TCG has been seen to hang, and L1's KVM
+/// to crash L1's kernel, about once in dozens of runs. A script that fails, or an L1 that
+/// reports no status for any other reason, is never retried.
 pub fn run(script: &str, qemu_args: &[&str]) -> Result<NestedRun, NestedError> {
     // One L1 at a time per test process: each emulates a whole machine on this host's
     // two cores, and several at once only make every one of them crawl.
@@ -75,9 +75,25 @@ pub fn run(script: &str, qemu_args: &[&str]) -> Result<NestedRun, NestedError> {
             eprintln!("nested: L1's kernel panicked, retrying once; its last output was:\n{tail}");
             run_once(script, qemu_args)
         }
+        // An L2 that triple-faults on its own (tessera logs it; the console shows its
+        // stderr) was seen twice in fourteen runs of the API-flow test, the guest then
+        // rebooting in the middle of its report, with nothing in its kernel log; the cause
+        // is not known (the emulated SVM is the suspect). Retried once, loudly, so that
+        // anything that causes it every time still fails.
+        Ok(run) if run.console.contains(L2_TRIPLE_FAULT) => {
+            eprintln!(
+                "nested: L2 triple-faulted, retrying once; the run's console was:\n{}",
+                run.console
+            );
+            run_once(script, qemu_args)
+        }
         other => other,
     }
 }
+
+/// What tessera logs (at warn, its default level) when a vCPU triple-faults
+/// (`vmm/src/vcpu.rs`).
+const L2_TRIPLE_FAULT: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
 
 fn run_once(script: &str, qemu_args: &[&str]) -> Result<NestedRun, NestedError> {
     // The host's /tmp is visible in L1 as /host/tmp.

@@ -259,6 +259,7 @@ fn run_vcpu(
             Ok(VcpuExit::Hlt) => {}
             // A triple fault: PC hardware resets, so do we.
             Ok(VcpuExit::Shutdown) => {
+                tracing::warn!("vCPU {index}: triple fault (KVM_EXIT_SHUTDOWN); resetting the VM");
                 reset_evt.write(1).map_err(|e| e.to_string())?;
                 return Ok(());
             }

@@ -44,7 +44,7 @@ fn tessera_in_l1_with(kernel: &std::path::Path, args: &str, extra_cmdline: &str)
 
 fn report(console: &str) -> GuestReport {
     parse_report(console)
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}:\n{console}"))
         .unwrap_or_else(|| panic!("L2 printed no report:\n{console}"))
 }
 
@@ -225,7 +225,7 @@ fn the_api_flow_creates_edits_checks_and_boots_the_topology() {
         r#". "$HOST{repo}/scripts/l1-vfio.sh"
 vfio_bind 0000:00:03.0 >/dev/null && vfio_bind 0000:00:04.0 >/dev/null || exit 1
 sock=/run/api.sock
-in-host {TESSERA} --api-socket $sock 2>/run/tessera.err &
+TESSERA_LOG=info in-host {TESSERA} --api-socket $sock 2>/run/tessera.err &
 pid=$!
 while [ ! -S $sock ]; do sleep 0.2; done
 api() {{ in-host curl -s -w ' %{{http_code}}' -X "$1" --unix-socket $sock "http://localhost/api/v1/$2" ${{3:+--data-binary "$3"}}; echo; }}
