@@ -15,6 +15,10 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 # The kernel may have had no /dev/console to give us: take the console explicitly.
 exec </dev/console >/dev/console 2>&1
+# No echo of typed input, from the start: a test that types orders while the guest boots
+# (the next boot's, or a reboot order repeated until taken) would otherwise see its lines
+# land in the middle of the report's.
+stty -echo 2>/dev/null || true
 echo TESSERA-INIT
 # Keep kernel messages from interleaving with the report (dmesg still has them all).
 echo 1 >/proc/sys/kernel/printk
@@ -201,8 +205,6 @@ esac
 console_orders() {
     local boot_id id order seq last=
     boot_id=$(cat /proc/sys/kernel/random/boot_id)
-    # Typed lines echoed back could land inside the line the typist looks for.
-    stty -echo
     echo "judge-acpiphp-disable=$(cat /sys/module/acpiphp/parameters/disable 2>/dev/null)"
     echo "judge-boot-id=$boot_id"
     while read -r id order seq; do
