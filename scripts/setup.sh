@@ -21,6 +21,7 @@ packages=(
     lz4:lz4                      # unpacks the judge bzImage's vmlinux for the PVH boot test
     curl:curl                    # the API tests and docs/api.md's examples talk to the socket with it
     strace:strace                # scripts/bench-vfio.sh times the VMMs' DMA-map ioctls with it
+    python3:/usr/bin/python3     # scripts/bench-hotplug-l1.py, run in L1 from the host's /
     # The nested test host builds the mtty sample driver against Debian's kernel headers,
     # whose Makefile calls gcc-12; the prebuilt objtool links libelf; the source is .tar.xz.
     gcc:gcc-12
