@@ -45,12 +45,20 @@ def wait_for(path, text, start=0, timeout=120.0):
     sys.exit(f"bench-hotplug: no `{text}` in {path} within {timeout} s; it ends:\n{tail}")
 
 
+def fresh(*paths):
+    """Removes what an earlier run left, so that waiting for its text waits for this run."""
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+
+
 def size(path):
     return os.path.getsize(path) if os.path.exists(path) else 0
 
 
 def tessera(kernel, initrd, binary, ch_remote, rounds):
     sock, log = "/run/bench-hp.sock", "/run/bench-hp-tessera.log"
+    fresh(log)
     vm = subprocess.Popen(
         [binary, "--api-socket", sock, "--cpus", "boot=2", "--memory", "size=512M",
          "--kernel", kernel, "--initramfs", initrd, "--cmdline", CMDLINE,
@@ -121,6 +129,7 @@ class Qmp:
 
 def qemu(kernel, initrd, rounds):
     qmp_path, log = "/run/bench-hp-qmp.sock", "/run/bench-hp-qemu.log"
+    fresh(log, qmp_path)
     vm = subprocess.Popen(
         ["qemu-system-x86_64", "-machine", "q35,accel=kvm", "-cpu", "host", "-smp", "2",
          "-m", "512", "-nodefaults", "-no-user-config", "-display", "none",
