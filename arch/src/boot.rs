@@ -89,6 +89,8 @@ const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
 const E820_RAM: u32 = 1;
 /// e820 type of reserved memory.
 const E820_RESERVED: u32 = 2;
+/// e820 type of the ACPI tables' memory.
+const E820_ACPI: u32 = 3;
 const PAGE_SIZE: u64 = 0x1000;
 
 // The boot structures are apart, in order, and below the EBDA (so below the RSDP too).
@@ -265,6 +267,25 @@ fn open_regular(path: &Path) -> Result<File, BootError> {
     Ok(file)
 }
 
+/// End of the usable RAM that is contiguous from `start` (`start` itself if `start` is not
+/// RAM): backed by `mem` and RAM in the `e820` map the guest gets, so nothing is loaded
+/// over the ACPI area or a reserved range.
+fn usable_ram_end(mem: &GuestMemoryMmap, e820: &[(Range, E820Kind)], start: u64) -> u64 {
+    let mut end = start;
+    let mut ram: Vec<&Range> = e820
+        .iter()
+        .filter(|(_, kind)| *kind == E820Kind::Ram)
+        .map(|(r, _)| r)
+        .collect();
+    ram.sort_unstable_by_key(|r| r.start);
+    for r in ram {
+        if r.start <= end && r.end > end {
+            end = r.end;
+        }
+    }
+    end.min(contiguous_ram_end(mem, start))
+}
+
 /// End of the RAM that is contiguous from `start` (`start` itself if `start` is not RAM).
 fn contiguous_ram_end(mem: &GuestMemoryMmap, start: u64) -> u64 {
     let mut regions: Vec<(u64, u64)> = mem
@@ -288,9 +309,13 @@ fn contiguous_ram_end(mem: &GuestMemoryMmap, start: u64) -> u64 {
 /// [`BootError::NotAKernel`] naming the file; missing file → [`BootError::Open`].
 ///
 /// A bzImage is loaded at [`KERNEL_START`]; an ELF where its program headers say. The
-/// RAM the kernel needs (up to [`LoadedKernel::end`]) must be in `mem`. An ELF without
+/// RAM the kernel needs (up to [`LoadedKernel::end`]) must be in `mem` and RAM in `e820`. An ELF without
 /// a PVH note has been copied into guest memory by the time it is refused.
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    e820: &[(Range, E820Kind)],
+    path: &Path,
+) -> Result<LoadedKernel, BootError> {
     let mut file = open_regular(path)?;
     let load_err = |source| BootError::Load {
         path: path.to_path_buf(),
@@ -349,7 +374,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         KernelKind::BzImage => KERNEL_START,
         KernelKind::Pvh => kernel.entry,
     };
-    let ram_end = contiguous_ram_end(mem, start);
+    let ram_end = usable_ram_end(mem, e820, start);
     if kernel.end > ram_end {
         return Err(BootError::KernelDoesNotFit {
             start,
@@ -407,11 +432,12 @@ fn bzimage_kernel(
     })
 }
 
-/// Places the initramfs page-aligned as high as possible below min(3 GiB gap, end of RAM
-/// below 4 GiB, bzImage `initrd_addr_max`) and above `kernel.end`; errors if it doesn't fit
+/// Places the initramfs page-aligned as high as possible below min(3 GiB gap, end of e820
+/// RAM below 4 GiB, bzImage `initrd_addr_max`) and above `kernel.end`; errors if it doesn't fit
 /// ([`BootError::InitramfsTooLarge`]). Returns its address and size.
 pub fn load_initramfs(
     mem: &GuestMemoryMmap,
+    e820: &[(Range, E820Kind)],
     path: &Path,
     kernel: &LoadedKernel,
 ) -> Result<(u64, u64), BootError> {
@@ -431,7 +457,7 @@ pub fn load_initramfs(
         None => u64::MAX,
     };
     let limit = MEM_32BIT_GAP_START
-        .min(contiguous_ram_end(mem, lowest))
+        .min(usable_ram_end(mem, e820, lowest))
         .min(max_addr.saturating_add(1));
     let room = limit.saturating_sub(lowest);
     if size > room {
@@ -475,6 +501,7 @@ fn e820_type(kind: E820Kind) -> u32 {
     match kind {
         E820Kind::Ram => E820_RAM,
         E820Kind::Reserved => E820_RESERVED,
+        E820Kind::Acpi => E820_ACPI,
     }
 }
 
@@ -787,8 +814,8 @@ mod tests {
 
     #[test]
     fn loads_the_debian_bzimage() {
-        let (_, mem) = guest(&[512 * MIB]);
-        let k = load_kernel(&mem, &vmlinuz()).unwrap();
+        let (layout, mem) = guest(&[512 * MIB]);
+        let k = load_kernel(&mem, &layout.e820, &vmlinuz()).unwrap();
         assert_eq!(k.kind, KernelKind::BzImage);
         assert_eq!(k.entry, KERNEL_START + 0x200);
         let hdr = k.setup_header.unwrap();
@@ -825,8 +852,8 @@ mod tests {
     #[test]
     fn writes_the_zero_page_cmdline_and_initramfs() {
         let (layout, mem) = guest(&[512 * MIB]);
-        let k = load_kernel(&mem, &vmlinuz()).unwrap();
-        let (addr, size) = load_initramfs(&mem, &initramfs(), &k).unwrap();
+        let k = load_kernel(&mem, &layout.e820, &vmlinuz()).unwrap();
+        let (addr, size) = load_initramfs(&mem, &layout.e820, &initramfs(), &k).unwrap();
         let file = std::fs::read(initramfs()).unwrap();
         assert_eq!(size, file.len() as u64);
         assert_eq!(addr % 4096, 0);
@@ -869,6 +896,7 @@ mod tests {
             let ty = match kind {
                 E820Kind::Ram => 1,
                 E820Kind::Reserved => 2,
+                E820Kind::Acpi => 3,
             };
             assert_eq!(read_u32(&mem, e + 16), ty);
         }
@@ -883,10 +911,10 @@ mod tests {
 
     #[test]
     fn files_that_are_not_kernels() {
-        let (_, mem) = guest(&[512 * MIB]);
+        let (layout, mem) = guest(&[512 * MIB]);
         let random = temp_file(&noise(64 * 1024, 0x1234_5678_9abc_def1));
         for path in [random.path().to_path_buf(), initramfs()] {
-            let err = load_kernel(&mem, &path).unwrap_err();
+            let err = load_kernel(&mem, &layout.e820, &path).unwrap_err();
             assert!(
                 matches!(&err, BootError::NotAKernel { path: named } if named == &path),
                 "{}: {err:?}",
@@ -897,27 +925,27 @@ mod tests {
         // An ELF without a PVH note is no use either.
         let elf = temp_file(&tiny_elf(0x100_0000, 5, 0));
         assert!(matches!(
-            load_kernel(&mem, elf.path()),
+            load_kernel(&mem, &layout.e820, elf.path()),
             Err(BootError::NotAKernel { .. })
         ));
         // Nor a short file, or an empty one.
         let short = temp_file(b"\x7fELF");
         assert!(matches!(
-            load_kernel(&mem, short.path()),
+            load_kernel(&mem, &layout.e820, short.path()),
             Err(BootError::NotAKernel { .. })
         ));
         let empty = temp_file(b"");
         assert!(matches!(
-            load_kernel(&mem, empty.path()),
+            load_kernel(&mem, &layout.e820, empty.path()),
             Err(BootError::NotAKernel { .. })
         ));
     }
 
     #[test]
     fn missing_files_and_directories_cannot_be_opened() {
-        let (_, mem) = guest(&[512 * MIB]);
+        let (layout, mem) = guest(&[512 * MIB]);
         let missing = Path::new("/nonexistent/tessera/vmlinuz");
-        match load_kernel(&mem, missing) {
+        match load_kernel(&mem, &layout.e820, missing) {
             Err(BootError::Open { path, source }) => {
                 assert_eq!(path, missing);
                 assert_eq!(source.kind(), io::ErrorKind::NotFound);
@@ -926,12 +954,12 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            load_kernel(&mem, dir.path()),
+            load_kernel(&mem, &layout.e820, dir.path()),
             Err(BootError::Open { .. })
         ));
-        let k = load_kernel(&mem, &vmlinuz()).unwrap();
+        let k = load_kernel(&mem, &layout.e820, &vmlinuz()).unwrap();
         assert!(matches!(
-            load_initramfs(&mem, missing, &k),
+            load_initramfs(&mem, &layout.e820, missing, &k),
             Err(BootError::Open { .. })
         ));
     }
@@ -939,7 +967,7 @@ mod tests {
     #[test]
     fn command_line_limits() {
         let (layout, mem) = guest(&[512 * MIB]);
-        let k = load_kernel(&mem, &vmlinuz()).unwrap();
+        let k = load_kernel(&mem, &layout.e820, &vmlinuz()).unwrap();
         let longest = "x".repeat(CMDLINE_MAX_SIZE - 1);
         configure_boot(&mem, &k, &longest, None, &layout.e820).unwrap();
         assert_eq!(read_u8(&mem, CMDLINE_START + longest.len() as u64), 0);
@@ -962,8 +990,8 @@ mod tests {
 
     #[test]
     fn e820_table_limit() {
-        let (_, mem) = guest(&[512 * MIB]);
-        let k = load_kernel(&mem, &vmlinuz()).unwrap();
+        let (layout, mem) = guest(&[512 * MIB]);
+        let k = load_kernel(&mem, &layout.e820, &vmlinuz()).unwrap();
         let entry = |i: u64| {
             (
                 Range {
@@ -988,12 +1016,12 @@ mod tests {
 
     #[test]
     fn initramfs_too_large_for_ram() {
-        let (_, mem) = guest(&[512 * MIB]);
-        let k = load_kernel(&mem, &vmlinuz()).unwrap();
+        let (layout, mem) = guest(&[512 * MIB]);
+        let k = load_kernel(&mem, &layout.e820, &vmlinuz()).unwrap();
         // Sparse: costs no disk.
         let big = tempfile::NamedTempFile::new().unwrap();
         big.as_file().set_len(600 * MIB).unwrap();
-        match load_initramfs(&mem, big.path(), &k) {
+        match load_initramfs(&mem, &layout.e820, big.path(), &k) {
             Err(BootError::InitramfsTooLarge { size, room }) => {
                 assert_eq!(size, 600 * MIB);
                 assert_eq!(room, 512 * MIB - k.end.div_ceil(4096) * 4096);
@@ -1003,7 +1031,7 @@ mod tests {
         // A just-fitting one goes right above the kernel.
         let room = 512 * MIB - k.end.div_ceil(4096) * 4096;
         big.as_file().set_len(room).unwrap();
-        let (addr, size) = load_initramfs(&mem, big.path(), &k).unwrap();
+        let (addr, size) = load_initramfs(&mem, &layout.e820, big.path(), &k).unwrap();
         assert_eq!((addr, size), (k.end.div_ceil(4096) * 4096, room));
         assert!(matches!(
             configure_boot(&mem, &k, "", Some((512 * MIB - 4096, 8192)), &[]),
@@ -1014,19 +1042,19 @@ mod tests {
     #[test]
     fn initramfs_stays_below_the_32bit_gap_and_initrd_addr_max() {
         // 4 GiB of RAM: 3 GiB below the gap; the Debian kernel allows initrds up to 2 GiB.
-        let (_, mem) = guest(&[4 << 30]);
-        let k = load_kernel(&mem, &vmlinuz()).unwrap();
+        let (layout, mem) = guest(&[4 << 30]);
+        let k = load_kernel(&mem, &layout.e820, &vmlinuz()).unwrap();
         let max = k.setup_header.map(|h| h.initrd_addr_max).unwrap();
-        let (addr, size) = load_initramfs(&mem, &initramfs(), &k).unwrap();
+        let (addr, size) = load_initramfs(&mem, &layout.e820, &initramfs(), &k).unwrap();
         let limit = (u64::from(max) + 1).min(MEM_32BIT_GAP_START);
         assert_eq!(addr, (limit - size) / 4096 * 4096);
     }
 
     #[test]
     fn a_kernel_bigger_than_ram_does_not_fit() {
-        let (_, mem) = guest(&[32 * MIB]);
+        let (layout, mem) = guest(&[32 * MIB]);
         assert!(matches!(
-            load_kernel(&mem, &vmlinuz()),
+            load_kernel(&mem, &layout.e820, &vmlinuz()),
             Err(BootError::KernelDoesNotFit { .. })
         ));
     }
@@ -1035,7 +1063,7 @@ mod tests {
     fn pvh_elf_with_initramfs() {
         let (layout, mem) = guest(&[512 * MIB]);
         let elf = temp_file(&tiny_elf(0x100_0000, 18, 0x100_0040));
-        let k = load_kernel(&mem, elf.path()).unwrap();
+        let k = load_kernel(&mem, &layout.e820, elf.path()).unwrap();
         assert_eq!(
             k,
             LoadedKernel {
@@ -1046,7 +1074,7 @@ mod tests {
             }
         );
         assert_eq!(read_u8(&mem, 0x100_0000), 0xf4);
-        let (addr, size) = load_initramfs(&mem, &initramfs(), &k).unwrap();
+        let (addr, size) = load_initramfs(&mem, &layout.e820, &initramfs(), &k).unwrap();
         assert_eq!(addr, (512 * MIB - size) / 4096 * 4096);
         let entry =
             configure_boot(&mem, &k, "console=hvc0", Some((addr, size)), &layout.e820).unwrap();
@@ -1082,7 +1110,7 @@ mod tests {
                 .unwrap();
             let (a, s, t) = (e.addr, e.size, e.type_);
             assert_eq!((a, s), (range.start, range.len()));
-            assert_eq!(t, if *kind == E820Kind::Ram { 1 } else { 2 });
+            assert_eq!(t, e820_type(*kind));
         }
         let mut got = vec![0u8; 13];
         mem.read_slice(&mut got, GuestAddress(CMDLINE_START))
@@ -1100,8 +1128,8 @@ mod tests {
     fn the_debian_vmlinux_boots_by_pvh() {
         // scripts/guest-images.sh extracts it from the bzImage.
         let vmlinux = judge_dir().join("vmlinux");
-        let (_, mem) = guest(&[512 * MIB]);
-        let k = load_kernel(&mem, &vmlinux).unwrap();
+        let (layout, mem) = guest(&[512 * MIB]);
+        let k = load_kernel(&mem, &layout.e820, &vmlinux).unwrap();
         assert_eq!(k.kind, KernelKind::Pvh);
         assert!(k.setup_header.is_none());
         // CONFIG_PHYSICAL_START is 16 MiB; the PVH entry is in the kernel's first segment.

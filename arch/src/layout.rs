@@ -9,6 +9,8 @@
 //! 0xfed0_2000                   PCI hotplug controller registers (PCIU/PCID/B0EJ/PSEG)
 //! 0xfee0_0000                   local APIC
 //! 4 GiB        .. RAM end       RAM (high)
+//! top of low RAM (below 1 MiB's  the ACPI tables but the RSDP, an e820 ACPI area
+//! ...3 GiB, whichever is lower)    carved from the end of low RAM (`reserve_acpi`)
 //! 1 GiB-aligned after RAM       PCI 64-bit MMIO windows, one per segment, up to the
 //!                               guest's physical address width
 //! ```
@@ -38,7 +40,9 @@ pub const GED_START: u64 = 0xfed0_1000;
 pub const PCI_HOTPLUG_START: u64 = 0xfed0_2000;
 /// Local APIC MMIO.
 pub const LAPIC_START: u64 = 0xfee0_0000;
-/// Where the RSDP goes (the BIOS area the kernel scans).
+/// Where the RSDP goes (the BIOS area the kernel scans). The tables it points to are in
+/// the ACPI area at the top of low RAM ([`GuestLayout::reserve_acpi`]), as firmware puts
+/// them, so their size is bounded by RAM rather than by the 128 KiB BIOS area.
 pub const RSDP_START: u64 = 0x000e_0000;
 /// First byte of RAM the e820 map reports past the legacy hole (640 KiB..1 MiB).
 pub const HIGH_RAM_START: u64 = 0x10_0000;
@@ -48,6 +52,7 @@ pub const EBDA_START: u64 = 0x9_fc00;
 pub const MMIO64_SIZE_PER_SEGMENT: u64 = 64 << 30;
 
 const GIB: u64 = 1 << 30;
+const PAGE_SIZE: u64 = 4096;
 
 /// A half-open range `[start, end)` of guest physical addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,6 +93,8 @@ pub enum E820Kind {
     Ram,
     /// Reserved.
     Reserved,
+    /// ACPI tables (e820 type 3): RAM the guest leaves alone, holding its tables.
+    Acpi,
 }
 
 /// The laid-out guest.
@@ -126,6 +133,14 @@ pub enum LayoutError {
         /// The limit.
         max: u16,
     },
+    /// The ACPI tables do not fit in low RAM above 1 MiB.
+    #[error("the ACPI tables need {size:#x} bytes but low RAM above 1 MiB has {room:#x}")]
+    AcpiTooLarge {
+        /// Bytes the tables need (whole pages).
+        size: u64,
+        /// Low RAM there is.
+        room: u64,
+    },
     /// RAM and 64-bit MMIO windows do not fit the guest's physical address width.
     #[error("{needed:#x} bytes of address space are needed but {phys_bits} physical address bits give {limit:#x}")]
     AddressSpace {
@@ -136,6 +151,41 @@ pub enum LayoutError {
         /// `1 << phys_bits`.
         limit: u64,
     },
+}
+
+impl GuestLayout {
+    /// Carves `size` bytes (rounded up to whole pages) for the ACPI tables from the end of
+    /// the low RAM above 1 MiB, marks them [`E820Kind::Acpi`], and returns the area.
+    /// The top of low RAM is where firmware puts them, away from the kernel (loaded low)
+    /// and the initramfs (placed below the area, since it only goes into e820 RAM).
+    pub fn reserve_acpi(&mut self, size: u64) -> Result<Range, LayoutError> {
+        let size = size.div_ceil(PAGE_SIZE).saturating_mul(PAGE_SIZE);
+        let low = self
+            .e820
+            .iter_mut()
+            .find(|(r, kind)| *kind == E820Kind::Ram && r.start == HIGH_RAM_START);
+        let Some((ram, _)) = low else {
+            return Err(LayoutError::AcpiTooLarge { size, room: 0 });
+        };
+        // Keep at least one page of RAM below, so the entry (and the kernel's 1 MiB) stay.
+        if size.saturating_add(PAGE_SIZE) > ram.len() {
+            return Err(LayoutError::AcpiTooLarge {
+                size,
+                room: ram.len().saturating_sub(PAGE_SIZE),
+            });
+        }
+        let area = Range {
+            start: ram.end - size,
+            end: ram.end,
+        };
+        ram.end = area.start;
+        if let Some(at) = self.e820.iter().position(|(r, _)| r.start > area.start) {
+            self.e820.insert(at, (area, E820Kind::Acpi));
+        } else {
+            self.e820.push((area, E820Kind::Acpi));
+        }
+        Ok(area)
+    }
 }
 
 /// Lays out RAM zones (sizes in bytes, in order) and `segments` PCI segments for a guest
@@ -411,5 +461,57 @@ mod tests {
             lay_out(&[MIB], 257, 40),
             Err(LayoutError::TooManySegments { .. })
         ));
+    }
+
+    #[test]
+    fn the_acpi_area_is_carved_from_the_top_of_low_ram() {
+        let mut l = lay_out(&[256 * MIB, 256 * MIB], 1, 40).unwrap();
+        let area = l.reserve_acpi(5000).unwrap();
+        assert_eq!(
+            area,
+            Range {
+                start: 512 * MIB - 8192,
+                end: 512 * MIB
+            }
+        );
+        let ram = |start, end| (Range { start, end }, E820Kind::Ram);
+        assert_eq!(l.e820[2], ram(HIGH_RAM_START, 512 * MIB - 8192));
+        assert_eq!(l.e820[3], (area, E820Kind::Acpi));
+        // The zones (and so the SRAT's memory ranges) still cover it.
+        assert_eq!(l.zones[1][0].end, 512 * MIB);
+
+        // Above 3 GiB of RAM it sits just below the 32-bit gap, before the high RAM entry.
+        let mut l = lay_out(&[4 * GIB], 1, 40).unwrap();
+        let area = l.reserve_acpi(4096).unwrap();
+        assert_eq!(area.end, MEM_32BIT_GAP_START);
+        let kinds: Vec<E820Kind> = l.e820.iter().map(|e| e.1).collect();
+        assert_eq!(
+            kinds,
+            [
+                E820Kind::Ram,
+                E820Kind::Reserved,
+                E820Kind::Ram,
+                E820Kind::Acpi,
+                E820Kind::Reserved,
+                E820Kind::Ram
+            ]
+        );
+        assert!(l.e820.windows(2).all(|w| w[0].0.end <= w[1].0.start));
+    }
+
+    #[test]
+    fn acpi_tables_bigger_than_low_ram_are_refused() {
+        let mut l = lay_out(&[2 * MIB], 1, 40).unwrap();
+        assert_eq!(
+            l.reserve_acpi(MIB),
+            Err(LayoutError::AcpiTooLarge {
+                size: MIB,
+                room: MIB - 4096
+            })
+        );
+        assert_eq!(l, lay_out(&[2 * MIB], 1, 40).unwrap());
+        // No RAM above 1 MiB at all.
+        let mut l = lay_out(&[MIB], 1, 40).unwrap();
+        assert!(l.reserve_acpi(4096).is_err());
     }
 }

@@ -699,14 +699,9 @@ impl Control {
             .ok_or_else(|| err(404, "no VM has been created"))?;
         let topology =
             guest_topology(config, tessera_arch::vcpu::host_phys_bits()).map_err(topology_err)?;
-        let tables = tessera_acpi::build(
-            &topology.acpi,
-            tessera_acpi::Placement {
-                rsdp_address: tessera_arch::layout::RSDP_START,
-                tables_address: tessera_arch::layout::RSDP_START + 0x40,
-            },
-        )
-        .map_err(|e| ApiError::new(400, e.to_string(), Some(e.field())))?;
+        let tables = topology
+            .acpi_tables()
+            .map_err(|e| ApiError::new(400, e.to_string(), Some(e.field())))?;
         let list: Vec<AcpiTable> = tables
             .iter()
             .map(|t| AcpiTable {

@@ -11,7 +11,7 @@ use tessera_acpi::{
     PciSegment, Topology, Window,
 };
 use tessera_api::config::{ConfigError, VmConfig, HOST_BRIDGE_ID};
-use tessera_arch::layout::{lay_out, GuestLayout, LayoutError, Range};
+use tessera_arch::layout::{lay_out, GuestLayout, LayoutError, Range, RSDP_START};
 
 use crate::device_manager::placement::{place_devices, PciSlots, Placement};
 pub use crate::device_manager::placement::{PlacedDevice, PlacedSlot};
@@ -45,9 +45,18 @@ pub struct GuestTopology {
     pub slots: PciSlots,
     /// What the ACPI tables are built from.
     pub acpi: Topology,
+    /// Where they go: the RSDP in the BIOS area, the tables in the layout's ACPI area.
+    pub acpi_placement: tessera_acpi::Placement,
     /// The guest's physical address width (CPUID 0x8000_0008): the host's, or
     /// `cpus.max_phys_bits` if that is smaller. The memory map fits it.
     pub phys_bits: u8,
+}
+
+impl GuestTopology {
+    /// The guest's ACPI tables, at their guest addresses.
+    pub fn acpi_tables(&self) -> Result<tessera_acpi::AcpiTables, tessera_acpi::Error> {
+        tessera_acpi::build(&self.acpi, self.acpi_placement)
+    }
 }
 
 /// Why a configuration has no valid topology.
@@ -245,13 +254,30 @@ pub fn guest_topology(
         hmat: Vec::new(),
         platform: platform(),
     };
-    tessera_acpi::validate(&acpi)?;
+    // The tables' size is known once they are encoded (validation included), so encode
+    // them once to size the ACPI area at the top of low RAM; they are encoded again at
+    // their address when written.
+    let sized = tessera_acpi::build(&acpi, tessera_acpi::Placement::default())?;
+    let tables_len = sized
+        .tables
+        .iter()
+        .map(|t| t.address + t.bytes.len() as u64)
+        .max()
+        .map_or(0, |end| {
+            end - tessera_acpi::Placement::default().tables_address
+        });
+    let mut layout = layout;
+    let area = layout.reserve_acpi(tables_len)?;
     Ok(GuestTopology {
         layout,
         devices,
         pci_slots,
         slots,
         acpi,
+        acpi_placement: tessera_acpi::Placement {
+            rsdp_address: RSDP_START,
+            tables_address: area.start,
+        },
         phys_bits,
     })
 }

@@ -28,13 +28,7 @@ fn required_config(args: &Args) -> Result<VmConfig> {
 fn dump_acpi(config: &VmConfig, dir: &std::path::Path) -> Result<()> {
     let topology =
         tessera_vmm::guest_topology::guest_topology(config, tessera_arch::vcpu::host_phys_bits())?;
-    let tables = tessera_acpi::build(
-        &topology.acpi,
-        tessera_acpi::Placement {
-            rsdp_address: tessera_arch::layout::RSDP_START,
-            tables_address: tessera_arch::layout::RSDP_START + 0x40,
-        },
-    )?;
+    let tables = topology.acpi_tables()?;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("--dump-acpi: cannot create {}", dir.display()))?;
     for t in tables.iter() {

@@ -16,10 +16,8 @@ use std::sync::{mpsc, Arc};
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use tessera_acpi::{build as build_acpi, Placement};
 use tessera_api::config::VmConfig;
 use tessera_arch::boot::{configure_boot, load_initramfs, load_kernel};
-use tessera_arch::layout::{HIGH_RAM_START, RSDP_START};
 use tessera_arch::vcpu::{configure_vcpu, GuestCpus};
 use tessera_devices::pci_hotplug::PciSlot;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -81,14 +79,6 @@ pub enum VmError {
     /// Setting up the boot CPU state failed.
     #[error("vCPU setup: {0}")]
     Vcpu(String),
-    /// The ACPI tables do not fit where the guest looks for them.
-    #[error("the ACPI tables end at {end:#x}, past the BIOS area that ends at {limit:#x}")]
-    AcpiTooLarge {
-        /// Where the last table ends.
-        end: u64,
-        /// 1 MiB.
-        limit: u64,
-    },
     /// A device cannot be passed through.
     #[error(transparent)]
     Vfio(#[from] crate::vfio::VfioHostError),
@@ -243,20 +233,24 @@ impl Vm {
         }
 
         let kernel_path = config.payload.kernel.clone().unwrap_or_default();
-        let kernel = load_kernel(&guest_memory, &kernel_path).map_err(|e| VmError::Payload {
-            field: "payload.kernel",
-            message: e.to_string(),
-        })?;
-        let initramfs =
-            match &config.payload.initramfs {
-                Some(p) => Some(load_initramfs(&guest_memory, p, &kernel).map_err(|e| {
+        let kernel =
+            load_kernel(&guest_memory, &topology.layout.e820, &kernel_path).map_err(|e| {
+                VmError::Payload {
+                    field: "payload.kernel",
+                    message: e.to_string(),
+                }
+            })?;
+        let initramfs = match &config.payload.initramfs {
+            Some(p) => Some(
+                load_initramfs(&guest_memory, &topology.layout.e820, p, &kernel).map_err(|e| {
                     VmError::Payload {
                         field: "payload.initramfs",
                         message: e.to_string(),
                     }
-                })?),
-                None => None,
-            };
+                })?,
+            ),
+            None => None,
+        };
         write_acpi_tables(&guest_memory, &topology)?;
         tessera_arch::firmware::write_reset_vector(
             &guest_memory,
@@ -372,23 +366,9 @@ fn check_payload(config: &VmConfig) -> Result<(), VmError> {
 }
 
 fn write_acpi_tables(memory: &GuestMemoryMmap, topology: &GuestTopology) -> Result<(), VmError> {
-    let placement = Placement {
-        rsdp_address: RSDP_START,
-        tables_address: RSDP_START + 0x40,
-    };
-    let tables = build_acpi(&topology.acpi, placement)
+    let tables = topology
+        .acpi_tables()
         .map_err(crate::guest_topology::TopologyError::from)?;
-    let end = tables
-        .iter()
-        .map(|t| t.address + t.bytes.len() as u64)
-        .max()
-        .unwrap_or(0);
-    if end > HIGH_RAM_START {
-        return Err(VmError::AcpiTooLarge {
-            end,
-            limit: HIGH_RAM_START,
-        });
-    }
     for t in tables.iter() {
         memory
             .write_slice(&t.bytes, GuestAddress(t.address))

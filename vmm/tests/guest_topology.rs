@@ -434,3 +434,44 @@ fn every_guest_gets_pci_hotplug_on_every_segment() {
     assert_eq!(hp.mmio_base, tessera_arch::layout::PCI_HOTPLUG_START);
     assert_eq!(hp.mmio_len, tessera_devices::PCI_HOTPLUG_MMIO_LEN);
 }
+
+#[test]
+fn the_tables_of_many_segments_sit_in_an_acpi_area_at_the_top_of_low_ram() {
+    use tessera_arch::layout::{E820Kind, RSDP_START};
+    // 64 segments with a GI-ready slot each: past the 128 KiB the BIOS area had.
+    let mut config = seed();
+    config.devices.clear();
+    config.platform.num_pci_segments = 64;
+    config.generic_initiators.clear();
+    config.numa[9].device_id = Some("slot1".into());
+    config.pci_slots = (1..64)
+        .map(|n| PciSlotConfig {
+            id: format!("slot{n}"),
+            pci_segment: n,
+            pci_device_id: Some(0),
+        })
+        .collect();
+    let g = guest_topology(&config, 40).unwrap();
+    let tables = g.acpi_tables().unwrap();
+    assert_eq!(tables.rsdp.address, RSDP_START);
+    let start = tables.tables.iter().map(|t| t.address).min().unwrap();
+    let end = tables
+        .tables
+        .iter()
+        .map(|t| t.address + t.bytes.len() as u64)
+        .max()
+        .unwrap();
+    assert!(end - start > 128 << 10, "{} bytes", end - start);
+    // Exactly the e820 ACPI area, which ends where low RAM (512 MiB here) ends.
+    let (area, _) = g
+        .layout
+        .e820
+        .iter()
+        .find(|(_, kind)| *kind == E820Kind::Acpi)
+        .unwrap();
+    assert_eq!(area.start, start);
+    assert_eq!(area.end, 512 * MIB);
+    assert!(end <= area.end && area.end - end < 4096);
+    // The memory ranges the SRAT gives still cover all of RAM.
+    assert_eq!(g.acpi.memory.iter().map(|m| m.size).sum::<u64>(), 512 * MIB);
+}
