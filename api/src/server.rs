@@ -88,6 +88,10 @@ pub enum VmAction {
     RemoveGenericInitiator(RemoveGenericInitiator),
     /// `GET /vm.acpi`: answer [`crate::types::AcpiInfo`].
     Acpi,
+    /// `GET /vmm.host-devices`: answer [`crate::types::HostDevices`], read from the
+    /// host's sysfs now (never published: the host changes under the VMM), in every VM
+    /// state.
+    HostDevices,
 }
 
 /// An action and where to send its answer. The VMM must answer every request (dropping

@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::{NodeSet, VmConfig};
 use crate::error::ApiError;
 
+mod host;
+pub use host::{
+    HostDevices, HostIommuGroup, HostIommuGroupMember, HostMdevParent, HostMdevType, HostNumaNode,
+    HostNvidiaVgpu, HostPciDevice, HostVgpuType,
+};
+
 /// `GET /vmm.ping`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmmPingResponse {

@@ -142,6 +142,7 @@ fn script(action: &VmAction) -> Result<ApiReply, ApiError> {
         VmAction::Info => ApiReply::json(&info()),
         VmAction::Counters => ApiReply::json(&counters()),
         VmAction::Acpi => ApiReply::json(&acpi()),
+        VmAction::HostDevices => ApiReply::json(&common::host_devices()),
         VmAction::Create(c) => c
             .validate()
             .map(|()| ApiReply::NoContent)
@@ -1036,4 +1037,32 @@ fn a_non_api_error_answer_is_reported_by_status() {
     thread.join().unwrap();
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(out.stderr, "tessera-ctl: 502 Bad Gateway\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_devices_prints_a_table_or_the_json() {
+    let h = Harness::start(script);
+    let out = expect(&h, &["host-devices"], VmAction::HostDevices).await;
+    assert_eq!(
+        out,
+        "PCI devices:\n\
+         BDF           VENDOR:DEVICE  CLASS   DRIVER  NODE  IOMMU GROUP\n\
+         0000:41:00.0  10de:13f2      030000  nvidia  1     40 blocked by 0000:41:00.0 (nvidia)\n\
+         \x20 mdev types:\n\
+         \x20   nvidia-35  \"GRID M60-2Q\"  vfio-pci  2 available  \
+         instances a1b2c3d4-0000-4000-8000-000000000001\n\
+         \x20 vGPU types creatable: 1414 NVIDIA H200X-1-18C; current type 0\n\
+         0000:00:03.0  1b36:0010      010802  none    -     none\n\
+         mdev parents (not PCI devices):\n\
+         \x20 mtty:\n\
+         \x20   mtty-2  \"Dual-port-serial\"  vfio-pci  2 available  \
+         instances 83b8f4f2-509f-382f-3c1e-e6bfe0fa1002\n\
+         NUMA nodes:\n\
+         NODE  CPUS  MEMORY    DISTANCES\n\
+         0     0-1   2048 MiB  10 21\n\
+         1     none  1024 MiB  21 10\n"
+    );
+    let out = expect(&h, &["--json", "host-devices"], VmAction::HostDevices).await;
+    let json: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json, serde_json::to_value(common::host_devices()).unwrap());
 }

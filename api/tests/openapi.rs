@@ -507,6 +507,10 @@ fn response_schemas_match_the_types() {
         ("AcpiInfo", serde_json::to_value(&acpi).unwrap()),
         ("PciDeviceInfo", serde_json::to_value(&pci).unwrap()),
         ("VmCounters", json!({"gpu0": {"irqs": 1}})),
+        (
+            "HostDevices",
+            serde_json::to_value(common::host_devices()).unwrap(),
+        ),
     ] {
         check_shape(&d, &schema(name), &v, name);
     }
@@ -624,6 +628,7 @@ fn every_action_has_a_route() {
             VmAction::AddGenericInitiator(_) => "/vm.add-generic-initiator",
             VmAction::RemoveGenericInitiator(_) => "/vm.remove-generic-initiator",
             VmAction::Acpi => "/vm.acpi",
+            VmAction::HostDevices => "/vmm.host-devices",
         }
     }
     let config: VmConfig = serde_json::from_value(maximal_config()).unwrap();
@@ -647,6 +652,7 @@ fn every_action_has_a_route() {
         VmAction::AddGenericInitiator(config.generic_initiators[0].clone()),
         VmAction::RemoveGenericInitiator(RemoveGenericInitiator::default()),
         VmAction::Acpi,
+        VmAction::HostDevices,
     ];
     let routed: BTreeSet<String> = routes().map(|(_, p)| p).collect();
     let acted: BTreeSet<String> = all.iter().map(|a| format!("/api/v1{}", path(a))).collect();

@@ -77,6 +77,7 @@ fn script(action: &VmAction) -> Result<ApiReply, ApiError> {
             BTreeMap::from([("irqs".to_owned(), 7u64)]),
         )])),
         VmAction::Acpi => ApiReply::json(&acpi()),
+        VmAction::HostDevices => ApiReply::json(&common::host_devices()),
         VmAction::AddDevice(d) => ApiReply::json(&PciDeviceInfo {
             id: d.id.clone().unwrap_or_else(|| "_dev0".into()),
             bdf: "0000:00:05.0".into(),
@@ -190,6 +191,14 @@ async fn every_route_reaches_the_vmm_as_its_action() {
             VmAction::Counters,
             200,
             Some(json!({"gpu0": {"irqs": 7}})),
+        ),
+        (
+            "GET",
+            "/vmm.host-devices",
+            None,
+            VmAction::HostDevices,
+            200,
+            Some(serde_json::to_value(common::host_devices()).unwrap()),
         ),
         ("PUT", "/vm.shutdown", None, VmAction::Shutdown, 204, None),
         ("PUT", "/vm.reboot", None, VmAction::Reboot, 204, None),

@@ -72,6 +72,11 @@ pub struct Args {
     /// Write the log to FILE instead of standard error.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Test hook, hidden from --help: the sysfs root `vmm.host-devices` reads instead of
+    /// `/sys`, so that tests can show it a fake host (vmm/tests/api.rs). It changes
+    /// nothing else: VFIO devices are still checked and opened under the real `/sys`.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub sysfs_root: Option<PathBuf>,
     /// Only `false`: Tessera installs no seccomp filters yet.
     #[arg(long, value_name = "false")]
     pub seccomp: Option<String>,

@@ -16,6 +16,7 @@
 //! every change that has been answered.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +88,8 @@ pub struct Control {
     eject_timeout: Duration,
     /// The one removal in flight, if any.
     pending: Option<PendingRemoval>,
+    /// Where `vmm.host-devices` reads the host's sysfs (`/sys`; a fake tree in tests).
+    sysfs_root: PathBuf,
 }
 
 fn err(status: u16, error: impl Into<String>) -> ApiError {
@@ -141,6 +144,7 @@ impl Control {
             published: Arc::new(Published::new()),
             eject_timeout: DEFAULT_EJECT_TIMEOUT,
             pending: None,
+            sysfs_root: PathBuf::from(crate::host::SYSFS_ROOT),
         };
         control.publish();
         Ok(control)
@@ -170,6 +174,13 @@ impl Control {
     /// How long `vm.remove-device` waits for the guest to eject before it answers 504.
     pub fn eject_timeout(mut self, timeout: Duration) -> Self {
         self.eject_timeout = timeout;
+        self
+    }
+
+    /// Where `vmm.host-devices` reads sysfs: `/sys` unless told otherwise (a test hook,
+    /// `tessera --sysfs-root`).
+    pub fn sysfs_root(mut self, root: PathBuf) -> Self {
+        self.sysfs_root = root;
         self
     }
 
@@ -408,7 +419,11 @@ impl Control {
     pub fn handle(&mut self, action: VmAction) -> Result<ApiReply, ApiError> {
         let read_only = matches!(
             action,
-            VmAction::Ping | VmAction::Info | VmAction::Counters | VmAction::Acpi
+            VmAction::Ping
+                | VmAction::Info
+                | VmAction::Counters
+                | VmAction::Acpi
+                | VmAction::HostDevices
         );
         let reply = self.apply(action);
         if !read_only {
@@ -439,6 +454,10 @@ impl Control {
         }
         match action {
             VmAction::Ping => self.ping.clone(),
+            // Read now, not published: devices are bound, mdevs created and removed on
+            // the host without the VMM knowing. A few hundred small reads of sysfs, a
+            // few milliseconds, in whatever state the VM is.
+            VmAction::HostDevices => ApiReply::json(&crate::host::discover(&self.sysfs_root)),
             VmAction::VmmShutdown => {
                 // Stopped before the answer, so that vmm.shutdown's answer means it.
                 self.stop_vm();

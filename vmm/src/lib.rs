@@ -4,13 +4,14 @@
 //! maps passed-through ones; `irq_routing` keeps KVM's GSI routing table), `vm` assembles
 //! and runs one boot (`vcpu` runs its vCPUs); `console` and `serial_input` are the serial
 //! port's host side, which outlives boots; the `tessera` binary drives them through
-//! `control`.
+//! `control`. `host` reads what the host offers for passthrough (`vmm.host-devices`).
 
 pub mod cli;
 pub mod console;
 pub mod control;
 pub mod device_manager;
 pub mod guest_topology;
+pub mod host;
 pub mod irq_routing;
 pub mod memory;
 pub mod pty;

@@ -128,6 +128,9 @@ fn run_api(args: &Args, socket: &ApiSocket) -> Result<()> {
     // Made before the server starts, so that its first requests find a snapshot.
     let mut control = Control::new(kvm, initial.clone())?
         .eject_timeout(std::time::Duration::from_secs(args.eject_timeout));
+    if let Some(root) = &args.sysfs_root {
+        control = control.sysfs_root(root.clone());
+    }
     let published = control.published();
     let server = std::thread::Builder::new()
         .name("api".into())

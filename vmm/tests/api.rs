@@ -40,9 +40,14 @@ struct Tessera {
 
 impl Tessera {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Started with these options besides `--api-socket`.
+    fn start_with(args: &[&std::ffi::OsStr]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("api.sock");
-        let child = spawn(&socket);
+        let child = spawn(&socket, args);
         wait_for(&socket);
         Tessera {
             child,
@@ -99,10 +104,11 @@ impl Drop for Tessera {
     }
 }
 
-fn spawn(socket: &Path) -> Child {
+fn spawn(socket: &Path, args: &[&std::ffi::OsStr]) -> Child {
     Command::new(TESSERA)
         .arg("--api-socket")
         .arg(socket)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -528,7 +534,7 @@ fn a_live_socket_is_refused_and_a_stale_one_replaced() {
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     assert!(socket.exists());
-    let mut second = spawn(&socket);
+    let mut second = spawn(&socket, &[]);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(curl(&socket, "GET", "vmm.ping", None).0, 200);
     let mode = std::fs::metadata(&socket)
@@ -1165,4 +1171,201 @@ fn generated_device_ids_are_written_back_and_stable() {
     assert_eq!(t.api("PUT", "vm.remove-device", Some(body)).0, 204);
     let (from_config, _) = ids(&t);
     assert_eq!(from_config, ["gpu1", "_vfio2"]);
+}
+
+/// A fake sysfs tree, laid out as the kernel lays it out (device directories, and the
+/// bus, class and group entries as symlinks to them).
+struct FakeSysfs {
+    dir: tempfile::TempDir,
+}
+
+impl FakeSysfs {
+    fn new() -> Self {
+        FakeSysfs {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn file(&self, rel: &str, text: &str) {
+        let p = self.root().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, format!("{text}\n")).unwrap();
+    }
+
+    fn link(&self, rel: &str, target_rel: &str) {
+        let p = self.root().join(rel);
+        let target = self.root().join(target_rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        std::os::unix::fs::symlink(target, p).unwrap();
+    }
+
+    fn pci(&self, bdf: &str, ids: [&str; 3], driver: Option<&str>, numa: i32, group: u32) {
+        let dev = format!("devices/pci0000:00/{bdf}");
+        for (name, value) in ["vendor", "device", "class"].iter().zip(ids) {
+            self.file(&format!("{dev}/{name}"), &format!("0x{value}"));
+        }
+        self.file(&format!("{dev}/numa_node"), &numa.to_string());
+        self.link(&format!("bus/pci/devices/{bdf}"), &dev);
+        if let Some(d) = driver {
+            self.link(&format!("{dev}/driver"), &format!("bus/pci/drivers/{d}"));
+        }
+        self.link(
+            &format!("{dev}/iommu_group"),
+            &format!("kernel/iommu_groups/{group}"),
+        );
+        self.link(&format!("kernel/iommu_groups/{group}/devices/{bdf}"), &dev);
+    }
+}
+
+/// `vmm.host-devices` through the real binary, pointed at a fake host with the hidden
+/// `--sysfs-root`: an NVMe with no driver on no NUMA node, a NIC function whose sibling
+/// on its kernel driver blocks their group, an NVIDIA VF, the mtty sample parent with
+/// an instance, and two host nodes. The same answer in every VM state that does not
+/// need a guest to get into (the state table test covers the others with the real
+/// `/sys`).
+#[test]
+fn host_devices_from_a_fake_sysfs() {
+    let fake = FakeSysfs::new();
+    fake.pci("0000:00:03.0", ["1b36", "0010", "010802"], None, -1, 4);
+    fake.pci(
+        "0000:03:00.0",
+        ["8086", "1521", "020000"],
+        Some("vfio-pci"),
+        0,
+        9,
+    );
+    fake.pci(
+        "0000:03:00.1",
+        ["8086", "1521", "020000"],
+        Some("igb"),
+        0,
+        9,
+    );
+    fake.pci(
+        "0000:41:00.4",
+        ["10de", "2335", "030200"],
+        Some("nvidia"),
+        1,
+        61,
+    );
+    let vf = "devices/pci0000:00/0000:41:00.4/nvidia";
+    fake.file(
+        &format!("{vf}/creatable_vgpu_types"),
+        "1428 : NVIDIA H200X-141C\n1414 : NVIDIA H200X-1-18C",
+    );
+    fake.file(&format!("{vf}/current_vgpu_type"), "0");
+    let mtty = "devices/virtual/mtty/mtty";
+    let t = format!("{mtty}/mdev_supported_types/mtty-2");
+    fake.file(&format!("{t}/name"), "Dual-port-serial");
+    fake.file(&format!("{t}/description"), "Two ports");
+    fake.file(&format!("{t}/device_api"), "vfio-pci");
+    fake.file(&format!("{t}/available_instances"), "11");
+    let uuid = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1002";
+    fake.link(&format!("{t}/devices/{uuid}"), &format!("{mtty}/{uuid}"));
+    fake.link("class/mdev_bus/mtty", mtty);
+    for (id, cpus, distance) in [(0, "0-1", "10 21"), (1, "", "21 10")] {
+        let n = format!("devices/system/node/node{id}");
+        fake.file(&format!("{n}/cpulist"), cpus);
+        fake.file(
+            &format!("{n}/meminfo"),
+            &format!("Node {id} MemTotal:       1048576 kB"),
+        );
+        fake.file(&format!("{n}/distance"), distance);
+    }
+
+    let t = Tessera::start_with(&["--sysfs-root".as_ref(), fake.root().as_os_str()]);
+    let expected = |t: &Tessera| {
+        let (status, host) = t.json("GET", "vmm.host-devices", None);
+        assert_eq!(status, 200, "{host}");
+        host
+    };
+    let host = expected(&t);
+    let devices = host["pci_devices"].as_array().unwrap();
+    let bdfs: Vec<&str> = devices.iter().map(|d| d["bdf"].as_str().unwrap()).collect();
+    assert_eq!(
+        bdfs,
+        [
+            "0000:00:03.0",
+            "0000:03:00.0",
+            "0000:03:00.1",
+            "0000:41:00.4"
+        ]
+    );
+    let nvme = &devices[0];
+    assert_eq!(
+        (&nvme["vendor"], &nvme["device"], &nvme["class"]),
+        (
+            &Value::from("1b36"),
+            &Value::from("0010"),
+            &Value::from("010802")
+        )
+    );
+    assert_eq!(nvme["driver"], Value::Null);
+    assert_eq!(nvme["numa_node"], Value::Null, "numa_node -1 is null");
+    assert_eq!(nvme["iommu_group"]["id"], 4);
+    assert_eq!(nvme["iommu_group"]["viable"], true);
+    assert_eq!(nvme["mdev_types"], Value::Null);
+    let nic = &devices[1];
+    assert_eq!(nic["iommu_group"]["viable"], false);
+    assert_eq!(
+        nic["iommu_group"]["blocking"],
+        serde_json::json!(["0000:03:00.1"])
+    );
+    assert_eq!(
+        nic["iommu_group"]["members"],
+        serde_json::json!([
+            {"name": "0000:03:00.0", "driver": "vfio-pci"},
+            {"name": "0000:03:00.1", "driver": "igb"},
+        ])
+    );
+    let vgpu = &devices[3]["nvidia_vgpu"];
+    assert_eq!(
+        vgpu["creatable_types"],
+        serde_json::json!([
+            {"id": 1428, "name": "NVIDIA H200X-141C"},
+            {"id": 1414, "name": "NVIDIA H200X-1-18C"},
+        ])
+    );
+    assert_eq!(vgpu["current_type"], 0);
+    assert_eq!(devices[3]["numa_node"], 1);
+    assert_eq!(
+        host["mdev_parents"],
+        serde_json::json!([{"name": "mtty", "types": [{
+            "id": "mtty-2", "name": "Dual-port-serial", "description": "Two ports",
+            "device_api": "vfio-pci", "available_instances": 11, "instances": [uuid],
+        }]}])
+    );
+    assert_eq!(
+        host["numa_nodes"],
+        serde_json::json!([
+            {"id": 0, "cpus": "0-1", "memory_bytes": 1u64 << 30, "distances": [10, 21]},
+            {"id": 1, "cpus": "", "memory_bytes": 1u64 << 30, "distances": [21, 10]},
+        ])
+    );
+    // The same with a VM created, and after it is deleted.
+    assert_eq!(t.api("PUT", "vm.create", Some(&vm_config())).0, 204);
+    assert_eq!(expected(&t), host);
+    assert_eq!(t.api("PUT", "vm.delete", None).0, 204);
+    assert_eq!(expected(&t), host);
+    // The host changes under the VMM: the next answer sees it.
+    std::fs::remove_file(fake.root().join("bus/pci/devices/0000:03:00.1")).unwrap();
+    assert_eq!(expected(&t)["pci_devices"].as_array().unwrap().len(), 3);
+}
+
+/// Without a PCI bus (or any sysfs) the answer is empty lists, not an error.
+#[test]
+fn host_devices_without_sysfs_is_empty() {
+    let empty = tempfile::tempdir().unwrap();
+    let t = Tessera::start_with(&["--sysfs-root".as_ref(), empty.path().as_os_str()]);
+    let (status, host) = t.json("GET", "vmm.host-devices", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        host,
+        serde_json::json!({"pci_devices": [], "mdev_parents": [], "numa_nodes": []})
+    );
 }

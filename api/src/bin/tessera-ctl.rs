@@ -23,8 +23,8 @@ use tessera_api::options::{
     parse_device, parse_generic_initiator, parse_numa, parse_remove_generic_initiator,
 };
 use tessera_api::types::{
-    AcpiInfo, AcpiTable, PciDeviceInfo, VmCounters, VmInfo, VmRemoveDevice, VmRemoveNumaNode,
-    VmmPingResponse,
+    AcpiInfo, AcpiTable, HostDevices, HostMdevType, PciDeviceInfo, VmCounters, VmInfo,
+    VmRemoveDevice, VmRemoveNumaNode, VmmPingResponse,
 };
 
 /// Drives a running tessera VMM over its API socket (like Cloud Hypervisor's ch-remote).
@@ -128,6 +128,9 @@ enum Command {
     },
     /// Print the API's endpoints (GET /openapi.json; `--json` for the document).
     Openapi,
+    /// List the host's PCI devices with their IOMMU groups, NUMA nodes, mdev and vGPU
+    /// types, the non-PCI mdev parents, and the host's NUMA nodes (GET /vmm.host-devices).
+    HostDevices,
 }
 
 /// How to present a successful answer.
@@ -143,6 +146,7 @@ enum Show {
         dump: Option<PathBuf>,
     },
     OpenApi,
+    HostDevices,
 }
 
 /// One request, fully formed before the socket is touched.
@@ -279,6 +283,7 @@ fn plan(command: &Command) -> Result<Call> {
         ),
         Command::Acpi { dump } => get("/vm.acpi", Show::Acpi { dump: dump.clone() }),
         Command::Openapi => get("/openapi.json", Show::OpenApi),
+        Command::HostDevices => get("/vmm.host-devices", Show::HostDevices),
     })
 }
 
@@ -603,6 +608,185 @@ fn show_openapi(doc: &serde_json::Value) -> Result<String> {
     Ok(out)
 }
 
+/// Rows as columns padded to their widest cell, two spaces apart.
+fn table(rows: &[Vec<String>]) -> Result<String> {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            match widths.get_mut(i) {
+                Some(w) => *w = (*w).max(cell.chars().count()),
+                None => widths.push(cell.chars().count()),
+            }
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            write!(line, "{cell:<width$}  ")?;
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(out)
+}
+
+/// A value that may be missing (`-`).
+fn or_dash(value: Option<impl std::fmt::Display>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// An mdev type as one indented line: id, name, device API, availability, instances.
+fn mdev_type_line(out: &mut String, indent: &str, t: &HostMdevType) -> Result<()> {
+    write!(
+        out,
+        "{indent}{}  {:?}  {}  {} available",
+        t.id,
+        t.name.as_deref().unwrap_or("-"),
+        or_dash(t.device_api.as_deref()),
+        or_dash(t.available_instances),
+    )?;
+    if !t.instances.is_empty() {
+        write!(out, "  instances {}", t.instances.join(","))?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `vmm.host-devices` as an admin reads it: one table row per PCI device, with its
+/// group's viability (and what blocks it), then its mdev or vGPU types below it; the
+/// non-PCI mdev parents; the host's NUMA nodes as `numactl -H` shows them.
+fn show_host_devices(host: &HostDevices) -> Result<String> {
+    let mut out = String::new();
+    if host.pci_devices.is_empty() {
+        writeln!(out, "PCI devices: none")?;
+    } else {
+        writeln!(out, "PCI devices:")?;
+    }
+    let header = [
+        "BDF",
+        "VENDOR:DEVICE",
+        "CLASS",
+        "DRIVER",
+        "NODE",
+        "IOMMU GROUP",
+    ];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    let mut details = Vec::new();
+    for d in &host.pci_devices {
+        let ids = format!(
+            "{}:{}",
+            d.vendor.as_deref().unwrap_or("????"),
+            d.device.as_deref().unwrap_or("????")
+        );
+        let group = match &d.iommu_group {
+            None => "none".to_owned(),
+            Some(g) if g.viable => format!("{} viable", g.id),
+            Some(g) => {
+                let blocking: Vec<String> = g
+                    .blocking
+                    .iter()
+                    .map(|b| {
+                        let driver = g
+                            .members
+                            .iter()
+                            .find(|m| &m.name == b)
+                            .and_then(|m| m.driver.as_deref());
+                        format!("{b} ({})", driver.unwrap_or("?"))
+                    })
+                    .collect();
+                format!("{} blocked by {}", g.id, blocking.join(", "))
+            }
+        };
+        rows.push(vec![
+            d.bdf.clone(),
+            ids,
+            or_dash(d.class.as_deref()),
+            d.driver.clone().unwrap_or_else(|| "none".to_owned()),
+            or_dash(d.numa_node),
+            group,
+        ]);
+        let mut more = String::new();
+        if let Some(g) = d.iommu_group.as_ref().filter(|g| g.members.len() > 1) {
+            let members: Vec<String> = g
+                .members
+                .iter()
+                .map(|m| format!("{} ({})", m.name, m.driver.as_deref().unwrap_or("none")))
+                .collect();
+            writeln!(more, "  group {} members: {}", g.id, members.join(", "))?;
+        }
+        if let Some(types) = &d.mdev_types {
+            writeln!(more, "  mdev types:")?;
+            for t in types {
+                mdev_type_line(&mut more, "    ", t)?;
+            }
+        }
+        if let Some(v) = &d.nvidia_vgpu {
+            let types: Vec<String> = v
+                .creatable_types
+                .iter()
+                .map(|t| format!("{} {}", t.id, t.name))
+                .collect();
+            writeln!(
+                more,
+                "  vGPU types creatable: {}; current type {}",
+                if types.is_empty() {
+                    "none".to_owned()
+                } else {
+                    types.join(", ")
+                },
+                or_dash(v.current_type)
+            )?;
+        }
+        details.push(more);
+    }
+    // The table, with each device's details under its row.
+    let text = table(&rows)?;
+    let mut lines = text.lines();
+    if let Some(h) = lines.next() {
+        writeln!(out, "{h}")?;
+    }
+    for (line, more) in lines.zip(&details) {
+        writeln!(out, "{line}")?;
+        out.push_str(more);
+    }
+
+    if !host.mdev_parents.is_empty() {
+        writeln!(out, "mdev parents (not PCI devices):")?;
+        for p in &host.mdev_parents {
+            writeln!(out, "  {}:", p.name)?;
+            for t in &p.types {
+                mdev_type_line(&mut out, "    ", t)?;
+            }
+        }
+    }
+
+    if host.numa_nodes.is_empty() {
+        writeln!(out, "NUMA nodes: none")?;
+        return Ok(out);
+    }
+    writeln!(out, "NUMA nodes:")?;
+    let mut rows = vec![["NODE", "CPUS", "MEMORY", "DISTANCES"]
+        .map(String::from)
+        .to_vec()];
+    for n in &host.numa_nodes {
+        rows.push(vec![
+            n.id.to_string(),
+            match n.cpus.as_deref() {
+                Some("") => "none".to_owned(),
+                other => or_dash(other),
+            },
+            or_dash(n.memory_bytes.map(|b| format!("{} MiB", b >> 20))),
+            or_dash(
+                n.distances
+                    .as_ref()
+                    .map(|d| d.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")),
+            ),
+        ]);
+    }
+    out.push_str(&table(&rows)?);
+    Ok(out)
+}
+
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 fn emit(bytes: &[u8]) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
@@ -662,6 +846,7 @@ fn run(cli: &Cli) -> Result<()> {
             text
         }
         Show::OpenApi => show_openapi(&parse(endpoint, body)?)?,
+        Show::HostDevices => show_host_devices(&parse(endpoint, body)?)?,
     };
     emit(text.as_bytes())
 }

@@ -173,3 +173,87 @@ impl Client {
         }
     }
 }
+
+/// A `vmm.host-devices` answer with every field set (and every list holding an item):
+/// a GPU that is an mdev parent, on host node 1, in a group it blocks; an NVIDIA VF;
+/// a device with no driver and no node; the mtty sample parent; two host nodes.
+pub fn host_devices() -> tessera_api::types::HostDevices {
+    use tessera_api::types::*;
+    let mdev_type = |id: &str, name: &str, instances: &[&str]| HostMdevType {
+        id: id.into(),
+        name: Some(name.into()),
+        description: Some(format!("{name}, described")),
+        device_api: Some("vfio-pci".into()),
+        available_instances: Some(2),
+        instances: instances.iter().map(|s| s.to_string()).collect(),
+    };
+    HostDevices {
+        pci_devices: vec![
+            HostPciDevice {
+                bdf: "0000:41:00.0".into(),
+                path: "/sys/bus/pci/devices/0000:41:00.0".into(),
+                vendor: Some("10de".into()),
+                device: Some("13f2".into()),
+                class: Some("030000".into()),
+                driver: Some("nvidia".into()),
+                numa_node: Some(1),
+                iommu_group: Some(HostIommuGroup {
+                    id: 40,
+                    viable: false,
+                    members: vec![HostIommuGroupMember {
+                        name: "0000:41:00.0".into(),
+                        driver: Some("nvidia".into()),
+                    }],
+                    blocking: vec!["0000:41:00.0".into()],
+                }),
+                mdev_types: Some(vec![mdev_type(
+                    "nvidia-35",
+                    "GRID M60-2Q",
+                    &["a1b2c3d4-0000-4000-8000-000000000001"],
+                )]),
+                nvidia_vgpu: Some(HostNvidiaVgpu {
+                    creatable_types: vec![HostVgpuType {
+                        id: 1414,
+                        name: "NVIDIA H200X-1-18C".into(),
+                    }],
+                    creatable_raw: Some("1414 : NVIDIA H200X-1-18C".into()),
+                    current_type: Some(0),
+                }),
+            },
+            HostPciDevice {
+                bdf: "0000:00:03.0".into(),
+                path: "/sys/bus/pci/devices/0000:00:03.0".into(),
+                vendor: Some("1b36".into()),
+                device: Some("0010".into()),
+                class: Some("010802".into()),
+                driver: None,
+                numa_node: None,
+                iommu_group: None,
+                mdev_types: None,
+                nvidia_vgpu: None,
+            },
+        ],
+        mdev_parents: vec![HostMdevParent {
+            name: "mtty".into(),
+            types: vec![mdev_type(
+                "mtty-2",
+                "Dual-port-serial",
+                &["83b8f4f2-509f-382f-3c1e-e6bfe0fa1002"],
+            )],
+        }],
+        numa_nodes: vec![
+            HostNumaNode {
+                id: 0,
+                cpus: Some("0-1".into()),
+                memory_bytes: Some(2 << 30),
+                distances: Some(vec![10, 21]),
+            },
+            HostNumaNode {
+                id: 1,
+                cpus: Some(String::new()),
+                memory_bytes: Some(1 << 30),
+                distances: Some(vec![21, 10]),
+            },
+        ],
+    }
+}
