@@ -12,6 +12,7 @@ pub mod control;
 pub mod device_manager;
 pub mod guest_topology;
 pub mod irq_routing;
+pub mod managed;
 pub mod memory;
 pub mod pty;
 mod serial_input;
