@@ -66,6 +66,14 @@ pub struct Args {
     /// answers 504 and leaves the device attached.
     #[arg(long, value_name = "SECS", default_value_t = crate::control::DEFAULT_EJECT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub eject_timeout: u64,
+    /// Where records of host changes (mdevs created, drivers bound, vGPU types written)
+    /// are kept until they are undone; a later tessera undoes a crashed one's.
+    #[arg(long, value_name = "DIR", default_value = crate::managed::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Undo the host changes of tessera processes that died without undoing them (read
+    /// from --state-dir), print what was done, and exit. Every start does this too.
+    #[arg(long)]
+    pub cleanup: bool,
     /// More log output: -v info, -vv debug, -vvv trace (default: warnings; overrides TESSERA_LOG).
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,

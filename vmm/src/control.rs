@@ -34,6 +34,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::console::SerialSink;
 use crate::device_manager::placement::name_devices;
 use crate::guest_topology::{guest_topology, TopologyError};
+use crate::managed::{name_mdevs, Managed};
 use crate::vm::{Vm, VmError, VmEvents};
 
 mod hotplug;
@@ -87,6 +88,8 @@ pub struct Control {
     eject_timeout: Duration,
     /// The one removal in flight, if any.
     pending: Option<PendingRemoval>,
+    /// Where managed devices' host changes are made and recorded.
+    managed: Managed,
 }
 
 fn err(status: u16, error: impl Into<String>) -> ApiError {
@@ -115,6 +118,7 @@ impl Control {
     pub fn new(kvm: kvm_ioctls::Kvm, mut config: Option<VmConfig>) -> Result<Self, VmError> {
         if let Some(c) = config.as_mut() {
             name_devices(c);
+            name_mdevs(&mut c.devices);
         }
         let state = if config.is_some() {
             State::Created
@@ -141,6 +145,7 @@ impl Control {
             published: Arc::new(Published::new()),
             eject_timeout: DEFAULT_EJECT_TIMEOUT,
             pending: None,
+            managed: Managed::from_env(),
         };
         control.publish();
         Ok(control)
@@ -164,6 +169,13 @@ impl Control {
     /// API socket does, instead of keeping the VM's configuration for another boot.
     pub fn exit_on_poweroff(mut self) -> Self {
         self.exit_on_poweroff = true;
+        self
+    }
+
+    /// Makes managed devices' host changes on `managed` (tests give a fake host and
+    /// state directory); the default is the real host and `/run/tessera`.
+    pub fn managed(mut self, managed: Managed) -> Self {
+        self.managed = managed;
         self
     }
 
@@ -344,7 +356,8 @@ impl Control {
             .serial
             .as_ref()
             .ok_or_else(|| err(500, "no serial sink"))?;
-        let vm = Vm::boot(&self.kvm, &config, serial, &self.events).map_err(vm_err)?;
+        let vm =
+            Vm::boot(&self.kvm, &config, serial, &self.events, &self.managed).map_err(vm_err)?;
         self.state = State::Running(vm);
         self.shut_down = false;
         Ok(ApiReply::NoContent)
@@ -399,6 +412,7 @@ impl Control {
             .ok_or_else(|| err(404, "no VM has been created"))?;
         edit(&mut config)?;
         name_devices(&mut config);
+        name_mdevs(&mut config.devices);
         guest_topology(&config, tessera_arch::vcpu::host_phys_bits()).map_err(topology_err)?;
         self.config = Some(config);
         Ok(())
@@ -454,9 +468,10 @@ impl Control {
                 guest_topology(&config, tessera_arch::vcpu::host_phys_bits())
                     .map_err(topology_err)?;
                 let mut config = *config;
-                // Generated ids become the devices' own, so vm.info shows them and they
-                // survive other devices' removal and reboots.
+                // Generated ids (and mdev UUIDs) become the devices' own, so vm.info
+                // shows them and they survive other devices' removal and reboots.
                 name_devices(&mut config);
+                name_mdevs(&mut config.devices);
                 self.config = Some(config);
                 self.state = State::Created;
                 Ok(ApiReply::NoContent)

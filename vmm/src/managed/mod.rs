@@ -271,6 +271,16 @@ impl Managed {
     /// error names `devices[N]`.
     pub fn prepare_all(&self, devices: &[DeviceConfig]) -> Result<Vec<Prepared>, ManagedError> {
         let plans = self.plan_all(devices)?;
+        self.apply_all(devices, plans)
+    }
+
+    /// Applies [`Managed::plan_all`]'s `plans` to `devices`, in order; on failure what
+    /// was changed is undone before this returns.
+    pub fn apply_all(
+        &self,
+        devices: &[DeviceConfig],
+        plans: Vec<Plan>,
+    ) -> Result<Vec<Prepared>, ManagedError> {
         let mut prepared = Vec::with_capacity(devices.len());
         for (i, (d, p)) in devices.iter().zip(plans).enumerate() {
             match self.apply(d, p) {
