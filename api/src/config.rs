@@ -647,7 +647,9 @@ pub struct PlatformConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub system_serial_number: Option<String>,
-    /// SMBIOS system UUID (`uuid` is CH's older name); none accepted.
+    /// The VM's UUID (`uuid` is CH's older name): NVIDIA's vGPU manager asks for it (give
+    /// it to tessera as `-uuid UUID` too, see docs/passthrough.md). Tessera gives the guest
+    /// no SMBIOS tables, so the guest does not see it.
     #[serde(default, alias = "uuid", skip_serializing_if = "Option::is_none")]
     pub system_uuid: Option<String>,
     /// SMBIOS OEM strings; none accepted.

@@ -66,6 +66,10 @@ pub struct Args {
     /// answers 504 and leaves the device attached.
     #[arg(long, value_name = "SECS", default_value_t = crate::control::DEFAULT_EJECT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub eject_timeout: u64,
+    /// The VM's UUID (`platform.uuid`), also accepted as QEMU's `-uuid UUID`: NVIDIA's vGPU
+    /// manager reads it from the VMM's command line.
+    #[arg(long, value_name = "UUID")]
+    pub uuid: Option<String>,
     /// Where records of host changes (mdevs created, drivers bound, vGPU types written)
     /// are kept until they are undone; a later tessera undoes a crashed one's.
     #[arg(long, value_name = "DIR", default_value = crate::managed::DEFAULT_STATE_DIR)]
@@ -97,6 +101,22 @@ impl Args {
     /// vm.create). VM options without `--kernel` are refused, as Cloud Hypervisor
     /// refuses them, rather than ignored.
     pub fn vm_config(&self) -> Result<Option<VmConfig>, CliError> {
+        let mut config = self.vm_config_without_uuid()?;
+        if let (Some(c), Some(uuid)) = (config.as_mut(), &self.uuid) {
+            match &c.platform.system_uuid {
+                Some(u) if !u.eq_ignore_ascii_case(uuid) => {
+                    return Err(CliError::new(
+                        "uuid",
+                        format!("{uuid} differs from the configuration's platform.uuid {u}"),
+                    ))
+                }
+                _ => c.platform.system_uuid = Some(uuid.clone()),
+            }
+        }
+        Ok(config)
+    }
+
+    fn vm_config_without_uuid(&self) -> Result<Option<VmConfig>, CliError> {
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 CliError::new("config", format!("cannot read {}: {e}", path.display()))

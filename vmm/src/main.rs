@@ -245,8 +245,20 @@ fn init_logging(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The command line, with QEMU's `-uuid` read as `--uuid`: NVIDIA's vGPU manager finds
+/// the VM's UUID in the VMM's command line by QEMU's spelling, so that is the one to type.
+fn args() -> Args {
+    Args::parse_from(std::env::args_os().map(|a| {
+        if a == "-uuid" {
+            std::ffi::OsString::from("--uuid")
+        } else {
+            a
+        }
+    }))
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = args();
     match init_logging(&args).and_then(|()| run(&args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -217,6 +217,7 @@ impl Vm {
         // Every device, before anything is opened or changed: errors name the first at
         // fault.
         let plans = managed.plan_all(&named.devices)?;
+        check_vgpu_uuid(config)?;
         crate::vfio::check_host(config)?;
         memory::check_host(config, &topology.layout)?;
 
@@ -387,6 +388,36 @@ impl Vm {
 }
 
 /// A non-blocking eventfd, for the guest's events and device interrupts.
+/// NVIDIA's vGPU manager fails a vGPU whose VMM gives it no VM UUID: it reads `-uuid UUID`
+/// from the VMM's command line, as QEMU takes it. Without `platform.uuid` the boot is
+/// refused before any change; without `-uuid` on this process's command line, a warning.
+fn check_vgpu_uuid(config: &VmConfig) -> Result<(), VmError> {
+    if !config.devices.iter().any(|d| d.vgpu_type.is_some()) {
+        return Ok(());
+    }
+    let Some(uuid) = &config.platform.system_uuid else {
+        return Err(crate::managed::ManagedError::Device {
+            field: "platform.uuid".into(),
+            message: "an NVIDIA vGPU (vgpu_type) needs the VM's UUID: give tessera \
+                      -uuid UUID (or platform.uuid)"
+                .into(),
+        }
+        .into());
+    };
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let given = args
+        .windows(2)
+        .any(|w| matches!(w, [flag, value] if *flag == b"-uuid" && value.eq_ignore_ascii_case(uuid.as_bytes())));
+    if !given {
+        tracing::warn!(
+            "NVIDIA's vGPU manager reads the VM's UUID from the VMM's command line: start \
+             tessera with -uuid {uuid}"
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn event_fd() -> Result<EventFd, VmError> {
     EventFd::new(EFD_NONBLOCK).map_err(|source| VmError::Os {
         what: "eventfd",

@@ -168,6 +168,23 @@ fn bad_managed_devices_are_refused_before_any_change() {
         "devices[0].vgpu_type",
         "not an NVIDIA SR-IOV vGPU VF",
     );
+    // A vGPU needs the VM's UUID, for NVIDIA's vGPU manager.
+    let vf = f.mk("sys/bus/pci/devices/0000:41:00.4/nvidia");
+    std::fs::write(
+        vf.join("creatable_vgpu_types"),
+        "ID : Name\n558 : NVIDIA L40-2Q\n",
+    )
+    .unwrap();
+    std::fs::write(vf.join("current_vgpu_type"), "0\n").unwrap();
+    f.refused(
+        "path=/sys/bus/pci/devices/0000:41:00.4,vgpu_type=558",
+        "platform.uuid",
+        "an NVIDIA vGPU (vgpu_type) needs the VM's UUID: give tessera -uuid UUID",
+    );
+    assert_eq!(
+        std::fs::read_to_string(vf.join("current_vgpu_type")).unwrap(),
+        "0\n"
+    );
     // Fields that do not go together are refused while the options are read.
     let (status, _, err) = f.tessera(&["--kernel", "/x", "--device", "mdev_parent=mtty"]);
     assert_eq!(status, 1, "{err}");
