@@ -304,3 +304,139 @@ fn the_next_start_cleans_up_after_kill_9_and_bad_requests_change_nothing() {
     );
     assert_eq!(line(&console, "end"), format!("end: {clean}"));
 }
+
+/// tessera SIGKILLed at each moment of bringing managed devices in (the test hook
+/// `TESSERA_TEST_KILL_AT`): after the mdev is created, after the NVMe is bound, with
+/// guest RAM DMA-mapped. Each time the records match the changes left, and `tessera
+/// --cleanup` gives L1 back. Then managed devices hot-added to a running VM over the API
+/// are given back once the guest ejects them, and a bad hot-add changes nothing.
+#[test]
+fn kill_9_at_each_moment_is_cleaned_up_and_hot_removed_devices_are_given_back() {
+    let kills: String = ["after-mdev-create", "after-bind", "during-dma-map"]
+        .iter()
+        .map(|point| {
+            format!(
+                "echo kill-at={point}\n\
+                 TESSERA_TEST_KILL_AT={point} {run} >/run/tmp/kill.out 2>&1\n\
+                 echo \"{point}-exit=$?\"\n\
+                 {killed}\
+                 in-host {TESSERA} --cleanup\n\
+                 echo \"{point}-cleanup-exit=$?\"\n\
+                 {cleaned}",
+                run = tessera(
+                    "",
+                    &format!(
+                        "--device id=tty0,mdev_parent=mtty,mdev_type=mtty-2 \
+                         --device id=nvme0,{NVME}"
+                    )
+                ),
+                killed = state(&format!("{point}-killed")),
+                cleaned = state(&format!("{point}-cleaned")),
+            )
+        })
+        .collect();
+    let api = tessera(
+        " judge.action=console",
+        "--api-socket /run/api.sock --eject-timeout 20",
+    );
+    let script = format!(
+        r#". "$HOST{REPO}/scripts/l1-vfio.sh"
+{kills}
+rm -f /run/tmp/in; mkfifo /run/tmp/in
+{api} </run/tmp/in >/run/tmp/hp.out 2>&1 &
+pid=$!
+exec 3>/run/tmp/in
+i=0
+while [ $i -lt 300 ] && ! grep -q judge-boot-id= /run/tmp/hp.out; do sleep 1; i=$((i+1)); done
+put() {{ echo "$1: $(in-host curl -s -w ' %{{http_code}}' --unix-socket /run/api.sock -X PUT "http://localhost/api/v1/$2" -d "$3")"; }}
+put add-mdev vm.add-device '{{"id": "tty9", "mdev_parent": "mtty", "mdev_type": "mtty-1"}}'
+echo "uuid-in-info: $(in-host curl -s --unix-socket /run/api.sock http://localhost/api/v1/vm.info | grep -c '"id":"tty9","[^}}]*"uuid":"[0-9a-f-]\{{36\}}"')"
+put add-nvme vm.add-device '{{"id": "nvme9", "path": "/sys/bus/pci/devices/0000:00:03.0", "managed": true}}'
+{added}
+put add-bad vm.add-device '{{"id": "tty8", "mdev_parent": "mtty", "mdev_type": "mtty-9"}}'
+{bad}
+put remove-mdev vm.remove-device '{{"id": "tty9"}}'
+put remove-nvme vm.remove-device '{{"id": "nvme9"}}'
+{removed}
+put shutdown vmm.shutdown ''
+exec 3>&-
+wait $pid
+echo "api-exit=$?"
+{end}
+echo '=== tessera'
+grep -v '^judge' /run/tmp/hp.out | tail -20
+"#,
+        added = state("hot-added"),
+        bad = state("hot-bad"),
+        removed = state("hot-removed"),
+        end = state("api-end"),
+    );
+    let out = nested::run(&script, &[]).unwrap();
+    let console = out.console;
+    assert_eq!(out.status, 0, "{console}");
+    let clean = "nvme=none override=(null) mdevs=0 records=0";
+    for (point, left) in [
+        (
+            "after-mdev-create",
+            "nvme=none override=(null) mdevs=1 records=1",
+        ),
+        (
+            "after-bind",
+            "nvme=vfio-pci override=vfio-pci mdevs=1 records=2",
+        ),
+        (
+            "during-dma-map",
+            "nvme=vfio-pci override=vfio-pci mdevs=1 records=2",
+        ),
+    ] {
+        assert!(
+            console.contains(&format!("{point}-exit=137")),
+            "{point}:\n{console}"
+        );
+        assert_eq!(
+            line(&console, &format!("{point}-killed")),
+            format!("{point}-killed: {left}"),
+            "{console}"
+        );
+        assert!(
+            console.contains(&format!("{point}-cleanup-exit=0")),
+            "{console}"
+        );
+        assert_eq!(
+            line(&console, &format!("{point}-cleaned")),
+            format!("{point}-cleaned: {clean}"),
+            "{console}"
+        );
+    }
+    assert!(line(&console, "add-mdev").ends_with(" 200"), "{console}");
+    assert_eq!(
+        line(&console, "uuid-in-info"),
+        "uuid-in-info: 1",
+        "{console}"
+    );
+    assert!(line(&console, "add-nvme").ends_with(" 200"), "{console}");
+    assert_eq!(
+        line(&console, "hot-added"),
+        "hot-added: nvme=vfio-pci override=vfio-pci mdevs=1 records=2",
+        "{console}"
+    );
+    let bad = line(&console, "add-bad");
+    assert!(
+        bad.contains("mdev_type: `mtty-9` is not an mdev type of mtty") && bad.ends_with(" 400"),
+        "{console}"
+    );
+    assert_eq!(
+        line(&console, "hot-bad"),
+        "hot-bad: nvme=vfio-pci override=vfio-pci mdevs=1 records=2",
+        "{console}"
+    );
+    assert!(line(&console, "remove-mdev").ends_with(" 204"), "{console}");
+    assert!(line(&console, "remove-nvme").ends_with(" 204"), "{console}");
+    assert_eq!(
+        line(&console, "hot-removed"),
+        format!("hot-removed: {clean}"),
+        "given back once the guest ejected them:\n{console}"
+    );
+    assert!(console.contains("api-exit=0"), "{console}");
+    assert_eq!(line(&console, "api-end"), format!("api-end: {clean}"));
+}

@@ -26,6 +26,24 @@ use tessera_api::config::DeviceConfig;
 pub use state::{CleanupSummary, HostChange, RecordedChange, StateDir, DEFAULT_STATE_DIR};
 pub use sysfs::{Host, HOST_ROOT_ENV};
 
+/// Test hook: `TESSERA_TEST_KILL_AT=POINT` makes tessera SIGKILL itself at that point
+/// (`after-mdev-create`, `after-bind`, `after-vgpu-type`, `during-dma-map`), so tests can
+/// crash it at an exact moment and check that the next start cleans up. Not a setting.
+pub const KILL_AT_ENV: &str = "TESSERA_TEST_KILL_AT";
+
+/// Kills this process with SIGKILL if [`KILL_AT_ENV`] names `point` (a test hook):
+/// nothing is unwound, as with `kill -9`.
+pub fn kill_point(point: &str) {
+    if std::env::var_os(KILL_AT_ENV).is_some_and(|p| p == point) {
+        tracing::warn!("{KILL_AT_ENV}={point}: killing this process (test hook)");
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
 /// Why a managed device could not be prepared or given back.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagedError {
@@ -241,6 +259,7 @@ impl Managed {
                 })?);
                 device.path = mdev::create(&self.host, &m)?;
                 device.uuid = Some(m.uuid);
+                kill_point("after-mdev-create");
             }
             Plan::Bind(b) => {
                 changes
@@ -251,6 +270,7 @@ impl Managed {
                     })?);
                 binding::bind(&self.host, &b)?;
                 device.path = b.sysfs;
+                kill_point("after-bind");
             }
             Plan::Vgpu(v) => {
                 changes
@@ -261,6 +281,7 @@ impl Managed {
                     })?);
                 vgpu::set(&self.host, &v)?;
                 device.path = v.sysfs;
+                kill_point("after-vgpu-type");
             }
         }
         Ok(Prepared { device, changes })
