@@ -379,8 +379,11 @@ pub struct ConsoleConfig {
     pub socket: Option<PathBuf>,
 }
 
-/// A VFIO device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A VFIO device: one given by `path` (prepared by someone else, or with `managed`
+/// bound to vfio-pci by Tessera, or with `vgpu_type` an NVIDIA vGPU VF Tessera gives a
+/// type), or an mdev Tessera creates (`mdev_parent` + `mdev_type`) or starts from its
+/// mdevctl definition (`uuid` alone). Tessera undoes what it did when the device goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     /// Name GI links and NUMA nodes refer to it by.
@@ -395,7 +398,9 @@ pub struct DeviceConfig {
     /// Device number on the segment's root bus.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pci_device_id: Option<u8>,
-    /// `/sys/bus/pci/devices/BDF` or `/sys/bus/mdev/devices/UUID`.
+    /// `/sys/bus/pci/devices/BDF` or `/sys/bus/mdev/devices/UUID`; empty (or absent)
+    /// for an mdev Tessera creates or starts (`mdev_parent`, or `uuid` alone).
+    #[serde(default)]
     pub path: PathBuf,
     /// A VFIO cdev descriptor handed over CH's socket; none accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -407,22 +412,132 @@ pub struct DeviceConfig {
     /// them is trapped and forwarded to the device.
     #[serde(default, deserialize_with = "null_is_empty")]
     pub x_exclude_mmap_bars: Vec<u64>,
+    /// Tessera extension: the parent of an mdev Tessera creates at boot (or hot-add) and
+    /// removes when the device goes: a PCI address (`0000:00:02.0`), a sysfs device path
+    /// (`/sys/devices/virtual/mtty/mtty`) or a name under `/sys/class/mdev_bus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mdev_parent: Option<String>,
+    /// Tessera extension: the mdev type to create (`mtty-2`, `nvidia-63`), one of the
+    /// parent's `mdev_supported_types`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mdev_type: Option<String>,
+    /// Tessera extension: the UUID of the mdev. With `mdev_parent`, the one to create it
+    /// under (generated and written back when absent); alone, an mdev defined with
+    /// mdevctl (`/etc/mdevctl.d/PARENT/UUID`) but not started, which Tessera starts and
+    /// stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// Tessera extension (libvirt's `managed='yes'`): bind the PCI device at `path` to
+    /// vfio-pci through `driver_override` for the VM, and give it back to the driver it
+    /// had (or none) afterwards.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub managed: bool,
+    /// Tessera extension: the NVIDIA vGPU type to give the SR-IOV VF at `path`
+    /// (written to `nvidia/current_vgpu_type` before the device is opened, 0 after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vgpu_type: Option<u32>,
 }
 
 impl DeviceConfig {
     /// A device at `path`, every other field at its default.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         DeviceConfig {
-            id: None,
-            iommu: false,
-            pci_segment: 0,
-            pci_device_id: None,
             path: path.into(),
-            fd: None,
-            x_nv_gpudirect_clique: None,
-            x_exclude_mmap_bars: Vec::new(),
+            ..DeviceConfig::default()
         }
     }
+
+    /// Whether Tessera changes the host for this device (creates or starts an mdev,
+    /// binds it to vfio-pci, writes a vGPU type), and so undoes the change afterwards.
+    pub fn is_managed(&self) -> bool {
+        self.mdev_parent.is_some()
+            || self.mdev_type.is_some()
+            || self.uuid.is_some()
+            || self.managed
+            || self.vgpu_type.is_some()
+    }
+
+    /// Which way the device is given, checked for fields that do not go together:
+    /// errors name `{at}.FIELD`.
+    pub fn check_source(&self, at: &str) -> Result<(), ConfigError> {
+        let f = |name: &str| format!("{at}.{name}");
+        let has_path = !self.path.as_os_str().is_empty();
+        if let Some(uuid) = &self.uuid {
+            if !is_uuid(uuid) {
+                return Err(ConfigError::new(
+                    f("uuid"),
+                    format!("`{uuid}` is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
+                ));
+            }
+        }
+        match (&self.mdev_parent, &self.mdev_type) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    f("mdev_type"),
+                    "`mdev_parent` needs `mdev_type`, the type of mdev to create",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    f("mdev_parent"),
+                    "`mdev_type` needs `mdev_parent`, the device to create the mdev on",
+                ))
+            }
+            _ => {}
+        }
+        let is_mdev = self.mdev_parent.is_some() || (self.uuid.is_some() && !has_path);
+        if is_mdev {
+            if has_path {
+                return Err(ConfigError::new(
+                    f("path"),
+                    "give `path` or `mdev_parent`, not both: Tessera makes the mdev's path",
+                ));
+            }
+            if self.managed {
+                return Err(ConfigError::new(
+                    f("managed"),
+                    "`managed` is for a PCI device given by `path`; an mdev Tessera creates is \
+                     managed already",
+                ));
+            }
+            if self.vgpu_type.is_some() {
+                return Err(ConfigError::new(
+                    f("vgpu_type"),
+                    "`vgpu_type` is for an NVIDIA SR-IOV VF given by `path`",
+                ));
+            }
+            return Ok(());
+        }
+        if !has_path {
+            return Err(ConfigError::new(
+                f("path"),
+                "give `path`, or `mdev_parent` and `mdev_type` (or the `uuid` of an mdevctl-defined mdev)",
+            ));
+        }
+        if self.uuid.is_some() {
+            return Err(ConfigError::new(
+                f("uuid"),
+                "`uuid` names an mdev to create or start; with `path` it has no meaning",
+            ));
+        }
+        if self.managed && self.vgpu_type.is_some() {
+            return Err(ConfigError::new(
+                f("managed"),
+                "an NVIDIA vGPU VF stays bound to the nvidia driver: give `vgpu_type` without \
+                 `managed`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is a UUID in its usual text form (`8-4-4-4-12` hex digits).
+pub fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// A GI-ready PCI slot: a BDF reserved at boot under an id, which GI links and
@@ -532,7 +647,9 @@ pub struct PlatformConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub system_serial_number: Option<String>,
-    /// SMBIOS system UUID (`uuid` is CH's older name); none accepted.
+    /// The VM's UUID (`uuid` is CH's older name): NVIDIA's vGPU manager asks for it (give
+    /// it to tessera as `-uuid UUID` too, see docs/passthrough.md). Tessera gives the guest
+    /// no SMBIOS tables, so the guest does not see it.
     #[serde(default, alias = "uuid", skip_serializing_if = "Option::is_none")]
     pub system_uuid: Option<String>,
     /// SMBIOS OEM strings; none accepted.
@@ -852,6 +969,19 @@ impl VmConfig {
                 }
             }
             self.check_pci_address(&format!("devices[{i}]"), d.pci_segment, d.pci_device_id)?;
+            d.check_source(&format!("devices[{i}]"))?;
+            if let Some(uuid) = &d.uuid {
+                if let Some(j) = self.devices.iter().take(i).position(|o| {
+                    o.uuid
+                        .as_ref()
+                        .is_some_and(|u| u.eq_ignore_ascii_case(uuid))
+                }) {
+                    return Err(ConfigError::new(
+                        format!("devices[{i}].uuid"),
+                        format!("`{uuid}` is already devices[{j}]'s"),
+                    ));
+                }
+            }
         }
         // Slot ids share the namespace of device ids: a device with a slot's id is the
         // one that fills it, so only slots among themselves must differ.

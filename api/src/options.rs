@@ -550,7 +550,9 @@ pub fn parse_console(s: &str) -> Result<VirtioConsoleConfig, OptionError> {
 }
 
 /// `path=PATH[,id=ID,pci_segment=N,pci_device_id=N,iommu=off,x_exclude_mmap_bars=[N,..],
-/// fd=N,x_nv_gpudirect_clique=N]`: `PUT /vm.add-device`'s body, with CH's keys.
+/// fd=N,x_nv_gpudirect_clique=N]`: `PUT /vm.add-device`'s body, with CH's keys; and
+/// Tessera's managed devices: `mdev_parent=PARENT,mdev_type=TYPE[,uuid=UUID]`, `uuid=UUID`
+/// (an mdevctl-defined mdev), `path=..,managed=on`, `path=..,vgpu_type=N`.
 pub fn parse_device(s: &str) -> Result<DeviceConfig, OptionError> {
     let o = Options::parse(
         s,
@@ -563,6 +565,11 @@ pub fn parse_device(s: &str) -> Result<DeviceConfig, OptionError> {
             "pci_device_id",
             "x_nv_gpudirect_clique",
             "x_exclude_mmap_bars",
+            "mdev_parent",
+            "mdev_type",
+            "uuid",
+            "managed",
+            "vgpu_type",
         ],
     )?;
     let device = DeviceConfig {
@@ -579,12 +586,30 @@ pub fn parse_device(s: &str) -> Result<DeviceConfig, OptionError> {
             .into_iter()
             .map(u64::from)
             .collect(),
+        mdev_parent: o.string("mdev_parent"),
+        mdev_type: o.string("mdev_type"),
+        uuid: o.string("uuid"),
+        managed: o.flag("managed")?,
+        vgpu_type: o.number("vgpu_type")?,
     };
     // Before `path`: CH takes `fd=N` instead of a path, which Tessera refuses by name.
     device
         .check_supported("device")
         .map_err(unsupported("device", &[]))?;
-    o.required("path")?;
+    if device.mdev_parent.is_none() && device.mdev_type.is_none() && device.uuid.is_none() {
+        o.required("path")?;
+    }
+    device.check_source("device").map_err(|e| {
+        let key = e
+            .field
+            .strip_prefix("device.")
+            .unwrap_or(&e.field)
+            .to_string();
+        OptionError {
+            message: format!("{key}: {}", e.message),
+            key: Some(key),
+        }
+    })?;
     Ok(device)
 }
 
@@ -714,6 +739,37 @@ fn one_of_node_nodes(node: bool, nodes: bool) -> Result<(), OptionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn managed_device() {
+        let d = parse_device("mdev_parent=/sys/devices/virtual/mtty/mtty,mdev_type=mtty-2,id=tty0")
+            .unwrap();
+        assert_eq!(
+            d.mdev_parent.as_deref(),
+            Some("/sys/devices/virtual/mtty/mtty")
+        );
+        assert_eq!(d.mdev_type.as_deref(), Some("mtty-2"));
+        assert!(d.path.as_os_str().is_empty());
+        let d = parse_device("uuid=9e4ae7a6-13a3-4b8b-8d7e-6d1f2c3b4a51").unwrap();
+        assert!(d.uuid.is_some());
+        let d = parse_device("path=/sys/bus/pci/devices/0000:00:03.0,managed=on").unwrap();
+        assert!(d.managed);
+        let d = parse_device("path=/sys/bus/pci/devices/0000:41:00.4,vgpu_type=558").unwrap();
+        assert_eq!(d.vgpu_type, Some(558));
+        for (bad, key) in [
+            ("mdev_parent=mtty", "mdev_type"),
+            ("mdev_type=mtty-1", "mdev_parent"),
+            ("mdev_parent=mtty,mdev_type=mtty-1,path=/x", "path"),
+            ("mdev_parent=mtty,mdev_type=mtty-1,managed=on", "managed"),
+            ("mdev_parent=mtty,mdev_type=mtty-1,uuid=nope", "uuid"),
+            ("path=/x,uuid=9e4ae7a6-13a3-4b8b-8d7e-6d1f2c3b4a51", "uuid"),
+            ("path=/x,managed=on,vgpu_type=1", "managed"),
+            ("path=/x,managed=maybe", "managed"),
+        ] {
+            let e = parse_device(bad).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{bad}: {e:?}");
+        }
+    }
 
     #[test]
     fn device() {

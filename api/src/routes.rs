@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::GenericInitiatorConfig;
+use crate::config::{DeviceConfig, GenericInitiatorConfig};
 use crate::error::{json_response, ApiError};
 use crate::server::{ApiReply, ApiRequest, Published, Snapshot, VmAction, API_PREFIX, MAX_BODY};
 use crate::types::{RemoveGenericInitiator, VmRemoveDevice, VmRemoveNumaNode};
@@ -89,7 +89,19 @@ pub(crate) const ROUTES: &[Route] = &[
     vmm("/vm.resume", Put, |_| Ok(VmAction::Resume)),
     vmm("/vm.delete", Put, |_| Ok(VmAction::Delete)),
     vmm("/vm.power-button", Put, |_| Ok(VmAction::PowerButton)),
-    vmm("/vm.add-device", Put, |b| Ok(VmAction::AddDevice(json(b)?))),
+    vmm("/vm.add-device", Put, |b| {
+        let device: DeviceConfig = json(b)?;
+        // Which way the device is given (path, mdev_parent, uuid) is the body's own
+        // business: refused here, naming the field, as a missing `path` was before.
+        device.check_source("").map_err(|e| {
+            let field = e.field.trim_start_matches('.');
+            ApiError::bad_request(
+                format!("{field}: {}", e.message),
+                (!field.is_empty()).then(|| field.to_owned()),
+            )
+        })?;
+        Ok(VmAction::AddDevice(device))
+    }),
     vmm("/vm.remove-device", Put, |b| {
         let VmRemoveDevice { id } = json(b)?;
         Ok(VmAction::RemoveDevice { id })

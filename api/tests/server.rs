@@ -575,7 +575,7 @@ async fn bad_bodies_are_400_naming_the_field() {
             "/vm.add-device",
             r#"{"id": "x"}"#,
             Some("path"),
-            "missing field `path`",
+            "path: give `path`, or `mdev_parent` and `mdev_type`",
         ),
         ("/vm.add-device", "", None, "needs a JSON body"),
         ("/vm.remove-device", "{}", Some("id"), "missing field `id`"),

@@ -66,17 +66,29 @@ pub struct Args {
     /// answers 504 and leaves the device attached.
     #[arg(long, value_name = "SECS", default_value_t = crate::control::DEFAULT_EJECT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub eject_timeout: u64,
+    /// The VM's UUID (`platform.uuid`), also accepted as QEMU's `-uuid UUID`: NVIDIA's vGPU
+    /// manager reads it from the VMM's command line.
+    #[arg(long, value_name = "UUID")]
+    pub uuid: Option<String>,
+    /// Where records of host changes (mdevs created, drivers bound, vGPU types written)
+    /// are kept until they are undone; a later tessera undoes a crashed one's.
+    #[arg(long, value_name = "DIR", default_value = crate::managed::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Undo the host changes of tessera processes that died without undoing them (read
+    /// from --state-dir), print what was done, and exit. Every start does this too.
+    #[arg(long)]
+    pub cleanup: bool,
     /// More log output: -v info, -vv debug, -vvv trace (default: warnings; overrides TESSERA_LOG).
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,
     /// Write the log to FILE instead of standard error.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
-    /// Test hook, hidden from --help: the sysfs root `vmm.host-devices` reads instead of
-    /// `/sys`, so that tests can show it a fake host (vmm/tests/api.rs). It changes
-    /// nothing else: VFIO devices are still checked and opened under the real `/sys`.
+    /// Test hook, hidden from --help: a fake `/` whose `sys/` and `etc/mdevctl.d/` Tessera
+    /// reads and writes instead of the host's, for `vmm.host-devices` and managed devices
+    /// (vmm/tests/api.rs, vmm/tests/managed.rs). VFIO devices are still opened for real.
     #[arg(long, value_name = "DIR", hide = true)]
-    pub sysfs_root: Option<PathBuf>,
+    pub host_root: Option<PathBuf>,
     /// Only `false`: Tessera installs no seccomp filters yet.
     #[arg(long, value_name = "false")]
     pub seccomp: Option<String>,
@@ -94,6 +106,22 @@ impl Args {
     /// vm.create). VM options without `--kernel` are refused, as Cloud Hypervisor
     /// refuses them, rather than ignored.
     pub fn vm_config(&self) -> Result<Option<VmConfig>, CliError> {
+        let mut config = self.vm_config_without_uuid()?;
+        if let (Some(c), Some(uuid)) = (config.as_mut(), &self.uuid) {
+            match &c.platform.system_uuid {
+                Some(u) if !u.eq_ignore_ascii_case(uuid) => {
+                    return Err(CliError::new(
+                        "uuid",
+                        format!("{uuid} differs from the configuration's platform.uuid {u}"),
+                    ))
+                }
+                _ => c.platform.system_uuid = Some(uuid.clone()),
+            }
+        }
+        Ok(config)
+    }
+
+    fn vm_config_without_uuid(&self) -> Result<Option<VmConfig>, CliError> {
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 CliError::new("config", format!("cannot read {}: {e}", path.display()))

@@ -16,7 +16,6 @@
 //! every change that has been answered.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +34,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::console::SerialSink;
 use crate::device_manager::placement::name_devices;
 use crate::guest_topology::{guest_topology, TopologyError};
+use crate::managed::{name_mdevs, Managed};
 use crate::vm::{Vm, VmError, VmEvents};
 
 mod hotplug;
@@ -88,8 +88,8 @@ pub struct Control {
     eject_timeout: Duration,
     /// The one removal in flight, if any.
     pending: Option<PendingRemoval>,
-    /// Where `vmm.host-devices` reads the host's sysfs (`/sys`; a fake tree in tests).
-    sysfs_root: PathBuf,
+    /// Where managed devices' host changes are made and recorded.
+    managed: Managed,
 }
 
 fn err(status: u16, error: impl Into<String>) -> ApiError {
@@ -118,6 +118,7 @@ impl Control {
     pub fn new(kvm: kvm_ioctls::Kvm, mut config: Option<VmConfig>) -> Result<Self, VmError> {
         if let Some(c) = config.as_mut() {
             name_devices(c);
+            name_mdevs(&mut c.devices);
         }
         let state = if config.is_some() {
             State::Created
@@ -144,7 +145,7 @@ impl Control {
             published: Arc::new(Published::new()),
             eject_timeout: DEFAULT_EJECT_TIMEOUT,
             pending: None,
-            sysfs_root: PathBuf::from(crate::host::SYSFS_ROOT),
+            managed: Managed::real(),
         };
         control.publish();
         Ok(control)
@@ -171,16 +172,16 @@ impl Control {
         self
     }
 
-    /// How long `vm.remove-device` waits for the guest to eject before it answers 504.
-    pub fn eject_timeout(mut self, timeout: Duration) -> Self {
-        self.eject_timeout = timeout;
+    /// Makes managed devices' host changes on `managed` (tests give a fake host and
+    /// state directory); the default is the real host and `/run/tessera`.
+    pub fn managed(mut self, managed: Managed) -> Self {
+        self.managed = managed;
         self
     }
 
-    /// Where `vmm.host-devices` reads sysfs: `/sys` unless told otherwise (a test hook,
-    /// `tessera --sysfs-root`).
-    pub fn sysfs_root(mut self, root: PathBuf) -> Self {
-        self.sysfs_root = root;
+    /// How long `vm.remove-device` waits for the guest to eject before it answers 504.
+    pub fn eject_timeout(mut self, timeout: Duration) -> Self {
+        self.eject_timeout = timeout;
         self
     }
 
@@ -355,7 +356,8 @@ impl Control {
             .serial
             .as_ref()
             .ok_or_else(|| err(500, "no serial sink"))?;
-        let vm = Vm::boot(&self.kvm, &config, serial, &self.events).map_err(vm_err)?;
+        let vm =
+            Vm::boot(&self.kvm, &config, serial, &self.events, &self.managed).map_err(vm_err)?;
         self.state = State::Running(vm);
         self.shut_down = false;
         Ok(ApiReply::NoContent)
@@ -410,6 +412,7 @@ impl Control {
             .ok_or_else(|| err(404, "no VM has been created"))?;
         edit(&mut config)?;
         name_devices(&mut config);
+        name_mdevs(&mut config.devices);
         guest_topology(&config, tessera_arch::vcpu::host_phys_bits()).map_err(topology_err)?;
         self.config = Some(config);
         Ok(())
@@ -457,7 +460,10 @@ impl Control {
             // Read now, not published: devices are bound, mdevs created and removed on
             // the host without the VMM knowing. A few hundred small reads of sysfs, a
             // few milliseconds, in whatever state the VM is.
-            VmAction::HostDevices => ApiReply::json(&crate::host::discover(&self.sysfs_root)),
+            VmAction::HostDevices => {
+                let sysfs = self.managed.host().path(crate::host::SYSFS_ROOT);
+                ApiReply::json(&crate::host::discover(&sysfs))
+            }
             VmAction::VmmShutdown => {
                 // Stopped before the answer, so that vmm.shutdown's answer means it.
                 self.stop_vm();
@@ -473,9 +479,10 @@ impl Control {
                 guest_topology(&config, tessera_arch::vcpu::host_phys_bits())
                     .map_err(topology_err)?;
                 let mut config = *config;
-                // Generated ids become the devices' own, so vm.info shows them and they
-                // survive other devices' removal and reboots.
+                // Generated ids (and mdev UUIDs) become the devices' own, so vm.info
+                // shows them and they survive other devices' removal and reboots.
                 name_devices(&mut config);
+                name_mdevs(&mut config.devices);
                 self.config = Some(config);
                 self.state = State::Created;
                 Ok(ApiReply::NoContent)

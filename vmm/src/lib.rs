@@ -13,6 +13,7 @@ pub mod device_manager;
 pub mod guest_topology;
 pub mod host;
 pub mod irq_routing;
+pub mod managed;
 pub mod memory;
 pub mod pty;
 mod serial_input;

@@ -16,6 +16,7 @@ use tessera_api::config::VmConfig;
 use tessera_api::server::VmAction;
 use tessera_vmm::cli::{ApiSocket, Args};
 use tessera_vmm::control::{Control, LoopExit};
+use tessera_vmm::managed::{CleanupSummary, Host, Managed, StateDir};
 
 /// The VM to run without an API socket: one is needed.
 fn required_config(args: &Args) -> Result<VmConfig> {
@@ -46,22 +47,56 @@ fn dump_acpi(config: &VmConfig, dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// The host's managed-device side, with `--state-dir`.
+fn managed(args: &Args) -> Managed {
+    let root = args.host_root.clone().unwrap_or_else(|| "/".into());
+    Managed::new(Host::real(root), StateDir::new(&args.state_dir))
+}
+
+/// Undoes what dead tessera processes left on the host: at every start, and for
+/// `--cleanup`. A live tessera's changes are never touched.
+fn cleanup(managed: &Managed) -> Result<CleanupSummary> {
+    let summary = managed.cleanup().with_context(|| {
+        format!(
+            "--state-dir {}: cleaning up after dead tessera processes",
+            managed.state().path().display()
+        )
+    })?;
+    if !summary.undone.is_empty() || !summary.failed.is_empty() {
+        tracing::warn!("cleanup: {summary}");
+    }
+    Ok(summary)
+}
+
 fn run(args: &Args) -> Result<()> {
+    if args.cleanup {
+        let summary = cleanup(&managed(args))?;
+        println!("tessera --cleanup: {summary}");
+        return Ok(());
+    }
     args.check()?;
+    if let Some(dir) = &args.dump_acpi {
+        if args.api_socket.is_none() {
+            return dump_acpi(&required_config(args)?, dir);
+        }
+    }
+    // Before this tessera changes anything: what a crashed one left is undone first. A
+    // state directory that cannot be read does not stop a VM that changes nothing.
+    let managed = managed(args);
+    if let Err(e) = cleanup(&managed) {
+        tracing::warn!("{e:#}");
+    }
     if let Some(socket) = &args.api_socket {
-        return run_api(args, &ApiSocket::parse(socket)?);
+        return run_api(args, &ApiSocket::parse(socket)?, managed);
     }
     let config = required_config(args)?;
-    if let Some(dir) = &args.dump_acpi {
-        return dump_acpi(&config, dir);
-    }
     // The same control loop as under the API, ending with the guest.
     let kvm = kvm_ioctls::Kvm::new().context("cannot open /dev/kvm")?;
     let stop_rx = signal_pipe()?;
     let wake = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?;
     // No API: nothing is ever sent, but the sender must live for the loop to keep going.
     let (_no_api, no_requests) = std::sync::mpsc::channel();
-    let mut control = Control::new(kvm, Some(config))?;
+    let mut control = Control::new(kvm, Some(config))?.managed(managed);
     if !args.no_shutdown {
         control = control.exit_on_poweroff();
     }
@@ -87,7 +122,7 @@ fn signal_pipe() -> Result<UnixStream> {
 
 /// Serves the API on `socket` while the control loop runs the VM; removes the socket on
 /// every way out.
-fn run_api(args: &Args, socket: &ApiSocket) -> Result<()> {
+fn run_api(args: &Args, socket: &ApiSocket, managed: Managed) -> Result<()> {
     use std::os::fd::FromRawFd;
     let (listener, path) = match socket {
         &ApiSocket::Fd(fd) => {
@@ -127,10 +162,8 @@ fn run_api(args: &Args, socket: &ApiSocket) -> Result<()> {
     let shutdown_api = shutdown.clone();
     // Made before the server starts, so that its first requests find a snapshot.
     let mut control = Control::new(kvm, initial.clone())?
-        .eject_timeout(std::time::Duration::from_secs(args.eject_timeout));
-    if let Some(root) = &args.sysfs_root {
-        control = control.sysfs_root(root.clone());
-    }
+        .eject_timeout(std::time::Duration::from_secs(args.eject_timeout))
+        .managed(managed);
     let published = control.published();
     let server = std::thread::Builder::new()
         .name("api".into())
@@ -207,8 +240,20 @@ fn init_logging(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The command line, with QEMU's `-uuid` read as `--uuid`: NVIDIA's vGPU manager finds
+/// the VM's UUID in the VMM's command line by QEMU's spelling, so that is the one to type.
+fn args() -> Args {
+    Args::parse_from(std::env::args_os().map(|a| {
+        if a == "-uuid" {
+            std::ffi::OsString::from("--uuid")
+        } else {
+            a
+        }
+    }))
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = args();
     match init_logging(&args).and_then(|()| run(&args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

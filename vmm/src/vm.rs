@@ -28,6 +28,7 @@ use crate::device_manager::memory_slots::MemorySlots;
 use crate::device_manager::placement::name_devices;
 use crate::device_manager::DeviceManager;
 use crate::guest_topology::{guest_topology, GuestTopology};
+use crate::managed::{name_mdevs, DeviceChanges, Managed};
 use crate::memory;
 use crate::vcpu::Vcpus;
 
@@ -82,6 +83,9 @@ pub enum VmError {
     /// A device cannot be passed through.
     #[error(transparent)]
     Vfio(#[from] crate::vfio::VfioHostError),
+    /// A managed device could not be prepared (an mdev created, a driver bound).
+    #[error(transparent)]
+    Managed(#[from] crate::managed::ManagedError),
     /// A vCPU stopped with an error.
     #[error("vCPU {index}: {message}")]
     VcpuRun {
@@ -101,6 +105,7 @@ impl VmError {
             VmError::Payload { field, .. } => Some((*field).to_string()),
             VmError::Serial(_) => Some("serial".into()),
             VmError::Vfio(e) => Some(e.field.clone()),
+            VmError::Managed(e) => e.field().map(String::from),
             _ => None,
         }
     }
@@ -170,6 +175,10 @@ pub struct Vm {
     // the VM fd goes before the memory its slots point at.
     vcpus: Vcpus,
     devices: DeviceManager,
+    /// The host changes made for managed devices, by device id: undone (dropped) after
+    /// the devices are closed, since an open mdev or vfio-pci device cannot be removed
+    /// or unbound.
+    host_changes: Vec<(String, DeviceChanges)>,
     _vm_fd: Arc<VmFd>,
     _memory: memory::GuestRam,
     /// The guest's topology (BDFs, nodes), for reporting.
@@ -179,15 +188,26 @@ pub struct Vm {
 impl Vm {
     /// Builds and starts the VM, whose guest fires `events` to power off or reset. Fails
     /// without leaving anything running or mapped.
+    /// Managed devices are prepared on `managed`'s host (all of them before any is
+    /// opened) and given back when the VM goes, or when the boot fails.
     pub fn boot(
         kvm: &Kvm,
         config: &VmConfig,
         serial: &SerialSink,
         events: &VmEvents,
+        managed: &Managed,
     ) -> Result<Vm, VmError> {
         let topology = guest_topology(config, tessera_arch::vcpu::host_phys_bits())?;
         check_payload(config)?;
-        // Every device, before anything is opened: errors name the first at fault.
+        // The ids placement reserved the slots under (control has written them back, but
+        // a configuration may come without them).
+        let mut named = config.clone();
+        name_devices(&mut named);
+        name_mdevs(&mut named.devices);
+        // Every device, before anything is opened or changed: errors name the first at
+        // fault.
+        let plans = managed.plan_all(&named.devices)?;
+        check_vgpu_uuid(config)?;
         crate::vfio::check_host(config)?;
         memory::check_host(config, &topology.layout)?;
 
@@ -215,6 +235,10 @@ impl Vm {
             guest_memory.num_regions() as u32,
             u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX),
         );
+        // Every mdev is created (every binding made) before any device is opened. If
+        // the boot fails from here on, `prepared` is dropped after `devices` (declared
+        // after it), so the devices are closed before their host changes are undone.
+        let prepared = managed.apply_all(&named.devices, plans)?;
         let mut devices = DeviceManager::new(
             &vm_fd,
             &guest_memory,
@@ -224,12 +248,10 @@ impl Vm {
             serial,
             events,
         )?;
-        // The ids placement reserved the slots under (control has written them back, but
-        // a configuration may come without them).
-        let mut named = config.clone();
-        name_devices(&mut named);
-        for (index, device) in named.devices.iter().enumerate() {
-            devices.add_device(device).map_err(|e| e.at_boot(index))?;
+        for (index, p) in prepared.iter().enumerate() {
+            devices
+                .add_device(&p.device)
+                .map_err(|e| e.at_boot(index))?;
         }
 
         let kernel_path = config.payload.kernel.clone().unwrap_or_default();
@@ -289,9 +311,15 @@ impl Vm {
         }
 
         let vcpus = Vcpus::start(vcpu_fds, devices.pio(), devices.mmio(), events)?;
+        let host_changes = prepared
+            .into_iter()
+            .filter(|p| !p.changes.is_empty())
+            .map(|p| (p.device.id.clone().unwrap_or_default(), p.changes))
+            .collect();
         Ok(Vm {
             vcpus,
             devices,
+            host_changes,
             _vm_fd: vm_fd,
             _memory: guest_memory,
             topology,
@@ -331,6 +359,22 @@ impl Vm {
         &mut self.devices
     }
 
+    /// Keeps the host changes made for device `id` (hot-added) until it goes.
+    pub fn keep_host_changes(&mut self, id: &str, changes: DeviceChanges) {
+        if !changes.is_empty() {
+            self.host_changes.push((id.to_string(), changes));
+        }
+    }
+
+    /// Undoes the host changes made for device `id`, once the device manager has let it
+    /// go (a hot-remove): its mdev removed, its driver given back.
+    pub fn release_host_changes(&mut self, id: &str) {
+        if let Some(i) = self.host_changes.iter().position(|(d, _)| d == id) {
+            let (_, changes) = self.host_changes.remove(i);
+            changes.undo();
+        }
+    }
+
     /// Reports a vCPU thread that has stopped on its own (an error), stopping the rest.
     pub fn check_vcpus(&mut self) -> Result<(), VmError> {
         self.vcpus.check()
@@ -338,6 +382,36 @@ impl Vm {
 }
 
 /// A non-blocking eventfd, for the guest's events and device interrupts.
+/// NVIDIA's vGPU manager fails a vGPU whose VMM gives it no VM UUID: it reads `-uuid UUID`
+/// from the VMM's command line, as QEMU takes it. Without `platform.uuid` the boot is
+/// refused before any change; without `-uuid` on this process's command line, a warning.
+fn check_vgpu_uuid(config: &VmConfig) -> Result<(), VmError> {
+    if !config.devices.iter().any(|d| d.vgpu_type.is_some()) {
+        return Ok(());
+    }
+    let Some(uuid) = &config.platform.system_uuid else {
+        return Err(crate::managed::ManagedError::Device {
+            field: "platform.uuid".into(),
+            message: "an NVIDIA vGPU (vgpu_type) needs the VM's UUID: give tessera \
+                      -uuid UUID (or platform.uuid)"
+                .into(),
+        }
+        .into());
+    };
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let given = args
+        .windows(2)
+        .any(|w| matches!(w, [flag, value] if *flag == b"-uuid" && value.eq_ignore_ascii_case(uuid.as_bytes())));
+    if !given {
+        tracing::warn!(
+            "NVIDIA's vGPU manager reads the VM's UUID from the VMM's command line: start \
+             tessera with -uuid {uuid}"
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn event_fd() -> Result<EventFd, VmError> {
     EventFd::new(EFD_NONBLOCK).map_err(|source| VmError::Os {
         what: "eventfd",

@@ -1186,8 +1186,14 @@ impl FakeSysfs {
         }
     }
 
-    fn root(&self) -> &Path {
+    /// The fake `/` (`--host-root`).
+    fn host(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Its `sys/`, which the helpers fill.
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("sys")
     }
 
     fn file(&self, rel: &str, text: &str) {
@@ -1223,7 +1229,7 @@ impl FakeSysfs {
 }
 
 /// `vmm.host-devices` through the real binary, pointed at a fake host with the hidden
-/// `--sysfs-root`: an NVMe with no driver on no NUMA node, a NIC function whose sibling
+/// `--host-root`: an NVMe with no driver on no NUMA node, a NIC function whose sibling
 /// on its kernel driver blocks their group, an NVIDIA VF, the mtty sample parent with
 /// an instance, and two host nodes. The same answer in every VM state that does not
 /// need a guest to get into (the state table test covers the others with the real
@@ -1278,7 +1284,7 @@ fn host_devices_from_a_fake_sysfs() {
         fake.file(&format!("{n}/distance"), distance);
     }
 
-    let t = Tessera::start_with(&["--sysfs-root".as_ref(), fake.root().as_os_str()]);
+    let t = Tessera::start_with(&["--host-root".as_ref(), fake.host().as_os_str()]);
     let expected = |t: &Tessera| {
         let (status, host) = t.json("GET", "vmm.host-devices", None);
         assert_eq!(status, 200, "{host}");
@@ -1361,7 +1367,7 @@ fn host_devices_from_a_fake_sysfs() {
 #[test]
 fn host_devices_without_sysfs_is_empty() {
     let empty = tempfile::tempdir().unwrap();
-    let t = Tessera::start_with(&["--sysfs-root".as_ref(), empty.path().as_os_str()]);
+    let t = Tessera::start_with(&["--host-root".as_ref(), empty.path().as_os_str()]);
     let (status, host) = t.json("GET", "vmm.host-devices", None);
     assert_eq!(status, 200);
     assert_eq!(

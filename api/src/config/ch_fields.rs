@@ -632,9 +632,22 @@ pub(super) fn check_platform(p: &PlatformConfig) -> Result<(), ConfigError> {
         )?;
     }
     const NO_SMBIOS: &str = "Tessera gives the guest no SMBIOS tables";
+    // The VM's UUID is taken (NVIDIA's vGPU manager needs it), though no SMBIOS table
+    // carries it to the guest.
+    if let Some(u) = &p.system_uuid {
+        if !super::is_uuid(u) {
+            refuse(
+                "platform.system_uuid",
+                format!(
+                    "`{u}` is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx); Tessera takes \
+                     the VM's UUID for NVIDIA vGPU, but {}",
+                    NO_SMBIOS.to_lowercase()
+                ),
+            )?;
+        }
+    }
     for (name, value) in [
         ("system_serial_number", &p.system_serial_number),
-        ("system_uuid", &p.system_uuid),
         ("system_manufacturer", &p.system_manufacturer),
         ("system_product_name", &p.system_product_name),
         ("system_version", &p.system_version),

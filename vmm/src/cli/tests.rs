@@ -363,3 +363,28 @@ fn sizes() {
     assert!(parse_size("G").is_err());
     assert!(parse_size("99999999999T").is_err());
 }
+
+#[test]
+fn the_vm_uuid_goes_into_the_platform_config() {
+    let u = "9e4ae7a6-13a3-4b8b-8d7e-6d1f2c3b4a51";
+    let a = Args::parse_from(["tessera", "--kernel", "/k", "--uuid", u]);
+    let c = a.vm_config().unwrap().unwrap();
+    assert_eq!(c.platform.system_uuid.as_deref(), Some(u));
+    c.validate().unwrap();
+    // Given both ways, they must agree.
+    let other = "9e4ae7a6-13a3-4b8b-8d7e-6d1f2c3b4a52";
+    let a = Args::parse_from([
+        "tessera",
+        "--kernel",
+        "/k",
+        "--platform",
+        &format!("uuid={other}"),
+        "--uuid",
+        u,
+    ]);
+    assert_eq!(a.vm_config().unwrap_err().option, "uuid");
+    // Not a UUID: refused by name.
+    let a = Args::parse_from(["tessera", "--kernel", "/k", "--uuid", "nope"]);
+    let e = a.vm_config().unwrap().unwrap().validate().unwrap_err();
+    assert_eq!(e.field, "platform.system_uuid");
+}

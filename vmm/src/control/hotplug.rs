@@ -10,6 +10,7 @@ use tessera_api::server::{ApiError, ApiReply, ApiRequest, VmAction};
 use super::{err, topology_err, Control, State};
 use crate::device_manager::DeviceError;
 use crate::guest_topology::guest_topology;
+use crate::managed::ManagedError;
 
 /// A `vm.remove-device` waiting for the guest's eject: answered from the eject event, or
 /// when the VM stops, or at `deadline`.
@@ -37,6 +38,20 @@ pub(super) fn device_err(e: DeviceError) -> ApiError {
     }
 }
 
+/// A managed device's error for a hot-add, its field named within the request's body.
+fn managed_err(e: ManagedError) -> ApiError {
+    match e {
+        ManagedError::Device { field, message } => {
+            let field = field
+                .strip_prefix("device.")
+                .unwrap_or(field.as_str())
+                .to_string();
+            ApiError::new(400, format!("{field}: {message}"), Some(field))
+        }
+        other => ApiError::new(500, other.to_string(), None),
+    }
+}
+
 /// The checks `vm.add-device` makes against the configuration: the id and the host
 /// device are not in it yet.
 pub(super) fn check_new_device(
@@ -52,12 +67,26 @@ pub(super) fn check_new_device(
             ));
         }
     }
-    if c.devices.iter().any(|d| d.path == device.path) {
+    // Managed mdevs have no path until they are made: they are told apart by uuid.
+    if !device.path.as_os_str().is_empty() && c.devices.iter().any(|d| d.path == device.path) {
         return Err(ApiError::new(
             409,
             format!("{} is already a device of this VM", device.path.display()),
             Some("path".into()),
         ));
+    }
+    if let Some(uuid) = &device.uuid {
+        if c.devices.iter().any(|d| {
+            d.uuid
+                .as_ref()
+                .is_some_and(|u| u.eq_ignore_ascii_case(uuid))
+        }) {
+            return Err(ApiError::new(
+                409,
+                format!("mdev {uuid} is already a device of this VM"),
+                Some("uuid".into()),
+            ));
+        }
     }
     Ok(())
 }
@@ -156,6 +185,8 @@ impl Control {
                 continue;
             };
             let removed = vm.devices().remove_device(&id);
+            // Closed now: its mdev can go, its driver come back.
+            vm.release_host_changes(&id);
             let placed = vm.devices().devices();
             if let Some(c) = self.config.as_mut() {
                 c.devices.retain(|d| d.id.as_deref() != Some(id.as_str()));
@@ -178,12 +209,13 @@ impl Control {
     /// BDF it got.
     pub(super) fn hot_add(
         &mut self,
-        device: tessera_api::config::DeviceConfig,
+        mut device: tessera_api::config::DeviceConfig,
     ) -> Result<ApiReply, ApiError> {
         let mut config = self
             .config
             .clone()
             .ok_or_else(|| err(404, "no VM has been created"))?;
+        crate::managed::name_mdevs(std::slice::from_mut(&mut device));
         check_new_device(&config, &device)?;
         config.devices.push(device.clone());
         guest_topology(&config, tessera_arch::vcpu::host_phys_bits()).map_err(|e| {
@@ -199,10 +231,21 @@ impl Control {
             e
         })?;
         config.devices.pop();
+        if !matches!(self.state, State::Running(_)) {
+            return Err(err(409, "the VM is not running"));
+        }
+        // The host is changed only now, with every check passed; the changes are undone
+        // if the device does not come in (dropped with `prepared`).
+        let plan = self.managed.plan("device", &device).map_err(managed_err)?;
+        let prepared = self.managed.apply(&device, plan).map_err(managed_err)?;
         let State::Running(vm) = &mut self.state else {
             return Err(err(409, "the VM is not running"));
         };
-        let info = vm.devices().hotplug_device(&device).map_err(device_err)?;
+        let info = vm
+            .devices()
+            .hotplug_device(&prepared.device)
+            .map_err(device_err)?;
+        vm.keep_host_changes(&info.id, prepared.changes);
         let placed = vm.devices().devices();
         config.devices.push(tessera_api::config::DeviceConfig {
             id: Some(info.id.clone()),

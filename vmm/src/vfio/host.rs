@@ -50,7 +50,7 @@ pub fn check_device_at(
     device: &DeviceConfig,
     dev_vfio: &Path,
 ) -> Result<HostDevice, VfioHostError> {
-    let found = check_path("path", &device.path, dev_vfio)?;
+    let found = check_path("path", &device.path, dev_vfio, device.vgpu_type.is_some())?;
     check_vfio(dev_vfio)?;
     Ok(found)
 }
@@ -78,8 +78,13 @@ pub fn check_host(config: &VmConfig) -> Result<Vec<HostDevice>, VfioHostError> {
 pub fn check_host_at(config: &VmConfig, dev_vfio: &Path) -> Result<Vec<HostDevice>, VfioHostError> {
     let mut found: Vec<HostDevice> = Vec::new();
     for (i, d) in config.devices.iter().enumerate() {
+        // A managed device is not ready yet: Tessera prepares it (crate::managed), which
+        // checks it first, and the device manager checks it again once it is.
+        if d.is_managed() {
+            continue;
+        }
         let field = format!("devices[{i}].path");
-        let device = check_path(&field, &d.path, dev_vfio)?;
+        let device = check_path(&field, &d.path, dev_vfio, false)?;
         if let Some(j) = found.iter().position(|f| f.sysfs == device.sysfs) {
             return Err(fail(
                 &field,
@@ -110,7 +115,14 @@ fn driver_allows_group(driver: &str) -> bool {
     driver.contains("vfio") || driver == "pci-stub" || driver == "pcieport"
 }
 
-fn check_path(field: &str, path: &Path, dev_vfio: &Path) -> Result<HostDevice, VfioHostError> {
+/// Checks the device at `path`. `nvidia_vf`: an NVIDIA SR-IOV vGPU VF, which stays bound
+/// to the nvidia driver (it offers the VF to VFIO itself).
+fn check_path(
+    field: &str,
+    path: &Path,
+    dev_vfio: &Path,
+    nvidia_vf: bool,
+) -> Result<HostDevice, VfioHostError> {
     if !path.exists() {
         return Err(fail(
             field,
@@ -132,6 +144,7 @@ fn check_path(field: &str, path: &Path, dev_vfio: &Path) -> Result<HostDevice, V
     match bus.as_str() {
         "pci" => match driver.as_deref() {
             Some(d) if d.contains("vfio") => {}
+            Some("nvidia") if nvidia_vf => {}
             Some(d) => {
                 return Err(fail(
                     field,

@@ -80,6 +80,8 @@ impl Container {
         unsafe { self.container.vfio_map_guest_memory(&self.memory) }
             .map_err(|e| fail("devices", format!("DMA-mapping guest RAM: {e}")))?;
         self.ram_mapped.store(true, Ordering::SeqCst);
+        // Guest RAM is in the IOMMU and the device open: a crash test's moment.
+        crate::managed::kill_point("during-dma-map");
         let took = start.elapsed();
         let ram: u64 = self.memory.iter().map(|r| r.len()).sum();
         tracing::info!(
