@@ -14,6 +14,12 @@
 # topology. q35 boots through SeaBIOS (fw_cfg loads the kernel), microvm through qboot;
 # tessera enters the kernel directly.
 #
+# BENCH_SLOTS (empty by default), e.g. "8 32", adds to each round a tessera run per
+# count N, named tessera-slotsN: the same guest with N empty GI-ready slots, slot k at
+# device 0 of its own segment k with a memory-less node of its own (the SRAT's GI entry
+# for a GPU that is not there yet), so the cost of reserving slots at boot shows as the
+# ratio tessera-slotsN/tessera.
+#
 # Output: L1's console (every VMM's serial log, lines prefixed `NAME| `), then the raw
 # numbers per round, then the summary (medians and tessera/QEMU ratios) as the last
 # lines. Everything is also saved to target/bench-boot.log. Exit status: 0 if every run
@@ -25,6 +31,7 @@ repo=$(pwd)
 
 rounds=${BENCH_ROUNDS:-5}
 microvm=${BENCH_MICROVM:-1}
+slot_counts=${BENCH_SLOTS:-}
 log=$repo/target/bench-boot.log
 cmdline='console=ttyS0 panic=-1 loglevel=4'
 
@@ -64,6 +71,20 @@ in-host $bench --name qemu-q35 --guest-ram-mib 512 -- qemu-system-x86_64 \\
   -numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1 \\
   -numa dist,src=0,dst=1,val=20
 EOF
+        for n in $slot_counts; do
+            slots=""
+            for k in $(seq 1 "$n"); do
+                slots="$slots --pci-slot id=gpu$k,pci_segment=$k,pci_device_id=0 --numa guest_numa_id=$((k + 1)),device_id=gpu$k"
+            done
+            cat <<EOF
+in-host $bench --name tessera-slots$n --guest-ram-mib 512 -- $tessera \\
+  --kernel $kernel --initramfs $initrd --cmdline '$cmdline' \\
+  --cpus boot=2 --memory size=0 --platform num_pci_segments=$((n + 1)) \\
+  --memory-zone id=m0,size=256M --memory-zone id=m1,size=256M \\
+  --numa guest_numa_id=0,cpus=[0],memory_zones=m0,distances=[1@20] \\
+  --numa guest_numa_id=1,cpus=[1],memory_zones=m1,distances=[0@20]$slots
+EOF
+        done
         if [ "$microvm" = 1 ]; then
             cat <<EOF
 in-host $bench --name qemu-microvm --guest-ram-mib 512 -- qemu-system-x86_64 \\
@@ -117,6 +138,10 @@ tr -d '\r' <"$log" | awk -v status="$status" '
         for (k = 1; k <= names; k++) {
             n = order[k]
             if (n == "tessera" || mt["tessera"] == "" || mt[n] == "" || mt[n] == 0 || mr[n] == 0) continue
+            if (index(n, "tessera-") == 1) {
+                printf "bench-boot: ratio %s/tessera to_init %.2f  peak_rss_outside_guest %.2f\n", n, mt[n] / mt["tessera"], mr[n] / mr["tessera"]
+                continue
+            }
             printf "bench-boot: ratio tessera/%-13s to_init %.2f  peak_rss_outside_guest %.2f\n", n, mt["tessera"] / mt[n], mr["tessera"] / mr[n]
         }
         if (names == 0) print "bench-boot: no bootbench results (L1 status " status ")"
