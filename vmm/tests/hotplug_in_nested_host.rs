@@ -3,7 +3,8 @@
 //! vfio-pci and an mtty mdev; `tessera --api-socket` boots a guest that takes typed
 //! orders (`BOOT_ID devices N` prints what it sees now), with a GI-ready slot `nvme0` at
 //! device 0 of segment 1 that 8 Generic Initiator nodes name while it is empty (the
-//! guest lists them at boot). The NVMe is hot-added into that slot (the guest finds it
+//! guest lists them at boot), among 40 segments, whose hotplug AML makes a DSDT of over
+//! 200 KiB (so the tables are past what the BIOS area below 1 MiB could hold). The NVMe is hot-added into that slot (the guest finds it
 //! at 0001:00:00.0, the BDF the answer gave, its driver binds, data reads back, MSI-X fires),
 //! hot-removed (gone in the guest; in L1 still on vfio-pci and no fd of it held), added
 //! again; the mdev and edu are hot-added; a reboot keeps all three at their BDFs; after
@@ -131,7 +132,7 @@ log=/run/serial.log
 typist() {{ while [ ! -e /run/typist.stop ]; do cat /run/order; sleep 2; done; }}
 typist | TESSERA_LOG=info in-host {TESSERA} --api-socket $sock --eject-timeout 10 \
   --cpus boot=2 --memory size=0 --memory-zone id=m0,size=512M \
-  --platform num_pci_segments=2 --pci-slot id=nvme0,pci_segment=1,pci_device_id=0 \
+  --platform num_pci_segments=40 --pci-slot id=nvme0,pci_segment=1,pci_device_id=0 \
   --numa guest_numa_id=0,cpus=[0-1],memory_zones=m0 guest_numa_id=1 guest_numa_id=2 \
     guest_numa_id=3 guest_numa_id=4 guest_numa_id=5 guest_numa_id=6 guest_numa_id=7 \
     guest_numa_id=8 \
@@ -176,7 +177,7 @@ say add2 chr add-device path={NVME},id=nvme0
 devices 4
 say bad-again chr add-device path={NVME},id=nvme9
 say bad-id chr add-device path={EDU},id=nvme0
-say bad-segment chr add-device path={EDU},id=edu0,pci_segment=3
+say bad-segment chr add-device path={EDU},id=edu0,pci_segment=40
 say bad-unbound chr add-device path=/sys/bus/pci/devices/0000:00:1f.3,id=smbus
 say bad-unknown chr remove-device nope
 say add-mdev chr add-device path=/sys/bus/mdev/devices/{MDEV},id=tty0
@@ -260,7 +261,7 @@ grep -E 'hot-added|removed from|eject' /run/tessera.err
     };
     refused("bad-again", "already a device of this VM");
     refused("bad-id", "a device with id `nvme0` already exists");
-    refused("bad-segment", "segment 3 does not exist");
+    refused("bad-segment", "segment 40 does not exist");
     refused("bad-unbound", "i801_smbus");
     refused("bad-unknown", "no device has id `nope`");
 
