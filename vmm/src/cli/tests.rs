@@ -388,3 +388,28 @@ fn the_vm_uuid_goes_into_the_platform_config() {
     let e = a.vm_config().unwrap().unwrap().validate().unwrap_err();
     assert_eq!(e.field, "platform.system_uuid");
 }
+
+/// Issue 12's review defect: `--config` beside a VM option used to drop the option
+/// silently. Every VM option is refused beside it, by name.
+#[test]
+fn config_refuses_every_vm_option_beside_it() {
+    for (option, value) in [
+        ("--kernel", "/k"),
+        ("--initramfs", "/i"),
+        ("--cmdline", "console=ttyS0"),
+        ("--cpus", "boot=2"),
+        ("--memory", "size=1G"),
+        ("--memory-zone", "id=m0,size=1G"),
+        ("--numa", "guest_numa_id=0"),
+        ("--device", "path=/sys/bus/pci/devices/0000:00:04.0"),
+        ("--pci-slot", "id=s0"),
+        ("--generic-initiator", "device=s0,nodes=1"),
+        ("--platform", "num_pci_segments=2"),
+        ("--serial", "tty"),
+    ] {
+        let e = Args::try_parse_from(["tessera", "--config", "/c.json", option, value])
+            .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{option}");
+        assert!(e.to_string().contains(option), "{option}: {e}");
+    }
+}
