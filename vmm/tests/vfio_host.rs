@@ -97,6 +97,8 @@ fn a_device_bound_to_vfio_pci_alone_in_its_group_passes() {
     let gpu = t.device("0000:01:00.0", "pci", Some("vfio-pci"), Some(7));
     // A PCIe port in the same group does not make it unviable.
     let port = t.device("0000:00:01.0", "pci", Some("pcieport"), None);
+    // Known as a bridge by its class, as host discovery knows it without config space.
+    std::fs::write(port.join("class"), "0x060400\n").unwrap();
     symlink(&port, t.path("groups/7/devices/0000:00:01.0")).unwrap();
     let mdev = t.device(
         "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001",

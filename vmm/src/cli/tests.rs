@@ -407,9 +407,13 @@ fn config_refuses_every_vm_option_beside_it() {
         ("--platform", "num_pci_segments=2"),
         ("--serial", "tty"),
     ] {
-        let e = Args::try_parse_from(["tessera", "--config", "/c.json", option, value])
-            .unwrap_err();
-        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{option}");
+        let e =
+            Args::try_parse_from(["tessera", "--config", "/c.json", option, value]).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{option}"
+        );
         assert!(e.to_string().contains(option), "{option}: {e}");
     }
 }

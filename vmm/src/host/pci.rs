@@ -57,10 +57,19 @@ fn numa_node(text: &str) -> Option<u32> {
 
 /// IOMMU group `id` (`kernel/iommu_groups/ID/devices`): its members and viability.
 pub fn group(sysfs: &Path, id: u32) -> HostIommuGroup {
-    let dir = under(sysfs, &format!("kernel/iommu_groups/{id}/devices"));
+    group_at(
+        &under(sysfs, &format!("kernel/iommu_groups/{id}/devices")),
+        id,
+    )
+}
+
+/// IOMMU group `id` from its `devices` directory (a device's `iommu_group/devices`
+/// reaches the same): the one viability rule that discovery reports and that passing a
+/// device through, or binding it to vfio-pci, enforces.
+pub fn group_at(dir: &Path, id: u32) -> HostIommuGroup {
     let mut members = Vec::new();
     let mut blocking = Vec::new();
-    for name in dir_names(&dir) {
+    for name in dir_names(dir) {
         let member = dir.join(&name);
         let driver = link_name(&member.join("driver"));
         if let Some(d) = &driver {
@@ -76,6 +85,19 @@ pub fn group(sysfs: &Path, id: u32) -> HostIommuGroup {
         members,
         blocking,
     }
+}
+
+/// The members of `group` other than `except` that keep it from VFIO, as
+/// (name, driver), in name order.
+pub fn blockers(group: &HostIommuGroup, except: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = group
+        .members
+        .iter()
+        .filter(|m| m.name != except && group.blocking.contains(&m.name))
+        .map(|m| (m.name.clone(), m.driver.clone().unwrap_or_default()))
+        .collect();
+    out.sort();
+    out
 }
 
 /// Whether `member`, bound to `driver`, leaves its group usable by VFIO.

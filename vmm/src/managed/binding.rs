@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::sysfs::{dir_names, driver_of, link_name, read_trimmed, Host};
+use super::sysfs::{driver_of, link_name, read_trimmed, Host};
 use super::ManagedError;
 
 /// The driver Tessera binds to.
@@ -21,12 +21,6 @@ pub struct BindPlan {
     pub bdf: String,
     /// The driver it has now, if any.
     pub driver: Option<String>,
-}
-
-/// Drivers that let a device share an IOMMU group with one passed through, as the
-/// kernel's vfio viability check does: VFIO's own, pci-stub, PCIe port services.
-fn harmless(driver: &str) -> bool {
-    driver.contains("vfio") || driver == "pci-stub" || driver == "pcieport"
 }
 
 /// Checks that the device at `path` can be bound to vfio-pci by Tessera; changes
@@ -63,14 +57,14 @@ pub fn plan(host: &Host, field: &str, path: &Path) -> Result<Option<BindPlan>, M
             "{bdf} has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on)"
         )));
     };
-    let blocking: Vec<String> = dir_names(&group_link.join("devices"))
-        .into_iter()
-        .filter(|other| *other != bdf)
-        .filter_map(|other| {
-            let d = driver_of(&group_link.join("devices").join(&other))?;
-            (!harmless(&d)).then(|| format!("{other} (bound to {d})"))
-        })
-        .collect();
+    let id = group.parse().unwrap_or_default();
+    let blocking: Vec<String> = crate::host::pci::blockers(
+        &crate::host::pci::group_at(&group_link.join("devices"), id),
+        &bdf,
+    )
+    .into_iter()
+    .map(|(other, d)| format!("{other} (bound to {d})"))
+    .collect();
     if !blocking.is_empty() {
         return Err(bad(format!(
             "IOMMU group {group} is not viable: {} in the same group; Tessera does not rebind \

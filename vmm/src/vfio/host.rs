@@ -109,12 +109,6 @@ fn link_name(link: &Path) -> Option<String> {
     Some(target.file_name()?.to_string_lossy().into_owned())
 }
 
-/// Drivers that let a device share an IOMMU group with one passed through (as the kernel's
-/// vfio viability check does): VFIO's own, pci-stub, and PCIe port services.
-fn driver_allows_group(driver: &str) -> bool {
-    driver.contains("vfio") || driver == "pci-stub" || driver == "pcieport"
-}
-
 /// Checks the device at `path`. `nvidia_vf`: an NVIDIA SR-IOV vGPU VF, which stays bound
 /// to the nvidia driver (it offers the VF to VFIO itself).
 fn check_path(
@@ -200,29 +194,15 @@ fn check_path(
             )
         })?;
     // Every other device in the group must be harmless to the host while we own it.
-    if let Ok(entries) = std::fs::read_dir(group_link.join("devices")) {
-        let mut others: Vec<(String, String)> = Vec::new();
-        for entry in entries.flatten() {
-            let other = entry.file_name().to_string_lossy().into_owned();
-            if other == name {
-                continue;
-            }
-            if let Some(d) = link_name(&entry.path().join("driver")) {
-                if !driver_allows_group(&d) {
-                    others.push((other, d));
-                }
-            }
-        }
-        others.sort();
-        if let Some((other, d)) = others.first() {
-            return Err(fail(
-                field,
-                format!(
-                    "IOMMU group {group} is not viable: {other} is in the same group and bound to {d}; \
-                     bind it to vfio-pci too, or unbind it"
-                ),
-            ));
-        }
+    let members = crate::host::pci::group_at(&group_link.join("devices"), group);
+    if let Some((other, d)) = crate::host::pci::blockers(&members, &name).first() {
+        return Err(fail(
+            field,
+            format!(
+                "IOMMU group {group} is not viable: {other} is in the same group and bound to {d}; \
+                 bind it to vfio-pci too, or unbind it"
+            ),
+        ));
     }
     if !dev_vfio.join(group.to_string()).exists() {
         return Err(fail(
