@@ -472,13 +472,6 @@ impl DeviceManager {
         if let Some(m) = &device.mappings {
             m.unmap_all();
         }
-        // The kernel drops the IOMMU with the last group: guest RAM leaves it first, and
-        // is mapped again when a device next comes.
-        if self.devices.is_empty() {
-            if let Some(c) = &self.container {
-                c.unmap_ram();
-            }
-        }
         let unmapped = start.elapsed();
         if let Some(s) = segment {
             for bar in &device.bars {
@@ -486,9 +479,27 @@ impl DeviceManager {
             }
         }
         let id = device.id.clone();
-        drop(device);
+        // The kernel drops the IOMMU with the last group: guest RAM leaves it while the
+        // device closes, and is mapped again when a device next comes.
+        let last = self
+            .devices
+            .is_empty()
+            .then(|| self.container.clone())
+            .flatten();
+        std::thread::scope(|s| {
+            let unmapper = last
+                .as_deref()
+                .map(|c| s.spawn(|| c.unmap_ram_as_last_device_leaves()));
+            drop(device);
+            if let Some(u) = unmapper {
+                if u.join().is_err() {
+                    tracing::warn!("vfio: unmapping guest RAM panicked");
+                }
+            }
+        });
         tracing::debug!(
-            "vfio: {id} taken down: quiesced {:.1} ms, unmapped {:.1} ms, closed (reset) {:.1} ms",
+            "vfio: {id} taken down: quiesced {:.1} ms, BARs unmapped {:.1} ms, closed (reset) \
+             and guest RAM unmapped {:.1} ms",
             ms(quiesced),
             ms(unmapped - quiesced),
             ms(start.elapsed() - unmapped)

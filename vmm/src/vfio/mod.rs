@@ -92,12 +92,18 @@ impl Container {
         Ok(())
     }
 
-    /// Takes guest RAM out of the IOMMU; before the last device leaves, while the IOMMU
-    /// still exists.
-    pub fn unmap_ram(&self) {
+    /// Takes guest RAM out of the IOMMU while the last device leaves, on a thread of its
+    /// own beside the device's close: vfio-pci resets the function then (100 ms or more),
+    /// and unmapping 512 MiB takes ~50 ms, which that wait now covers. When the last
+    /// group then leaves the container, the kernel unpins whatever is still mapped, so an
+    /// unmap that loses that race has nothing left to do: its error is logged at debug.
+    pub fn unmap_ram_as_last_device_leaves(&self) {
         if self.ram_mapped.swap(false, Ordering::SeqCst) {
             if let Err(e) = self.container.vfio_unmap_guest_memory(&self.memory) {
-                tracing::warn!("unmapping guest RAM from the IOMMU: {e}");
+                tracing::debug!(
+                    "unmapping guest RAM from the IOMMU: {e} (the last group left first and \
+                     the kernel unpinned it)"
+                );
             }
         }
     }
@@ -168,8 +174,13 @@ impl Container {
 }
 
 impl Drop for Container {
+    /// Guest RAM leaves the IOMMU before the container (and guest memory) go.
     fn drop(&mut self) {
-        self.unmap_ram();
+        if self.ram_mapped.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.container.vfio_unmap_guest_memory(&self.memory) {
+                tracing::warn!("unmapping guest RAM from the IOMMU: {e}");
+            }
+        }
     }
 }
 
