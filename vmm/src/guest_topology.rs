@@ -184,7 +184,7 @@ pub fn guest_topology(
                     .find(|n| n.pci_segments.contains(&id))
                     .map(|n| n.guest_numa_id),
                 intx_routes: intx_routes(),
-                hotplug_slots: hotplug_slots(id),
+                hotplug_slots: slots.hotplug_slots(id),
             }
         })
         .collect();
@@ -369,19 +369,4 @@ pub fn pci_hotplug_controller() -> tessera_acpi::PciHotplug {
             segment: hp::PCI_HOTPLUG_SEGMENT,
         },
     }
-}
-
-/// The root-bus slots of `segment` that ACPI PCI hotplug offers: all 32, but segment 0's
-/// slot 0, which holds the host bridge. Slots of boot-time devices are included, so those
-/// can be ejected too; segments other than 0 keep slot 0 free for GI-ready GPU slots.
-pub fn hotplug_slots(segment: u16) -> Vec<u8> {
-    let first = if segment == 0 { 1 } else { 0 };
-    (first..32).collect()
-}
-
-/// [`hotplug_slots`] as the controller's bitmap: bit n = slot n.
-pub fn hotplug_slot_mask(segment: u16) -> u32 {
-    hotplug_slots(segment).into_iter().fold(0, |mask, slot| {
-        mask | 1u32.checked_shl(u32::from(slot)).unwrap_or(0)
-    })
 }

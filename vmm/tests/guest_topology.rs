@@ -397,7 +397,7 @@ fn max_phys_bits_narrows_the_guest_and_its_memory_map() {
 
 #[test]
 fn every_guest_gets_pci_hotplug_on_every_segment() {
-    use tessera_vmm::guest_topology::{hotplug_slot_mask, hotplug_slots, pci_hotplug_controller};
+    use tessera_vmm::guest_topology::pci_hotplug_controller;
     let mut config = seed();
     config.platform.num_pci_segments = 2;
     let g = guest_topology(&config, 40).unwrap();
@@ -412,10 +412,13 @@ fn every_guest_gets_pci_hotplug_on_every_segment() {
         g.acpi.pci_segments[1].hotplug_slots,
         (0..32).collect::<Vec<u8>>()
     );
-    assert_eq!(hotplug_slots(1), g.acpi.pci_segments[1].hotplug_slots);
+    assert_eq!(
+        g.slots.hotplug_slots(1),
+        g.acpi.pci_segments[1].hotplug_slots
+    );
     // The controller's bitmaps are the same slots.
-    assert_eq!(hotplug_slot_mask(0), 0xffff_fffe);
-    assert_eq!(hotplug_slot_mask(1), 0xffff_ffff);
+    assert_eq!(g.slots.hotplug_mask(0), 0xffff_fffe);
+    assert_eq!(g.slots.hotplug_mask(1), 0xffff_ffff);
     let tables = build(&g.acpi, Placement::default()).unwrap();
     let dsdt = &tables.get("DSDT").unwrap().bytes;
     assert!(dsdt.windows(4).any(|w| w == b"PHPR"));
@@ -474,4 +477,64 @@ fn the_tables_of_many_segments_sit_in_an_acpi_area_at_the_top_of_low_ram() {
     assert!(end <= area.end && area.end - end < 4096);
     // The memory ranges the SRAT gives still cover all of RAM.
     assert_eq!(g.acpi.memory.iter().map(|m| m.size).sum::<u64>(), 512 * MIB);
+}
+
+#[test]
+fn a_segment_with_gi_ready_slots_offers_only_those_for_hotplug() {
+    use tessera_vmm::device_manager::placement::PlacementError;
+    // Segment 1 holds the GI-ready slot gpu0 (and a boot device); segment 2 holds none.
+    let mut config = seed_with_an_empty_slot();
+    config.platform.num_pci_segments = 3;
+    config.devices = vec![DeviceConfig {
+        id: Some("nic0".into()),
+        pci_segment: 1,
+        pci_device_id: Some(5),
+        ..DeviceConfig::new("/n")
+    }];
+    let g = guest_topology(&config, 40).unwrap();
+    assert_eq!(g.acpi.pci_segments[1].hotplug_slots, vec![0, 5]);
+    assert_eq!(g.slots.hotplug_mask(1), 0b10_0001);
+    assert_eq!(g.acpi.pci_segments[2].hotplug_slots.len(), 32);
+    assert_eq!(g.acpi.pci_segments[0].hotplug_slots.len(), 31);
+
+    // At runtime: the slot's own device lands in it; any other device on segment 1 is
+    // refused, pinned or not, before anything is taken; segment 2 takes it.
+    let mut slots = g.slots.clone();
+    let gpu = DeviceConfig {
+        id: Some("gpu0".into()),
+        ..DeviceConfig::new("/g")
+    };
+    assert_eq!(
+        slots.place(&gpu, "gpu0").unwrap().0.to_string(),
+        "0001:00:00.0"
+    );
+    let other = |slot| DeviceConfig {
+        pci_segment: 1,
+        pci_device_id: slot,
+        ..DeviceConfig::new("/o")
+    };
+    assert_eq!(
+        slots.place(&other(None), "x"),
+        Err(PlacementError::NoHotplugSlot { segment: 1 })
+    );
+    assert_eq!(
+        slots.place(&other(Some(7)), "x"),
+        Err(PlacementError::NotHotplug {
+            segment: 1,
+            slot: 7
+        })
+    );
+    assert_eq!(slots, {
+        let mut before = g.slots.clone();
+        before.place(&gpu, "gpu0").unwrap();
+        before
+    });
+    let elsewhere = DeviceConfig {
+        pci_segment: 2,
+        ..DeviceConfig::new("/o")
+    };
+    assert_eq!(
+        slots.place(&elsewhere, "x").unwrap().0.to_string(),
+        "0002:00:00.0"
+    );
 }

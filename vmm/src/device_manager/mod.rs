@@ -159,7 +159,9 @@ impl DeviceManager {
             vm,
             serial,
             events,
-            layout.segments.len() as u16,
+            (0..layout.segments.len() as u16)
+                .map(|s| slots.hotplug_mask(s))
+                .collect(),
             &pio,
             &mmio,
         )?;

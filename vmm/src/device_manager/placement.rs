@@ -63,6 +63,28 @@ pub enum PlacementError {
         /// The segment.
         segment: u16,
     },
+    /// The slot is not one the guest was offered for hotplug at boot.
+    #[error(
+        "slot {slot} on segment {segment} takes no hotplug: a segment with GI-ready slots \
+         offers only those (and the slots its boot devices hold); reserve one with \
+         --pci-slot, or use a segment without reserved slots"
+    )]
+    NotHotplug {
+        /// The segment.
+        segment: u16,
+        /// The device number asked for.
+        slot: u8,
+    },
+    /// No slot the guest was offered for hotplug is free on the segment.
+    #[error(
+        "segment {segment} has no free hotplug slot: a segment with GI-ready slots offers \
+         only those (and the slots its boot devices hold); give a free slot's id, or use a \
+         segment without reserved slots"
+    )]
+    NoHotplugSlot {
+        /// The segment.
+        segment: u16,
+    },
     /// The id already holds a slot.
     #[error("a device with id `{0}` already exists")]
     IdTaken(String),
@@ -88,9 +110,12 @@ impl PlacementError {
     /// The field of the device's (or slot's) configuration at fault.
     pub fn field(&self) -> &'static str {
         match self {
-            PlacementError::Taken { .. } | PlacementError::OtherDevice { .. } => "pci_device_id",
+            PlacementError::Taken { .. }
+            | PlacementError::OtherDevice { .. }
+            | PlacementError::NotHotplug { .. } => "pci_device_id",
             PlacementError::NoSegment { .. }
             | PlacementError::Full { .. }
+            | PlacementError::NoHotplugSlot { .. }
             | PlacementError::OtherSegment { .. } => "pci_segment",
             PlacementError::IdTaken(_) => "id",
         }
@@ -115,10 +140,19 @@ struct Holder {
 
 /// The slot tables of all segments' bus 0. Segment 0's slot 0 is the host bridge; on the
 /// other segments slot 0 is free, for GPUs whose driver wants devfn 0.
+///
+/// Which slots take hotplug is fixed at boot ([`Self::offer_hotplug_slots`]), because the
+/// guest's AML declares them: all of segment 0's but the host bridge's; on another segment
+/// all 32, unless it holds GI-ready slots: then only those and its boot devices' slots.
+/// A segment made to hold a GPU's slot so costs the guest one slot device, not 32 (each
+/// is a namespace device, an acpiphp slot and a config-space probe at boot: 32 such
+/// segments doubled L2's time to /init in the nested host).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PciSlots {
     /// Per segment, per device number: who holds it.
     segments: Vec<Vec<Option<Holder>>>,
+    /// Per segment, the slots hotplug may use (bit n = slot n).
+    offered: Vec<u32>,
 }
 
 impl PciSlots {
@@ -131,7 +165,44 @@ impl PciSlots {
                 kept: true,
             });
         }
-        PciSlots { segments }
+        let offered = (0..num_segments)
+            .map(|s| if s == 0 { !1 } else { u32::MAX })
+            .collect();
+        PciSlots { segments, offered }
+    }
+
+    /// Fixes which slots take hotplug from what boot placed: a segment other than 0 that
+    /// holds GI-ready slots offers only the slots held now.
+    pub fn offer_hotplug_slots(&mut self) {
+        for (segment, slots) in self.segments.iter().enumerate().skip(1) {
+            if !slots.iter().flatten().any(|h| h.kept) {
+                continue;
+            }
+            let held = slots.iter().enumerate().fold(0u32, |mask, (n, e)| {
+                if e.is_some() {
+                    mask | 1u32.checked_shl(n as u32).unwrap_or(0)
+                } else {
+                    mask
+                }
+            });
+            if let Some(o) = self.offered.get_mut(segment) {
+                *o = held;
+            }
+        }
+    }
+
+    /// The slots of `segment` hotplug may use, as a bitmap (bit n = slot n); 0 for a
+    /// segment that does not exist.
+    pub fn hotplug_mask(&self, segment: u16) -> u32 {
+        self.offered.get(usize::from(segment)).copied().unwrap_or(0)
+    }
+
+    /// [`Self::hotplug_mask`] as slot numbers, ascending.
+    pub fn hotplug_slots(&self, segment: u16) -> Vec<u8> {
+        let mask = self.hotplug_mask(segment);
+        (0..SLOTS_PER_BUS)
+            .filter(|n| mask & 1u32.checked_shl(u32::from(*n)).unwrap_or(0) != 0)
+            .collect()
     }
 
     /// Gives `id` slot `slot` of `segment` (a pinned device).
@@ -224,11 +295,21 @@ impl PciSlots {
         if self.bdf_of(id).is_some() {
             return Err(PlacementError::IdTaken(id.to_string()));
         }
+        let offered = self.hotplug_mask(segment);
+        let restricted = segment != 0 && offered != u32::MAX;
+        let is_offered = |slot: u8| offered & 1u32.checked_shl(u32::from(slot)).unwrap_or(0) != 0;
         let slots = self
             .segments
             .get_mut(usize::from(segment))
             .ok_or(PlacementError::NoSegment { segment })?;
         let (slot, entry) = match slot {
+            Some(slot)
+                if restricted
+                    && !is_offered(slot)
+                    && slots.get(usize::from(slot)).is_some_and(Option::is_none) =>
+            {
+                return Err(PlacementError::NotHotplug { segment, slot });
+            }
             Some(slot) => (
                 slot,
                 slots
@@ -239,9 +320,13 @@ impl PciSlots {
             None => slots
                 .iter_mut()
                 .enumerate()
-                .find(|(_, e)| e.is_none())
+                .find(|(slot, e)| e.is_none() && (!restricted || is_offered(*slot as u8)))
                 .map(|(slot, e)| (slot as u8, e))
-                .ok_or(PlacementError::Full { segment })?,
+                .ok_or(if restricted {
+                    PlacementError::NoHotplugSlot { segment }
+                } else {
+                    PlacementError::Full { segment }
+                })?,
         };
         *entry = Some(Holder {
             id: id.to_string(),
@@ -365,6 +450,7 @@ pub fn place_devices(config: &VmConfig) -> Result<Placement, ConfigError> {
             })
         })
         .collect();
+    slots.offer_hotplug_slots();
     let pci_slots = config
         .pci_slots
         .iter()
@@ -548,7 +634,12 @@ mod tests {
         assert_eq!(slots.release(bdf(1, 0)), None);
         assert_eq!(slots.bdf_of("gpu0"), Some(bdf(1, 0)));
         assert_eq!(slots.place(&c.devices[1], "gpu0"), Ok((bdf(1, 0), false)));
-        assert_eq!(slots.allocate(1, "x"), Ok(bdf(1, 1)));
+        // Segment 1 holds a GI-ready slot, so it offers hotplug only there.
+        assert_eq!(
+            slots.allocate(1, "x"),
+            Err(PlacementError::NoHotplugSlot { segment: 1 })
+        );
+        assert_eq!(slots.allocate(0, "x"), Ok(bdf(0, 4)));
         // The same configuration, the same BDFs.
         assert_eq!(place_devices(&c).unwrap(), p);
     }

@@ -17,7 +17,7 @@ use tessera_devices::power::AcpiPowerDevice;
 use tessera_devices::serial::SerialDevice;
 
 use crate::console::{SerialSink, SharedWriter};
-use crate::guest_topology::{hotplug_slot_mask, GED_GSI, SERIAL_GSI};
+use crate::guest_topology::{GED_GSI, SERIAL_GSI};
 use crate::serial_input::AttachedUart;
 use crate::vm::{event_fd, VmError, VmEvents};
 
@@ -55,13 +55,13 @@ impl EjectHandler for EjectToControl {
     }
 }
 
-/// Creates the platform devices on `pio` and `mmio`, the hotplug controller with the
-/// slots of `num_segments` segments.
+/// Creates the platform devices on `pio` and `mmio`, the hotplug controller with each
+/// segment's hotplug slots (`hotplug_masks[s]`: bit n = slot n).
 pub(crate) fn add_platform_devices(
     vm: &VmFd,
     serial: &SerialSink,
     events: &VmEvents,
-    num_segments: u16,
+    hotplug_masks: Vec<u32>,
     pio: &Bus,
     mmio: &Bus,
 ) -> Result<Platform, VmError> {
@@ -134,7 +134,7 @@ pub(crate) fn add_platform_devices(
             .map_err(os("cloning the eject event"))?,
     };
     let hotplug = Arc::new(Mutex::new(PciHotplugController::new(
-        (0..num_segments).map(hotplug_slot_mask).collect(),
+        hotplug_masks,
         Box::new(ged.clone()),
         Box::new(ejects),
     )));
