@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use crate::config::{
     parse_node_set, ConfigError, ConsoleConfig, ConsoleMode, CoreScheduling, CpuAffinity,
     CpuFeatures, CpuProfile, CpuTopology, CpusConfig, DeviceConfig, GenericInitiatorConfig,
-    HotplugMethod, MemoryConfig, MemoryZoneConfig, NodeSet, NumaConfig, NumaDistance,
-    PciSlotConfig, PlatformConfig, VirtioConsoleConfig, DEFAULT_MAX_PHYS_BITS,
+    HmatDataType, HmatHierarchy, HmatLbConfig, HotplugMethod, MemoryConfig, MemoryZoneConfig,
+    NodeSet, NumaConfig, NumaDistance, PciSlotConfig, PlatformConfig, VirtioConsoleConfig,
+    DEFAULT_MAX_PHYS_BITS,
 };
 use crate::types::RemoveGenericInitiator;
 
@@ -691,6 +692,68 @@ pub fn parse_generic_initiator(s: &str) -> Result<GenericInitiatorConfig, Option
     Ok(gi)
 }
 
+/// QEMU's `-numa hmat-lb` option string:
+/// `initiator=N,target=N,hierarchy=memory,data-type=TYPE,latency=NS` or `...,bandwidth=SIZE`,
+/// TYPE one of `access-latency`, `read-latency`, `write-latency`, `access-bandwidth`,
+/// `read-bandwidth`, `write-bandwidth` (`_` for `-` is accepted too). SIZE is bytes per
+/// second with QEMU's binary suffixes: `200M` is 200 MiB/s.
+pub fn parse_hmat_lb(s: &str) -> Result<HmatLbConfig, OptionError> {
+    let o = Options::parse(
+        s,
+        &[
+            "initiator",
+            "target",
+            "hierarchy",
+            "data-type",
+            "latency",
+            "bandwidth",
+        ],
+    )?;
+    let required_number = |key: &str| -> Result<u32, OptionError> {
+        o.number(key)?.ok_or_else(|| OptionError {
+            key: Some(key.to_owned()),
+            message: format!("`{key}` is required"),
+        })
+    };
+    let hierarchy = match o.required("hierarchy")?.replace('_', "-").as_str() {
+        "memory" => HmatHierarchy::Memory,
+        "first-level" => HmatHierarchy::FirstLevel,
+        "second-level" => HmatHierarchy::SecondLevel,
+        "third-level" => HmatHierarchy::ThirdLevel,
+        other => {
+            return Err(OptionError::key(
+                "hierarchy",
+                format!("`{other}` is not memory, first-level, second-level or third-level"),
+            ))
+        }
+    };
+    let data_type = o.required("data-type")?.replace('_', "-");
+    let data_type = HmatDataType::ALL
+        .into_iter()
+        .find(|t| t.qemu_name() == data_type)
+        .ok_or_else(|| {
+            let names: Vec<&str> = HmatDataType::ALL.iter().map(|t| t.qemu_name()).collect();
+            OptionError::key(
+                "data-type",
+                format!("`{data_type}` is not one of {}", names.join(", ")),
+            )
+        })?;
+    let hmat = HmatLbConfig {
+        initiator: required_number("initiator")?,
+        target: required_number("target")?,
+        hierarchy,
+        data_type,
+        latency: o.number("latency")?,
+        bandwidth: o.size("bandwidth")?,
+    };
+    // The checks of one value alone, named by their key as the command line spells it.
+    hmat.validate("hmat").map_err(|e| {
+        let key = e.field.rsplit('.').next().unwrap_or_default().to_owned();
+        OptionError::key(&key, e.message)
+    })?;
+    Ok(hmat)
+}
+
 /// `id=NAME`, `device=ID,node=N` or `device=ID,nodes=SET`:
 /// `PUT /vm.remove-generic-initiator`'s body.
 pub fn parse_remove_generic_initiator(s: &str) -> Result<RemoveGenericInitiator, OptionError> {
@@ -900,6 +963,80 @@ mod tests {
             let e = parse_generic_initiator(s).unwrap_err();
             assert_eq!(e.key.as_deref(), Some(key), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn hmat_lb() {
+        let h = parse_hmat_lb(
+            "initiator=0,target=1,hierarchy=memory,data-type=access-latency,latency=10",
+        )
+        .unwrap();
+        assert_eq!(
+            h,
+            HmatLbConfig {
+                initiator: 0,
+                target: 1,
+                hierarchy: HmatHierarchy::Memory,
+                data_type: HmatDataType::AccessLatency,
+                latency: Some(10),
+                bandwidth: None,
+            }
+        );
+        assert_eq!(h.table_value(), Some(10));
+        // QEMU's units: 200M is 200 MiB/s, stored as 200 in the HMAT.
+        let h = parse_hmat_lb(
+            "initiator=2,target=3,hierarchy=memory,data-type=read_bandwidth,bandwidth=200M",
+        )
+        .unwrap();
+        assert_eq!(h.data_type, HmatDataType::ReadBandwidth);
+        assert_eq!(h.bandwidth, Some(200 << 20));
+        assert_eq!(h.table_value(), Some(200));
+        for (s, key) in [
+            (
+                "initiator=0,target=1,hierarchy=first-level,data-type=access-latency,latency=1",
+                "hierarchy",
+            ),
+            (
+                "initiator=0,target=1,hierarchy=memory,data-type=access-latency,bandwidth=1G",
+                "bandwidth",
+            ),
+            (
+                "initiator=0,target=1,hierarchy=memory,data-type=read-bandwidth,latency=5",
+                "latency",
+            ),
+            (
+                "initiator=0,target=1,hierarchy=memory,data-type=read-bandwidth",
+                "bandwidth",
+            ),
+            (
+                "initiator=0,target=1,hierarchy=memory,data-type=read-latency,latency=0",
+                "latency",
+            ),
+            (
+                "initiator=0,target=1,hierarchy=memory,data-type=read-bandwidth,bandwidth=1000",
+                "bandwidth",
+            ),
+            (
+                "initiator=0,target=1,hierarchy=memory,data-type=latency,latency=5",
+                "data-type",
+            ),
+            (
+                "target=1,hierarchy=memory,data-type=read-latency,latency=5",
+                "initiator",
+            ),
+            (
+                "initiator=0,target=1,data-type=read-latency,latency=5",
+                "hierarchy",
+            ),
+        ] {
+            let e = parse_hmat_lb(s).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{s}: {e}");
+        }
+        let e = parse_hmat_lb(
+            "initiator=0,target=1,hierarchy=second-level,data-type=read-latency,latency=5",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("only `memory` is supported"), "{e}");
     }
 
     #[test]
