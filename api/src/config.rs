@@ -1168,7 +1168,13 @@ impl VmConfig {
                 "must be at least 1",
             ));
         }
-        self.validate_numa(&zones, &devices)
+        self.validate_numa(&zones, &devices)?;
+        // Each HMAT value alone; which nodes may be initiators and targets is known once
+        // the topology is (the acpi crate checks it, naming the same `hmat[N]` fields).
+        for (i, h) in self.hmat.iter().enumerate() {
+            h.validate(&format!("hmat[{i}]"))?;
+        }
+        Ok(())
     }
 
     /// A device's or slot's `pci_segment` and `pci_device_id`, at `field`: the segment
@@ -1361,9 +1367,6 @@ impl VmConfig {
                     ));
                 }
             }
-        }
-        for (i, h) in self.hmat.iter().enumerate() {
-            h.validate(&format!("hmat[{i}]"))?;
         }
         for (i, n) in self.numa.iter().enumerate() {
             if let Some(dev) = &n.device_id {
