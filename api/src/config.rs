@@ -124,6 +124,14 @@ pub struct VmConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub hmat: Vec<HmatLbConfig>,
+    /// HMAT memory-side caches in front of memory nodes (Tessera extension; QEMU's
+    /// `-numa hmat-cache`).
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub hmat_caches: Vec<HmatCacheConfig>,
     /// CH's watchdog device; `false` only.
     #[serde(default)]
     pub watchdog: bool,
@@ -746,8 +754,9 @@ impl HmatLbConfig {
         if self.hierarchy != HmatHierarchy::Memory {
             return Err(ConfigError::new(
                 format!("{field}.hierarchy"),
-                "only `memory` is supported: memory-side caches (QEMU's first-level, \
-                 second-level and third-level) are not declared in Tessera's HMAT",
+                "only `memory` is supported: latency and bandwidth of memory-side caches \
+                 (QEMU's first-level, second-level and third-level) are not; the caches \
+                 themselves are declared with `hmat_caches`",
             ));
         }
         let ty = self.data_type.qemu_name();
@@ -781,6 +790,56 @@ impl HmatLbConfig {
             Some(_) => Ok(()),
         }
     }
+}
+
+/// One memory-side cache level in front of a memory node, as QEMU's
+/// `-numa hmat-cache,node-id=N,size=SIZE,level=L,associativity=A,policy=P,line=N`. The
+/// node needs `hmat` values as a target; its levels run from 1 without gaps, each larger
+/// than the one below (QEMU's rules, checked with the whole topology).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmatCacheConfig {
+    /// The memory node.
+    pub node: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Level, 1..=3.
+    pub level: u8,
+    /// How the cache is indexed.
+    #[serde(default)]
+    pub associativity: HmatCacheAssociativity,
+    /// Write policy.
+    #[serde(default)]
+    pub policy: HmatCachePolicy,
+    /// Line size in bytes.
+    #[serde(default)]
+    pub line: u16,
+}
+
+/// A memory-side cache's associativity (QEMU's `associativity`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmatCacheAssociativity {
+    /// None given.
+    #[default]
+    None,
+    /// Direct mapped.
+    Direct,
+    /// Complex cache indexing.
+    Complex,
+}
+
+/// A memory-side cache's write policy (QEMU's `policy`; `write-back` on its command line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmatCachePolicy {
+    /// None given.
+    #[default]
+    None,
+    /// Write-back.
+    WriteBack,
+    /// Write-through.
+    WriteThrough,
 }
 
 /// Platform options.

@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use crate::config::{
     parse_node_set, ConfigError, ConsoleConfig, ConsoleMode, CoreScheduling, CpuAffinity,
     CpuFeatures, CpuProfile, CpuTopology, CpusConfig, DeviceConfig, GenericInitiatorConfig,
-    HmatDataType, HmatHierarchy, HmatLbConfig, HotplugMethod, MemoryConfig, MemoryZoneConfig,
-    NodeSet, NumaConfig, NumaDistance, PciSlotConfig, PlatformConfig, VirtioConsoleConfig,
-    DEFAULT_MAX_PHYS_BITS,
+    HmatCacheAssociativity, HmatCacheConfig, HmatCachePolicy, HmatDataType, HmatHierarchy,
+    HmatLbConfig, HotplugMethod, MemoryConfig, MemoryZoneConfig, NodeSet, NumaConfig, NumaDistance,
+    PciSlotConfig, PlatformConfig, VirtioConsoleConfig, DEFAULT_MAX_PHYS_BITS,
 };
 use crate::types::RemoveGenericInitiator;
 
@@ -754,6 +754,70 @@ pub fn parse_hmat_lb(s: &str) -> Result<HmatLbConfig, OptionError> {
     Ok(hmat)
 }
 
+/// QEMU's `-numa hmat-cache` option string:
+/// `node-id=N,size=SIZE,level=L[,associativity=none|direct|complex,policy=none|write-back|write-through,line=N]`.
+pub fn parse_hmat_cache(s: &str) -> Result<HmatCacheConfig, OptionError> {
+    let o = Options::parse(
+        s,
+        &[
+            "node-id",
+            "size",
+            "level",
+            "associativity",
+            "policy",
+            "line",
+        ],
+    )?;
+    let required = |key: &str, v: Option<u64>| {
+        v.ok_or_else(|| OptionError {
+            key: Some(key.to_owned()),
+            message: format!("`{key}` is required"),
+        })
+    };
+    let associativity = match o.string("associativity").as_deref() {
+        None | Some("none") => HmatCacheAssociativity::None,
+        Some("direct") => HmatCacheAssociativity::Direct,
+        Some("complex") => HmatCacheAssociativity::Complex,
+        Some(other) => {
+            return Err(OptionError::key(
+                "associativity",
+                format!("`{other}` is not none, direct or complex"),
+            ))
+        }
+    };
+    let policy = match o.string("policy").map(|p| p.replace('_', "-")).as_deref() {
+        None | Some("none") => HmatCachePolicy::None,
+        Some("write-back") => HmatCachePolicy::WriteBack,
+        Some("write-through") => HmatCachePolicy::WriteThrough,
+        Some(other) => {
+            return Err(OptionError::key(
+                "policy",
+                format!("`{other}` is not none, write-back or write-through"),
+            ))
+        }
+    };
+    let line = o
+        .size("line")?
+        .map(|l| {
+            u16::try_from(l).map_err(|_| OptionError::key("line", format!("{l} is over 65535")))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    Ok(HmatCacheConfig {
+        node: required("node-id", o.number("node-id")?)?
+            .try_into()
+            .map_err(|_| OptionError::key("node-id", "is not a node number"))?,
+        size: required("size", o.size("size")?)?,
+        level: o.number("level")?.ok_or_else(|| OptionError {
+            key: Some("level".into()),
+            message: "`level` is required".into(),
+        })?,
+        associativity,
+        policy,
+        line,
+    })
+}
+
 /// `id=NAME`, `device=ID,node=N` or `device=ID,nodes=SET`:
 /// `PUT /vm.remove-generic-initiator`'s body.
 pub fn parse_remove_generic_initiator(s: &str) -> Result<RemoveGenericInitiator, OptionError> {
@@ -1037,6 +1101,41 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("only `memory` is supported"), "{e}");
+    }
+
+    #[test]
+    fn hmat_cache() {
+        let c = parse_hmat_cache(
+            "node-id=3,size=16M,level=1,associativity=direct,policy=write-back,line=64",
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            HmatCacheConfig {
+                node: 3,
+                size: 16 << 20,
+                level: 1,
+                associativity: HmatCacheAssociativity::Direct,
+                policy: HmatCachePolicy::WriteBack,
+                line: 64,
+            }
+        );
+        let c = parse_hmat_cache("node-id=0,size=1G,level=2").unwrap();
+        assert_eq!(c.policy, HmatCachePolicy::None);
+        for (s, key) in [
+            ("size=1G,level=1", "node-id"),
+            ("node-id=0,level=1", "size"),
+            ("node-id=0,size=1G", "level"),
+            (
+                "node-id=0,size=1G,level=1,associativity=full",
+                "associativity",
+            ),
+            ("node-id=0,size=1G,level=1,policy=write-around", "policy"),
+            ("node-id=0,size=1G,level=1,line=1M", "line"),
+        ] {
+            let e = parse_hmat_cache(s).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{s}: {e}");
+        }
     }
 
     #[test]

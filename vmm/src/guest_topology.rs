@@ -10,7 +10,10 @@ use tessera_acpi::{
     Bdf, Cpu, GenericInitiatorLink, HmatEntry, IntxPin, IntxRoute, MemoryRange, NumaNode,
     PciDevice, PciSegment, Topology, Window,
 };
-use tessera_api::config::{ConfigError, HmatDataType, HmatLbConfig, VmConfig, HOST_BRIDGE_ID};
+use tessera_api::config::{
+    ConfigError, HmatCacheAssociativity, HmatCacheConfig, HmatCachePolicy, HmatDataType,
+    HmatLbConfig, VmConfig, HOST_BRIDGE_ID,
+};
 use tessera_arch::layout::{lay_out, GuestLayout, LayoutError, Range, RSDP_START};
 
 use crate::device_manager::placement::{place_devices, PciSlots, Placement};
@@ -255,6 +258,8 @@ pub fn guest_topology(
         // with neither vCPUs nor a GI link; `hmat[N].target`: one without memory;
         // duplicates) name the configuration's own entry.
         hmat: config.hmat.iter().map(hmat_entry).collect(),
+        // Same order, same field names (`hmat_caches[N].level`) as the configuration.
+        hmat_caches: config.hmat_caches.iter().map(hmat_cache).collect(),
         platform: platform(),
     };
     // The tables' size is known once they are encoded (validation included), so encode
@@ -301,6 +306,27 @@ fn hmat_entry(h: &HmatLbConfig) -> HmatEntry {
             HmatDataType::WriteBandwidth => tessera_acpi::HmatDataType::WriteBandwidth,
         },
         value: h.table_value().unwrap_or(0),
+    }
+}
+
+/// One configured memory-side cache as the ACPI crate takes it.
+fn hmat_cache(c: &HmatCacheConfig) -> tessera_acpi::HmatCache {
+    use tessera_acpi::{HmatCacheAssociativity as A, HmatCacheWritePolicy as P};
+    tessera_acpi::HmatCache {
+        node: c.node,
+        size: c.size,
+        level: c.level,
+        associativity: match c.associativity {
+            HmatCacheAssociativity::None => A::None,
+            HmatCacheAssociativity::Direct => A::Direct,
+            HmatCacheAssociativity::Complex => A::Complex,
+        },
+        policy: match c.policy {
+            HmatCachePolicy::None => P::None,
+            HmatCachePolicy::WriteBack => P::WriteBack,
+            HmatCachePolicy::WriteThrough => P::WriteThrough,
+        },
+        line: c.line,
     }
 }
 

@@ -863,6 +863,36 @@ fn hmat_from_the_config_is_in_vm_acpi_and_bad_values_are_named() {
         "{hmat}"
     );
 
+    // Memory-side caches in front of node 2 (QEMU's hmat-cache), decoded as given.
+    let t2 = Tessera::start();
+    let mut with_caches: Value = serde_json::from_str(&hmat_config("")).unwrap();
+    with_caches["hmat_caches"] = serde_json::json!([
+        {"node": 2, "size": 16777216, "level": 1, "associativity": "direct", "policy": "write_back", "line": 64},
+        {"node": 2, "size": 67108864, "level": 2, "policy": "write_through"}
+    ]);
+    let body = with_caches.to_string();
+    assert_eq!(t2.api("PUT", "vm.create", Some(&body)).0, 204);
+    let (_, acpi) = t2.json("GET", "vm.acpi", None);
+    assert_eq!(
+        acpi["hmat"]["caches"],
+        serde_json::json!([
+            {"node": 2, "size": 16777216, "level": 1, "total_levels": 2,
+             "associativity": "direct", "policy": "write_back", "line": 64},
+            {"node": 2, "size": 67108864, "level": 2, "total_levels": 2,
+             "associativity": "none", "policy": "write_through", "line": 0}
+        ])
+    );
+    // A cache on a node without memory is refused by its field.
+    with_caches["hmat_caches"][1]["node"] = 3.into();
+    assert_eq!(t2.api("PUT", "vm.delete", None).0, 204);
+    let (status, e) = t2.json("PUT", "vm.create", Some(&with_caches.to_string()));
+    assert_eq!(
+        (status, e["field"].as_str()),
+        (400, Some("hmat_caches[1].node")),
+        "{e}"
+    );
+    drop(t2);
+
     // Each refusal names the entry's field, and leaves the created VM as it was.
     for (extra, field, says) in [
         (

@@ -408,6 +408,7 @@ fn config_refuses_every_vm_option_beside_it() {
             "--hmat-lb",
             "initiator=0,target=0,hierarchy=memory,data-type=read-latency,latency=5",
         ),
+        ("--hmat-cache", "node-id=0,size=1M,level=1"),
         ("--platform", "num_pci_segments=2"),
         ("--serial", "tty"),
     ] {
