@@ -1,7 +1,7 @@
 //! HMAT from the command line, judged by Linux in L2: tessera runs in L1 under L1's KVM
 //! with `--hmat-lb` values from two CPU nodes and a Generic Initiator node to the memory
 //! nodes, and what L2's kernel reports under `nodeN/access0` and `nodeN/access1` must be
-//! what those values say.
+//! what those values say; so must its `memory_side_cache` of node 3 (`--hmat-cache`).
 //!
 //! Linux's rules (drivers/acpi/numa/hmat.c, 6.1): a memory node whose HMAT Memory
 //! Proximity Domain Attributes name an attached initiator (tessera's tables do so for a
@@ -77,12 +77,18 @@ fn l2_reports_the_configured_hmat_for_cpu_and_gi_initiators() {
          --platform num_pci_segments=2 \
          --pci-slot id=gpu0,pci_segment=1,pci_device_id=0 \
          --generic-initiator device=gpu0,nodes=2 \
-         --hmat-lb {values}"
+         --hmat-lb {values} \
+         --hmat-cache node-id=3,size=8M,level=1,associativity=direct,policy=write-back,line=64 \
+                      node-id=3,size=32M,level=2,associativity=complex,policy=write-through,line=128"
     ));
     let dmesg = r.dmesg.join("\n");
     // What L2 reported, for the record (visible with --nocapture).
     for line in r.raw.lines().map(str::trim) {
-        if line.contains(".access") || line.starts_with("has_") || line.contains("HMAT") {
+        if line.contains(".access")
+            || line.contains(".cache")
+            || line.starts_with("has_")
+            || line.contains("HMAT")
+        {
             eprintln!("L2: {line}");
         }
     }
@@ -145,4 +151,20 @@ fn l2_reports_the_configured_hmat_for_cpu_and_gi_initiators() {
         vec![1],
         "node1"
     );
+
+    // Node 3's memory-side caches. Linux's codes: indexing 0 direct-mapped, 1 indexed
+    // (complex); write_policy 0 write-back, 1 write-through.
+    let caches = &r.nodes[&3].caches;
+    assert_eq!(
+        caches.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2],
+        "{caches:?}"
+    );
+    let got = |level: u32| {
+        let c = &caches[&level];
+        (c.size, c.line_size, c.indexing, c.write_policy)
+    };
+    assert_eq!(got(1), (Some(8 << 20), Some(64), Some(0), Some(0)));
+    assert_eq!(got(2), (Some(32 << 20), Some(128), Some(1), Some(1)));
+    assert!(r.nodes[&0].caches.is_empty());
 }
