@@ -65,6 +65,13 @@ for dir in "$NODE"/node[0-9]*; do
             [ -r "$a/initiators/$f" ] && echo "$n.$access.$f=$(joined "$a/initiators/$f")"
         done
     done
+    # HMAT memory-side caches: memory_side_cache/indexL, L the cache level.
+    for c in "$dir"/memory_side_cache/index[0-9]*; do
+        [ -d "$c" ] || continue
+        for f in size line_size indexing write_policy; do
+            [ -r "$c/$f" ] && echo "$n.cache${c##*/index}.$f=$(joined "$c/$f")"
+        done
+    done
 done
 
 pci=

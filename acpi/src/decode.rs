@@ -88,6 +88,28 @@ pub struct Hmat {
     pub memory_domains: Vec<HmatMemoryDomain>,
     /// System Locality Latency and Bandwidth values, in ns or MB/s.
     pub localities: Vec<HmatLocality>,
+    /// Memory Side Cache Information structures; left out when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub caches: Vec<HmatCacheInfo>,
+}
+
+/// One memory-side cache.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HmatCacheInfo {
+    /// The memory node the cache is in front of.
+    pub node: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// This cache's level.
+    pub level: u8,
+    /// How many cache levels the node has.
+    pub total_levels: u8,
+    /// `none`, `direct` or `complex`.
+    pub associativity: &'static str,
+    /// `none`, `write_back` or `write_through`.
+    pub policy: &'static str,
+    /// Line size in bytes.
+    pub line: u16,
 }
 
 /// A memory domain's attached initiator.
@@ -316,6 +338,29 @@ pub fn decode_hmat(bytes: &[u8]) -> Result<Hmat, DecodeError> {
                         });
                     }
                 }
+            }
+            2 => {
+                let attributes = r.u32(at + 24)?;
+                let nibble = |shift: u32| ((attributes >> shift) & 0xf) as u8;
+                hmat.caches.push(HmatCacheInfo {
+                    node: r.u32(at + 8)?,
+                    size: r.u64(at + 16)?,
+                    total_levels: nibble(0),
+                    level: nibble(4),
+                    associativity: match nibble(8) {
+                        0 => "none",
+                        1 => "direct",
+                        2 => "complex",
+                        _ => "reserved",
+                    },
+                    policy: match nibble(12) {
+                        0 => "none",
+                        1 => "write_back",
+                        2 => "write_through",
+                        _ => "reserved",
+                    },
+                    line: (attributes >> 16) as u16,
+                });
             }
             _ => {}
         }

@@ -201,6 +201,14 @@ pub enum Error {
         /// What is wrong, starting with the field name.
         what: String,
     },
+    /// An HMAT memory-side cache is invalid.
+    #[error("hmat_caches[{index}].{what}")]
+    BadHmatCache {
+        /// Index of the cache.
+        index: usize,
+        /// What is wrong, starting with the field name.
+        what: String,
+    },
     /// HMAT values of one kind cannot share a base unit with 16-bit entries.
     #[error("hmat: {data_type} values {min}..{max} cannot be encoded with one base unit and 16-bit entries")]
     HmatRange {
@@ -276,6 +284,10 @@ impl Error {
             Error::BadHmatEntry { index, what } => {
                 let name = what.split(':').next().unwrap_or_default();
                 format!("hmat[{index}].{name}")
+            }
+            Error::BadHmatCache { index, what } => {
+                let name = what.split(':').next().unwrap_or_default();
+                format!("hmat_caches[{index}].{name}")
             }
             Error::HmatRange { .. } => "hmat".into(),
             Error::BadPlatform { what } => {

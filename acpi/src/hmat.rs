@@ -8,12 +8,13 @@
 use std::collections::BTreeMap;
 
 use acpi_tables::hmat::{
-    DataType, LocalityType, MemoryProximityDomain, MinTransferSize, SystemLocality, HMAT,
+    Associativity, CacheLevel, DataType, LocalityType, MemoryProximityDomain, MemorySideCache,
+    MinTransferSize, SystemLocality, WritePolicy, HMAT,
 };
 use acpi_tables::Aml;
 
 use crate::error::Error;
-use crate::topology::{HmatDataType, Topology};
+use crate::topology::{HmatCacheAssociativity, HmatCacheWritePolicy, HmatDataType, Topology};
 use crate::validate::Facts;
 use crate::{finish_table, OEM_REVISION, OEM_TABLE_ID};
 
@@ -90,6 +91,34 @@ pub(crate) fn build(t: &Topology, facts: &Facts) -> Result<Option<Vec<u8>>, Erro
             }
         }
         hmat.add_system_locality(sllbi);
+    }
+
+    for c in &t.hmat_caches {
+        // Validation made the node's levels run 1..=n: n is its highest.
+        let total = t
+            .hmat_caches
+            .iter()
+            .filter(|o| o.node == c.node)
+            .map(|o| o.level)
+            .max()
+            .unwrap_or(c.level);
+        hmat.add_memory_side_cache(MemorySideCache::new(
+            c.node,
+            c.size,
+            cache_level(total),
+            cache_level(c.level),
+            match c.associativity {
+                HmatCacheAssociativity::None => Associativity::None,
+                HmatCacheAssociativity::Direct => Associativity::DirectMapped,
+                HmatCacheAssociativity::Complex => Associativity::Complex,
+            },
+            match c.policy {
+                HmatCacheWritePolicy::None => WritePolicy::None,
+                HmatCacheWritePolicy::WriteBack => WritePolicy::Writeback,
+                HmatCacheWritePolicy::WriteThrough => WritePolicy::Writethrough,
+            },
+            c.line,
+        ));
     }
 
     let mut out = Vec::new();
@@ -173,6 +202,15 @@ fn gcd(a: u64, b: u64) -> u64 {
         a
     } else {
         gcd(b, a % b)
+    }
+}
+
+fn cache_level(level: u8) -> CacheLevel {
+    match level {
+        1 => CacheLevel::One,
+        2 => CacheLevel::Two,
+        3 => CacheLevel::Three,
+        _ => CacheLevel::None,
     }
 }
 

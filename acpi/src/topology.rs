@@ -39,6 +39,9 @@ pub struct Topology {
     /// HMAT latency and bandwidth from initiator nodes to memory nodes.
     #[serde(default)]
     pub hmat: Vec<HmatEntry>,
+    /// HMAT memory-side caches in front of memory nodes.
+    #[serde(default)]
+    pub hmat_caches: Vec<HmatCache>,
     /// Fixed platform resources: interrupt controllers, serial port, power registers.
     #[serde(default)]
     pub platform: Platform,
@@ -350,6 +353,54 @@ pub struct HmatEntry {
     pub data_type: HmatDataType,
     /// Nanoseconds for latencies, MB/s for bandwidths; must be non-zero.
     pub value: u64,
+}
+
+/// One HMAT Memory Side Cache Information structure, as QEMU's `-numa hmat-cache`: one
+/// level of cache in front of a memory node's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmatCache {
+    /// The memory node the cache is in front of.
+    pub node: u32,
+    /// Cache size in bytes; each level of a node must be larger than the level below.
+    pub size: u64,
+    /// Cache level, 1..=3; a node's levels run from 1 without gaps.
+    pub level: u8,
+    /// How the cache is indexed.
+    #[serde(default)]
+    pub associativity: HmatCacheAssociativity,
+    /// Its write policy.
+    #[serde(default)]
+    pub policy: HmatCacheWritePolicy,
+    /// Cache line size in bytes.
+    #[serde(default)]
+    pub line: u16,
+}
+
+/// A memory-side cache's associativity (ACPI's Cache Attributes bits 8..11).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmatCacheAssociativity {
+    /// None given.
+    #[default]
+    None,
+    /// Direct mapped.
+    Direct,
+    /// Complex cache indexing.
+    Complex,
+}
+
+/// A memory-side cache's write policy (ACPI's Cache Attributes bits 12..15).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmatCacheWritePolicy {
+    /// None given.
+    #[default]
+    None,
+    /// Write-back.
+    WriteBack,
+    /// Write-through.
+    WriteThrough,
 }
 
 /// Fixed platform resources the DSDT, MADT and FADT describe.

@@ -114,6 +114,7 @@ pub(crate) fn check(t: &Topology) -> Result<Facts, Error> {
     check_address_map(t)?;
     check_distances(t, node_count)?;
     facts.hmat = check_hmat(t, &facts)?;
+    check_hmat_caches(t, &facts)?;
     check_platform(t)?;
     Ok(facts)
 }
@@ -451,6 +452,82 @@ fn check_hmat(
     }
     // Each data type's values must share one base unit with 16-bit entries.
     crate::hmat::encoded_values(t)
+}
+
+/// QEMU's `hmat-cache` rules: the node has memory and latency/bandwidth values (as a
+/// target), levels 1..=3 given once each and without gaps, each level larger than the
+/// one below it.
+fn check_hmat_caches(t: &Topology, facts: &Facts) -> Result<(), Error> {
+    for (index, c) in t.hmat_caches.iter().enumerate() {
+        let bad = |what: String| Error::BadHmatCache { index, what };
+        if (c.node as usize) >= t.nodes.len() {
+            return Err(Error::UnknownNode {
+                field: format!("hmat_caches[{index}].node"),
+                node: c.node,
+            });
+        }
+        if !facts.memory_nodes.contains(&c.node) {
+            return Err(bad(format!("node: node {} has no memory", c.node)));
+        }
+        // As QEMU: a cache is an attribute of a target the HMAT already describes.
+        if !t.hmat.iter().any(|e| e.target == c.node) {
+            return Err(bad(format!(
+                "node: node {} has no hmat values as a target; give its latency or \
+                 bandwidth first",
+                c.node
+            )));
+        }
+        if !(1..=3).contains(&c.level) {
+            return Err(bad(format!("level: {} is not 1, 2 or 3", c.level)));
+        }
+        if c.size == 0 {
+            return Err(bad("size: must be non-zero".into()));
+        }
+    }
+    if let Some((first, index)) = first_duplicate(t.hmat_caches.iter().map(|c| (c.node, c.level))) {
+        let c = t.hmat_caches.get(index);
+        return Err(Error::BadHmatCache {
+            index,
+            what: format!(
+                "level: node {} level {} is already given by hmat_caches[{first}]",
+                c.map_or(0, |c| c.node),
+                c.map_or(0, |c| c.level)
+            ),
+        });
+    }
+    for (index, c) in t.hmat_caches.iter().enumerate() {
+        let level = |l: u8| {
+            t.hmat_caches
+                .iter()
+                .find(|o| o.node == c.node && o.level == l)
+        };
+        if c.level > 1 {
+            match level(c.level - 1) {
+                None => {
+                    return Err(Error::BadHmatCache {
+                        index,
+                        what: format!(
+                            "level: node {} has level {} but no level {}",
+                            c.node,
+                            c.level,
+                            c.level - 1
+                        ),
+                    })
+                }
+                Some(below) if below.size >= c.size => {
+                    return Err(Error::BadHmatCache {
+                        index,
+                        what: format!(
+                            "size: level {} ({} bytes) must be larger than level {} ({} bytes)",
+                            c.level, c.size, below.level, below.size
+                        ),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The earliest repeat in input order: `(first index, repeating index)`. Sorting instead

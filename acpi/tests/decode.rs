@@ -136,3 +136,85 @@ fn malformed_bytes_are_errors() {
         let _ = decode_srat(&srat[..n.min(srat.len())]);
     }
 }
+
+#[test]
+fn memory_side_caches_decode_and_break_qemus_rules_by_field() {
+    use tessera_acpi::{HmatCache, HmatCacheAssociativity, HmatCacheWritePolicy};
+    let cache = |node, level, size| HmatCache {
+        node,
+        size,
+        level,
+        associativity: HmatCacheAssociativity::Direct,
+        policy: HmatCacheWritePolicy::WriteBack,
+        line: 64,
+    };
+    let mut topo = topology();
+    topo.hmat_caches = vec![cache(3, 1, 16 << 20), cache(3, 2, 64 << 20)];
+    let t = build(&topo, Placement::default()).unwrap();
+    let hmat = decode_hmat(&t.get("HMAT").unwrap().bytes).unwrap();
+    let got: Vec<_> = hmat
+        .caches
+        .iter()
+        .map(|c| {
+            (
+                c.node,
+                c.size,
+                c.level,
+                c.total_levels,
+                c.associativity,
+                c.policy,
+                c.line,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (3, 16 << 20, 1, 2, "direct", "write_back", 64),
+            (3, 64 << 20, 2, 2, "direct", "write_back", 64)
+        ]
+    );
+
+    for (caches, field, says) in [
+        (
+            vec![cache(2, 1, 1 << 20)],
+            "hmat_caches[0].node",
+            "no memory",
+        ),
+        (
+            vec![cache(1, 1, 1 << 20)],
+            "hmat_caches[0].node",
+            "no hmat values as a target",
+        ),
+        (vec![cache(9, 1, 1 << 20)], "hmat_caches[0].node", "9"),
+        (
+            vec![cache(3, 4, 1 << 20)],
+            "hmat_caches[0].level",
+            "not 1, 2 or 3",
+        ),
+        (
+            vec![cache(3, 2, 1 << 20)],
+            "hmat_caches[0].level",
+            "no level 1",
+        ),
+        (
+            vec![cache(3, 1, 1 << 20), cache(3, 1, 2 << 20)],
+            "hmat_caches[1].level",
+            "already given by hmat_caches[0]",
+        ),
+        (
+            vec![cache(3, 1, 4 << 20), cache(3, 2, 2 << 20)],
+            "hmat_caches[1].size",
+            "must be larger than level 1",
+        ),
+        (vec![cache(3, 1, 0)], "hmat_caches[0].size", "non-zero"),
+    ] {
+        let mut topo = topology();
+        // Node 1 is a target only of a bandwidth here; make it no target at all.
+        topo.hmat.retain(|e| e.target != 1);
+        topo.hmat_caches = caches;
+        let e = tessera_acpi::validate(&topo).unwrap_err();
+        assert_eq!(e.field(), field, "{e}");
+        assert!(e.to_string().contains(says), "{e} should say {says}");
+    }
+}

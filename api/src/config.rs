@@ -1,5 +1,6 @@
 //! The VM configuration: Cloud Hypervisor's `VmConfig` (API 54.0.0), every field of it,
-//! plus `generic_initiators`; and [`VmConfig::validate`], the checks that need no host.
+//! plus `generic_initiators` and `hmat`; and [`VmConfig::validate`], the checks that need
+//! no host.
 //!
 //! Every CH field is accepted at CH's default and serialized as CH serializes it (fields
 //! with a value always, `Option`s only when set), so CH's `vm.info` loads here and
@@ -20,8 +21,8 @@ pub use ch_fields::{
     DEBUG_CONSOLE_PORT, DEFAULT_RNG_SOURCE,
 };
 
-/// A whole VM. The fields are in CH's order; Tessera's `generic_initiators` follows
-/// `numa`.
+/// A whole VM. The fields are in CH's order; Tessera's `generic_initiators` and `hmat`
+/// follow `numa`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
@@ -115,6 +116,22 @@ pub struct VmConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub generic_initiators: Vec<GenericInitiatorConfig>,
+    /// HMAT memory latency and bandwidth from initiator nodes to memory nodes (Tessera
+    /// extension; QEMU's `-numa hmat-lb`).
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub hmat: Vec<HmatLbConfig>,
+    /// HMAT memory-side caches in front of memory nodes (Tessera extension; QEMU's
+    /// `-numa hmat-cache`).
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub hmat_caches: Vec<HmatCacheConfig>,
     /// CH's watchdog device; `false` only.
     #[serde(default)]
     pub watchdog: bool,
@@ -627,6 +644,204 @@ pub struct GenericInitiatorConfig {
     pub nodes: Option<NodeSet>,
 }
 
+/// One HMAT System Locality Latency and Bandwidth value, as QEMU's
+/// `-numa hmat-lb,initiator=0,target=1,hierarchy=memory,data-type=access-latency,latency=10`:
+/// from an initiator node (one with vCPUs or a Generic Initiator) to a node with memory.
+/// A latency type takes `latency`, a bandwidth type `bandwidth`, never both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmatLbConfig {
+    /// The initiator node: one with vCPUs or one a Generic Initiator links to.
+    pub initiator: u32,
+    /// The target node: one with memory.
+    pub target: u32,
+    /// What the value describes: memory itself (QEMU's caches are not supported).
+    pub hierarchy: HmatHierarchy,
+    /// What the value measures.
+    pub data_type: HmatDataType,
+    /// Nanoseconds, for the latency types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<u64>,
+    /// Bytes per second, a multiple of 1 MiB/s, for the bandwidth types (QEMU's unit; the
+    /// HMAT and Linux's sysfs give MB/s, which here as in QEMU means MiB/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
+}
+
+/// QEMU's `hierarchy` of an `hmat-lb` value. Only `memory` is supported: the others
+/// describe memory-side caches, which Tessera's HMAT does not declare yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmatHierarchy {
+    /// The memory of the target node.
+    Memory,
+    /// A first-level memory-side cache (refused).
+    FirstLevel,
+    /// A second-level memory-side cache (refused).
+    SecondLevel,
+    /// A third-level memory-side cache (refused).
+    ThirdLevel,
+}
+
+/// What an `hmat-lb` value measures (QEMU's `data-type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmatDataType {
+    /// Access latency, nanoseconds.
+    AccessLatency,
+    /// Read latency, nanoseconds.
+    ReadLatency,
+    /// Write latency, nanoseconds.
+    WriteLatency,
+    /// Access bandwidth, bytes per second.
+    AccessBandwidth,
+    /// Read bandwidth, bytes per second.
+    ReadBandwidth,
+    /// Write bandwidth, bytes per second.
+    WriteBandwidth,
+}
+
+impl HmatDataType {
+    /// Every data type, in table order.
+    pub const ALL: [HmatDataType; 6] = [
+        HmatDataType::AccessLatency,
+        HmatDataType::ReadLatency,
+        HmatDataType::WriteLatency,
+        HmatDataType::AccessBandwidth,
+        HmatDataType::ReadBandwidth,
+        HmatDataType::WriteBandwidth,
+    ];
+
+    /// Whether the type is a latency (nanoseconds) rather than a bandwidth.
+    pub fn is_latency(self) -> bool {
+        matches!(
+            self,
+            HmatDataType::AccessLatency | HmatDataType::ReadLatency | HmatDataType::WriteLatency
+        )
+    }
+
+    /// QEMU's name of the type (`access-latency`), as the command line takes it.
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            HmatDataType::AccessLatency => "access-latency",
+            HmatDataType::ReadLatency => "read-latency",
+            HmatDataType::WriteLatency => "write-latency",
+            HmatDataType::AccessBandwidth => "access-bandwidth",
+            HmatDataType::ReadBandwidth => "read-bandwidth",
+            HmatDataType::WriteBandwidth => "write-bandwidth",
+        }
+    }
+}
+
+/// One MiB: bandwidths are given in bytes per second and the HMAT holds "MB/s", which
+/// QEMU (and Linux's sysfs, which prints the table's number) read as MiB/s.
+pub const HMAT_BANDWIDTH_UNIT: u64 = 1 << 20;
+
+impl HmatLbConfig {
+    /// The value in the HMAT's units: nanoseconds for latencies, MiB/s for bandwidths.
+    /// `None` when the field the data type needs is absent (validation refuses that).
+    pub fn table_value(&self) -> Option<u64> {
+        if self.data_type.is_latency() {
+            self.latency
+        } else {
+            self.bandwidth.map(|b| b / HMAT_BANDWIDTH_UNIT)
+        }
+    }
+
+    /// The checks one value needs on its own, at `field` (`hmat[N]`). Which nodes may be
+    /// initiators and targets, and duplicates, are checked with the whole topology.
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        if self.hierarchy != HmatHierarchy::Memory {
+            return Err(ConfigError::new(
+                format!("{field}.hierarchy"),
+                "only `memory` is supported: latency and bandwidth of memory-side caches \
+                 (QEMU's first-level, second-level and third-level) are not; the caches \
+                 themselves are declared with `hmat_caches`",
+            ));
+        }
+        let ty = self.data_type.qemu_name();
+        let (given, other) = if self.data_type.is_latency() {
+            (("latency", self.latency), ("bandwidth", self.bandwidth))
+        } else {
+            (("bandwidth", self.bandwidth), ("latency", self.latency))
+        };
+        if other.1.is_some() {
+            return Err(ConfigError::new(
+                format!("{field}.{}", other.0),
+                format!("{ty} takes `{}`, not `{}`", given.0, other.0),
+            ));
+        }
+        match given.1 {
+            None => Err(ConfigError::new(
+                format!("{field}.{}", given.0),
+                format!("{ty} needs `{}`", given.0),
+            )),
+            // 0 means "not provided" in the HMAT: leave the entry out instead.
+            Some(0) => Err(ConfigError::new(
+                format!("{field}.{}", given.0),
+                "must not be 0 (leave the entry out when the value is unknown)",
+            )),
+            Some(b) if !self.data_type.is_latency() && b % HMAT_BANDWIDTH_UNIT != 0 => {
+                Err(ConfigError::new(
+                    format!("{field}.bandwidth"),
+                    format!("{b} bytes/s is not a multiple of 1 MiB/s (1048576), the HMAT's unit"),
+                ))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// One memory-side cache level in front of a memory node, as QEMU's
+/// `-numa hmat-cache,node-id=N,size=SIZE,level=L,associativity=A,policy=P,line=N`. The
+/// node needs `hmat` values as a target; its levels run from 1 without gaps, each larger
+/// than the one below (QEMU's rules, checked with the whole topology).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmatCacheConfig {
+    /// The memory node.
+    pub node: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Level, 1..=3.
+    pub level: u8,
+    /// How the cache is indexed.
+    #[serde(default)]
+    pub associativity: HmatCacheAssociativity,
+    /// Write policy.
+    #[serde(default)]
+    pub policy: HmatCachePolicy,
+    /// Line size in bytes.
+    #[serde(default)]
+    pub line: u16,
+}
+
+/// A memory-side cache's associativity (QEMU's `associativity`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmatCacheAssociativity {
+    /// None given.
+    #[default]
+    None,
+    /// Direct mapped.
+    Direct,
+    /// Complex cache indexing.
+    Complex,
+}
+
+/// A memory-side cache's write policy (QEMU's `policy`; `write-back` on its command line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HmatCachePolicy {
+    /// None given.
+    #[default]
+    None,
+    /// Write-back.
+    WriteBack,
+    /// Write-through.
+    WriteThrough,
+}
+
 /// Platform options.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1012,7 +1227,13 @@ impl VmConfig {
                 "must be at least 1",
             ));
         }
-        self.validate_numa(&zones, &devices)
+        self.validate_numa(&zones, &devices)?;
+        // Each HMAT value alone; which nodes may be initiators and targets is known once
+        // the topology is (the acpi crate checks it, naming the same `hmat[N]` fields).
+        for (i, h) in self.hmat.iter().enumerate() {
+            h.validate(&format!("hmat[{i}]"))?;
+        }
+        Ok(())
     }
 
     /// A device's or slot's `pci_segment` and `pci_device_id`, at `field`: the segment

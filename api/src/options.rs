@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use crate::config::{
     parse_node_set, ConfigError, ConsoleConfig, ConsoleMode, CoreScheduling, CpuAffinity,
     CpuFeatures, CpuProfile, CpuTopology, CpusConfig, DeviceConfig, GenericInitiatorConfig,
-    HotplugMethod, MemoryConfig, MemoryZoneConfig, NodeSet, NumaConfig, NumaDistance,
+    HmatCacheAssociativity, HmatCacheConfig, HmatCachePolicy, HmatDataType, HmatHierarchy,
+    HmatLbConfig, HotplugMethod, MemoryConfig, MemoryZoneConfig, NodeSet, NumaConfig, NumaDistance,
     PciSlotConfig, PlatformConfig, VirtioConsoleConfig, DEFAULT_MAX_PHYS_BITS,
 };
 use crate::types::RemoveGenericInitiator;
@@ -691,6 +692,132 @@ pub fn parse_generic_initiator(s: &str) -> Result<GenericInitiatorConfig, Option
     Ok(gi)
 }
 
+/// QEMU's `-numa hmat-lb` option string:
+/// `initiator=N,target=N,hierarchy=memory,data-type=TYPE,latency=NS` or `...,bandwidth=SIZE`,
+/// TYPE one of `access-latency`, `read-latency`, `write-latency`, `access-bandwidth`,
+/// `read-bandwidth`, `write-bandwidth` (`_` for `-` is accepted too). SIZE is bytes per
+/// second with QEMU's binary suffixes: `200M` is 200 MiB/s.
+pub fn parse_hmat_lb(s: &str) -> Result<HmatLbConfig, OptionError> {
+    let o = Options::parse(
+        s,
+        &[
+            "initiator",
+            "target",
+            "hierarchy",
+            "data-type",
+            "latency",
+            "bandwidth",
+        ],
+    )?;
+    let required_number = |key: &str| -> Result<u32, OptionError> {
+        o.number(key)?.ok_or_else(|| OptionError {
+            key: Some(key.to_owned()),
+            message: format!("`{key}` is required"),
+        })
+    };
+    let hierarchy = match o.required("hierarchy")?.replace('_', "-").as_str() {
+        "memory" => HmatHierarchy::Memory,
+        "first-level" => HmatHierarchy::FirstLevel,
+        "second-level" => HmatHierarchy::SecondLevel,
+        "third-level" => HmatHierarchy::ThirdLevel,
+        other => {
+            return Err(OptionError::key(
+                "hierarchy",
+                format!("`{other}` is not memory, first-level, second-level or third-level"),
+            ))
+        }
+    };
+    let data_type = o.required("data-type")?.replace('_', "-");
+    let data_type = HmatDataType::ALL
+        .into_iter()
+        .find(|t| t.qemu_name() == data_type)
+        .ok_or_else(|| {
+            let names: Vec<&str> = HmatDataType::ALL.iter().map(|t| t.qemu_name()).collect();
+            OptionError::key(
+                "data-type",
+                format!("`{data_type}` is not one of {}", names.join(", ")),
+            )
+        })?;
+    let hmat = HmatLbConfig {
+        initiator: required_number("initiator")?,
+        target: required_number("target")?,
+        hierarchy,
+        data_type,
+        latency: o.number("latency")?,
+        bandwidth: o.size("bandwidth")?,
+    };
+    // The checks of one value alone, named by their key as the command line spells it.
+    hmat.validate("hmat").map_err(|e| {
+        let key = e.field.rsplit('.').next().unwrap_or_default().to_owned();
+        OptionError::key(&key, e.message)
+    })?;
+    Ok(hmat)
+}
+
+/// QEMU's `-numa hmat-cache` option string:
+/// `node-id=N,size=SIZE,level=L[,associativity=none|direct|complex,policy=none|write-back|write-through,line=N]`.
+pub fn parse_hmat_cache(s: &str) -> Result<HmatCacheConfig, OptionError> {
+    let o = Options::parse(
+        s,
+        &[
+            "node-id",
+            "size",
+            "level",
+            "associativity",
+            "policy",
+            "line",
+        ],
+    )?;
+    let required = |key: &str, v: Option<u64>| {
+        v.ok_or_else(|| OptionError {
+            key: Some(key.to_owned()),
+            message: format!("`{key}` is required"),
+        })
+    };
+    let associativity = match o.string("associativity").as_deref() {
+        None | Some("none") => HmatCacheAssociativity::None,
+        Some("direct") => HmatCacheAssociativity::Direct,
+        Some("complex") => HmatCacheAssociativity::Complex,
+        Some(other) => {
+            return Err(OptionError::key(
+                "associativity",
+                format!("`{other}` is not none, direct or complex"),
+            ))
+        }
+    };
+    let policy = match o.string("policy").map(|p| p.replace('_', "-")).as_deref() {
+        None | Some("none") => HmatCachePolicy::None,
+        Some("write-back") => HmatCachePolicy::WriteBack,
+        Some("write-through") => HmatCachePolicy::WriteThrough,
+        Some(other) => {
+            return Err(OptionError::key(
+                "policy",
+                format!("`{other}` is not none, write-back or write-through"),
+            ))
+        }
+    };
+    let line = o
+        .size("line")?
+        .map(|l| {
+            u16::try_from(l).map_err(|_| OptionError::key("line", format!("{l} is over 65535")))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    Ok(HmatCacheConfig {
+        node: required("node-id", o.number("node-id")?)?
+            .try_into()
+            .map_err(|_| OptionError::key("node-id", "is not a node number"))?,
+        size: required("size", o.size("size")?)?,
+        level: o.number("level")?.ok_or_else(|| OptionError {
+            key: Some("level".into()),
+            message: "`level` is required".into(),
+        })?,
+        associativity,
+        policy,
+        line,
+    })
+}
+
 /// `id=NAME`, `device=ID,node=N` or `device=ID,nodes=SET`:
 /// `PUT /vm.remove-generic-initiator`'s body.
 pub fn parse_remove_generic_initiator(s: &str) -> Result<RemoveGenericInitiator, OptionError> {
@@ -898,6 +1025,115 @@ mod tests {
             ("device=gpu0,node=x", "node"),
         ] {
             let e = parse_generic_initiator(s).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn hmat_lb() {
+        let h = parse_hmat_lb(
+            "initiator=0,target=1,hierarchy=memory,data-type=access-latency,latency=10",
+        )
+        .unwrap();
+        assert_eq!(
+            h,
+            HmatLbConfig {
+                initiator: 0,
+                target: 1,
+                hierarchy: HmatHierarchy::Memory,
+                data_type: HmatDataType::AccessLatency,
+                latency: Some(10),
+                bandwidth: None,
+            }
+        );
+        assert_eq!(h.table_value(), Some(10));
+        // QEMU's units: 200M is 200 MiB/s, stored as 200 in the HMAT.
+        let h = parse_hmat_lb(
+            "initiator=2,target=3,hierarchy=memory,data-type=read_bandwidth,bandwidth=200M",
+        )
+        .unwrap();
+        assert_eq!(h.data_type, HmatDataType::ReadBandwidth);
+        assert_eq!(h.bandwidth, Some(200 << 20));
+        assert_eq!(h.table_value(), Some(200));
+        for (s, key) in [
+            (
+                "initiator=0,target=1,hierarchy=first-level,data-type=access-latency,latency=1",
+                "hierarchy",
+            ),
+            (
+                "initiator=0,target=1,hierarchy=memory,data-type=access-latency,bandwidth=1G",
+                "bandwidth",
+            ),
+            (
+                "initiator=0,target=1,hierarchy=memory,data-type=read-bandwidth,latency=5",
+                "latency",
+            ),
+            (
+                "initiator=0,target=1,hierarchy=memory,data-type=read-bandwidth",
+                "bandwidth",
+            ),
+            (
+                "initiator=0,target=1,hierarchy=memory,data-type=read-latency,latency=0",
+                "latency",
+            ),
+            (
+                "initiator=0,target=1,hierarchy=memory,data-type=read-bandwidth,bandwidth=1000",
+                "bandwidth",
+            ),
+            (
+                "initiator=0,target=1,hierarchy=memory,data-type=latency,latency=5",
+                "data-type",
+            ),
+            (
+                "target=1,hierarchy=memory,data-type=read-latency,latency=5",
+                "initiator",
+            ),
+            (
+                "initiator=0,target=1,data-type=read-latency,latency=5",
+                "hierarchy",
+            ),
+        ] {
+            let e = parse_hmat_lb(s).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{s}: {e}");
+        }
+        let e = parse_hmat_lb(
+            "initiator=0,target=1,hierarchy=second-level,data-type=read-latency,latency=5",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("only `memory` is supported"), "{e}");
+    }
+
+    #[test]
+    fn hmat_cache() {
+        let c = parse_hmat_cache(
+            "node-id=3,size=16M,level=1,associativity=direct,policy=write-back,line=64",
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            HmatCacheConfig {
+                node: 3,
+                size: 16 << 20,
+                level: 1,
+                associativity: HmatCacheAssociativity::Direct,
+                policy: HmatCachePolicy::WriteBack,
+                line: 64,
+            }
+        );
+        let c = parse_hmat_cache("node-id=0,size=1G,level=2").unwrap();
+        assert_eq!(c.policy, HmatCachePolicy::None);
+        for (s, key) in [
+            ("size=1G,level=1", "node-id"),
+            ("node-id=0,level=1", "size"),
+            ("node-id=0,size=1G", "level"),
+            (
+                "node-id=0,size=1G,level=1,associativity=full",
+                "associativity",
+            ),
+            ("node-id=0,size=1G,level=1,policy=write-around", "policy"),
+            ("node-id=0,size=1G,level=1,line=1M", "line"),
+        ] {
+            let e = parse_hmat_cache(s).unwrap_err();
             assert_eq!(e.key.as_deref(), Some(key), "{s}: {e}");
         }
     }

@@ -352,3 +352,49 @@ fn a_node_a_slots_link_needs_cannot_go() {
         )
     );
 }
+
+#[test]
+fn hmat_values_round_trip_and_one_values_faults_are_named() {
+    let mut json: serde_json::Value = serde_json::from_str(SEED).unwrap();
+    json["hmat"] = serde_json::json!([
+        {"initiator": 0, "target": 0, "hierarchy": "memory", "data_type": "read_latency", "latency": 10},
+        {"initiator": 2, "target": 1, "hierarchy": "memory", "data_type": "read_bandwidth",
+         "bandwidth": 209715200u64}
+    ]);
+    let c: VmConfig = serde_json::from_value(json.clone()).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.hmat[0].table_value(), Some(10));
+    // Bytes per second in, MiB/s in the table, as QEMU.
+    assert_eq!(c.hmat[1].table_value(), Some(200));
+    let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+
+    let refuse = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut j = json.clone();
+        edit(&mut j);
+        let c: VmConfig = serde_json::from_value(j).unwrap();
+        refused(&c)
+    };
+    let (field, message) = refuse(&|j| j["hmat"][0]["hierarchy"] = "first_level".into());
+    assert_eq!(field, "hmat[0].hierarchy");
+    assert!(message.contains("only `memory` is supported"), "{message}");
+    let (field, _) = refuse(&|j| j["hmat"][0]["bandwidth"] = 1048576.into());
+    assert_eq!(field, "hmat[0].bandwidth");
+    let (field, message) = refuse(&|j| {
+        j["hmat"][1]["latency"] = 5.into();
+    });
+    assert_eq!(field, "hmat[1].latency");
+    assert!(message.contains("takes `bandwidth`"), "{message}");
+    let (field, _) = refuse(&|j| j["hmat"][0]["latency"] = 0.into());
+    assert_eq!(field, "hmat[0].latency");
+    let (field, message) = refuse(&|j| j["hmat"][1]["bandwidth"] = 1000.into());
+    assert_eq!(field, "hmat[1].bandwidth");
+    assert!(message.contains("multiple of 1 MiB/s"), "{message}");
+    let (field, _) = refuse(&|j| {
+        j["hmat"][1].as_object_mut().unwrap().remove("bandwidth");
+    });
+    assert_eq!(field, "hmat[1].bandwidth");
+    // QEMU's names are the command line's; JSON has snake_case like every other enum.
+    json["hmat"][0]["data_type"] = "read-latency".into();
+    assert!(serde_json::from_value::<VmConfig>(json).is_err());
+}

@@ -24,8 +24,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tessera_api::config::{
-    ConsoleMode, CoreScheduling, CpuProfile, DeviceConfig, GenericInitiatorConfig, HotplugMethod,
-    NumaConfig, VmConfig,
+    ConsoleMode, CoreScheduling, CpuProfile, DeviceConfig, GenericInitiatorConfig,
+    HmatCacheAssociativity, HmatCacheConfig, HmatCachePolicy, HmatDataType, HmatHierarchy,
+    HmatLbConfig, HotplugMethod, NumaConfig, VmConfig,
 };
 use tessera_api::server::{
     openapi_json, routes, ApiError, ApiReply, ApiRequest, Snapshot, VmAction, MAX_BODY,
@@ -407,6 +408,10 @@ fn maximal_config() -> Value {
         "numa": [{"guest_numa_id": 0, "cpus": [0, 1], "distances": [{"destination": 1, "distance": 20}],
                   "memory_zones": ["m0"], "pci_segments": [0], "device_id": "gpu0"}],
         "generic_initiators": [{"id": "gi0", "device": "gpu0", "node": 1, "nodes": "2-9"}],
+        "hmat": [{"initiator": 0, "target": 0, "hierarchy": "memory", "data_type": "access_latency",
+                  "latency": 10, "bandwidth": 1048576}],
+        "hmat_caches": [{"node": 0, "size": 1048576, "level": 1, "associativity": "direct",
+                         "policy": "write_back", "line": 64}],
         "watchdog": true,
         "rtc": {},
         "gdb": true,
@@ -434,6 +439,8 @@ fn request_schemas_match_the_types() {
         "GenericInitiatorConfig",
         config["generic_initiators"][0].clone(),
     );
+    check_request::<HmatLbConfig>("HmatLbConfig", config["hmat"][0].clone());
+    check_request::<HmatCacheConfig>("HmatCacheConfig", config["hmat_caches"][0].clone());
     check_request::<VmRemoveDevice>("VmRemoveDevice", json!({"id": "gpu0"}));
     check_request::<VmRemoveNumaNode>("VmRemoveNumaNode", json!({"guest_numa_id": 3}));
     check_request::<RemoveGenericInitiator>(
@@ -603,6 +610,35 @@ fn enums_match_the_types() {
             json!(HotplugMethod::VirtioMem)
         ]),
         names("HotplugMethod")
+    );
+    assert_eq!(
+        names_of(vec![
+            json!(HmatHierarchy::Memory),
+            json!(HmatHierarchy::FirstLevel),
+            json!(HmatHierarchy::SecondLevel),
+            json!(HmatHierarchy::ThirdLevel)
+        ]),
+        names("HmatHierarchy")
+    );
+    assert_eq!(
+        names_of(HmatDataType::ALL.iter().map(|t| json!(t)).collect()),
+        names("HmatDataType")
+    );
+    assert_eq!(
+        names_of(vec![
+            json!(HmatCacheAssociativity::None),
+            json!(HmatCacheAssociativity::Direct),
+            json!(HmatCacheAssociativity::Complex)
+        ]),
+        names("HmatCacheAssociativity")
+    );
+    assert_eq!(
+        names_of(vec![
+            json!(HmatCachePolicy::None),
+            json!(HmatCachePolicy::WriteBack),
+            json!(HmatCachePolicy::WriteThrough)
+        ]),
+        names("HmatCachePolicy")
     );
 }
 

@@ -149,6 +149,21 @@ pub struct GuestNode {
     pub access0: Option<Access>,
     /// The `access1` class (CPU initiators only), if the kernel created it.
     pub access1: Option<Access>,
+    /// HMAT memory-side caches (`memory_side_cache/indexL`), by level.
+    pub caches: BTreeMap<u32, MemorySideCache>,
+}
+
+/// One memory-side cache level of a node as sysfs shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemorySideCache {
+    /// `size`, bytes.
+    pub size: Option<u64>,
+    /// `line_size`, bytes.
+    pub line_size: Option<u64>,
+    /// `indexing`: 0 direct-mapped, 1 indexed (complex), 2 other.
+    pub indexing: Option<u64>,
+    /// `write_policy`: 0 write-back, 1 write-through, 2 other.
+    pub write_policy: Option<u64>,
 }
 
 /// One HMAT access class of a node (`nodeN/accessK`).
@@ -370,6 +385,19 @@ fn set_node(node: &mut GuestNode, key: &str, field: &str, value: &str) -> Result
             let (class, rest) = field
                 .split_once('.')
                 .ok_or_else(|| JudgeError::UnknownKey(key.to_string()))?;
+            if let Some(level) = class.strip_prefix("cache") {
+                let level: u32 = parse_num(key, level)?;
+                let cache = node.caches.entry(level).or_default();
+                let v = Some(parse_num(key, value)?);
+                match rest {
+                    "size" => cache.size = v,
+                    "line_size" => cache.line_size = v,
+                    "indexing" => cache.indexing = v,
+                    "write_policy" => cache.write_policy = v,
+                    _ => return Err(JudgeError::UnknownKey(key.to_string())),
+                }
+                return Ok(());
+            }
             let slot = match class {
                 "access0" => &mut node.access0,
                 "access1" => &mut node.access1,
@@ -612,7 +640,8 @@ possible=0-2\r\nonline=0-2\r\nhas_cpu=0-1\r\nhas_memory=0,2\r\nhas_normal_memory
 has_generic_initiator=\r\nnode0.cpulist=0-1\r\nnode0.distance=10,20,30\r\n\
 node0.memtotal_kb=256588\r\nnode0.access0.initiators=node0\r\n\
 node0.access0.targets=node0,node2\r\nnode0.access0.read_latency=10\r\n\
-node0.access0.read_bandwidth=10240\r\nnode1.cpulist=\r\nnode1.distance=20,10,25\r\n\
+node0.access0.read_bandwidth=10240\r\nnode0.cache1.size=16777216\r\nnode0.cache1.line_size=64\r\n\
+node0.cache1.indexing=0\r\nnode0.cache1.write_policy=0\r\nnode1.cpulist=\r\nnode1.distance=20,10,25\r\n\
 node1.memtotal_kb=0\r\nnode10.cpulist=\r\nnode10.distance=30,25,10\r\nnode10.memtotal_kb=5\r\n\
 pci=0000:00:00.0:-1,0000:00:03.0:2\r\ndmesg: [    0.1] SRAT: PXM 0 -> APIC 0x00 -> Node 0\r\n\
 TESSERA-JUDGE-END\r\n[    2.0] reboot: Power down\r\n";
@@ -636,7 +665,17 @@ TESSERA-JUDGE-END\r\n[    2.0] reboot: Power down\r\n";
         assert_eq!(a0.write_latency, None);
         assert_eq!(a0.read_bandwidth, Some(10240));
         assert!(n0.access1.is_none());
+        assert_eq!(
+            n0.caches[&1],
+            MemorySideCache {
+                size: Some(16 << 20),
+                line_size: Some(64),
+                indexing: Some(0),
+                write_policy: Some(0),
+            }
+        );
         assert!(r.nodes[&1].cpus.is_empty());
+        assert!(r.nodes[&1].caches.is_empty());
         assert_eq!(r.nodes[&10].distances, vec![30, 25, 10]);
         assert_eq!(r.pci_numa.get("0000:00:00.0"), Some(&-1));
         assert_eq!(r.pci_numa.get("0000:00:03.0"), Some(&2));

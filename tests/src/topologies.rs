@@ -6,8 +6,9 @@
 
 use crate::linux_judge::{boot, GuestReport, JudgeError, JudgeVm};
 use tessera_acpi::{
-    build, Bdf, Cpu, GenericInitiatorLink, HmatDataType, HmatEntry, IntxPin, IntxRoute,
-    MemoryRange, NumaNode, PciDevice, PciSegment, Placement, Topology, Window,
+    build, Bdf, Cpu, GenericInitiatorLink, HmatCache, HmatCacheAssociativity, HmatCacheWritePolicy,
+    HmatDataType, HmatEntry, IntxPin, IntxRoute, MemoryRange, NumaNode, PciDevice, PciSegment,
+    Placement, Topology, Window,
 };
 
 const MIB: u64 = 1 << 20;
@@ -308,6 +309,17 @@ pub fn sixty_four_nodes() -> Case {
                 latency,
             ));
         }
+    }
+    // Device memory 62 sits behind two levels of memory-side cache.
+    for (level, size, line) in [(1u8, 8u64 << 20, 64u16), (2, 32 << 20, 128)] {
+        t.hmat_caches.push(HmatCache {
+            node: 62,
+            size,
+            level,
+            associativity: HmatCacheAssociativity::Direct,
+            policy: HmatCacheWritePolicy::WriteBack,
+            line,
+        });
     }
     Case {
         name: "64 nodes",

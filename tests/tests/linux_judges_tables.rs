@@ -179,6 +179,24 @@ fn linux_sees_64_nodes_and_gi_nodes_as_best_initiators() {
         let gi = r.nodes[&best].access0.as_ref().unwrap();
         assert_eq!(gi.targets, vec![target], "node{best} access0 targets");
     }
+    // Node 62's memory-side caches: direct-mapped (indexing 0), write-back (policy 0).
+    let caches = &r.nodes[&62].caches;
+    assert_eq!(
+        caches.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2],
+        "{caches:?}"
+    );
+    for (level, size, line) in [(1u32, 8u64 << 20, 64u64), (2, 32 << 20, 128)] {
+        let c = &caches[&level];
+        assert_eq!(c.size, Some(size), "level {level}");
+        assert_eq!(c.line_size, Some(line), "level {level}");
+        assert_eq!(
+            (c.indexing, c.write_policy),
+            (Some(0), Some(0)),
+            "level {level}"
+        );
+    }
+    assert!(r.nodes[&63].caches.is_empty());
 }
 
 #[test]

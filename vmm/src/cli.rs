@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 use tessera_api::config::{PayloadConfig, VmConfig};
 use tessera_api::options::{
-    parse_console, parse_cpus, parse_device, parse_generic_initiator, parse_memory,
-    parse_memory_zone, parse_numa, parse_pci_slot, parse_platform, parse_serial, OptionError,
+    parse_console, parse_cpus, parse_device, parse_generic_initiator, parse_hmat_cache,
+    parse_hmat_lb, parse_memory, parse_memory_zone, parse_numa, parse_pci_slot, parse_platform,
+    parse_serial, OptionError,
 };
 
 /// A command-line option that could not be parsed: which option, and what is wrong.
@@ -44,7 +45,7 @@ pub struct Args {
     /// A JSON VM configuration (Cloud Hypervisor's VmConfig shape) instead of the VM options.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
         "kernel", "initramfs", "cmdline", "cpus", "memory", "memory_zones", "numa",
-        "devices", "pci_slots", "generic_initiators", "platform", "serial", "console",
+        "devices", "pci_slots", "generic_initiators", "hmat_lb", "hmat_caches", "platform", "serial", "console",
     ])]
     pub config: Option<PathBuf>,
     /// Write the ACPI tables the configuration gives into DIR (one SIG.dat each) and exit.
@@ -278,6 +279,14 @@ pub struct VmArgs {
     /// device=ID,node=N | device=ID,nodes=2-9: Generic Initiator links ...
     #[arg(long = "generic-initiator", num_args = 1.., value_name = "LINK")]
     pub generic_initiators: Vec<String>,
+    /// initiator=N,target=N,hierarchy=memory,data-type=TYPE,latency=NS|bandwidth=SIZE:
+    /// HMAT values, as QEMU's `-numa hmat-lb` (SIZE in bytes/s, 200M = 200 MiB/s) ...
+    #[arg(long = "hmat-lb", num_args = 1.., value_name = "VALUE")]
+    pub hmat_lb: Vec<String>,
+    /// node-id=N,size=SIZE,level=L[,associativity=none|direct|complex,policy=none|write-back|write-through,line=N]:
+    /// HMAT memory-side caches, as QEMU's `-numa hmat-cache` ...
+    #[arg(long = "hmat-cache", num_args = 1.., value_name = "CACHE")]
+    pub hmat_caches: Vec<String>,
     /// path=/sys/bus/pci/devices/BDF[,id=ID,pci_segment=N,pci_device_id=N] ...
     #[arg(long = "device", num_args = 1.., value_name = "DEVICE")]
     pub devices: Vec<String>,
@@ -307,6 +316,8 @@ impl VmArgs {
             ("memory-zone", !self.memory_zones.is_empty()),
             ("numa", !self.numa.is_empty()),
             ("generic-initiator", !self.generic_initiators.is_empty()),
+            ("hmat-lb", !self.hmat_lb.is_empty()),
+            ("hmat-cache", !self.hmat_caches.is_empty()),
             ("device", !self.devices.is_empty()),
             ("pci-slot", !self.pci_slots.is_empty()),
             ("platform", self.platform.is_some()),
@@ -353,6 +364,14 @@ impl VmArgs {
         for s in &self.generic_initiators {
             let link = parse_generic_initiator(s).map_err(at("generic-initiator"))?;
             config.generic_initiators.push(link);
+        }
+        for s in &self.hmat_lb {
+            config.hmat.push(parse_hmat_lb(s).map_err(at("hmat-lb"))?);
+        }
+        for s in &self.hmat_caches {
+            config
+                .hmat_caches
+                .push(parse_hmat_cache(s).map_err(at("hmat-cache"))?);
         }
         for s in &self.devices {
             config.devices.push(parse_device(s).map_err(at("device"))?);

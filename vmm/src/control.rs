@@ -129,7 +129,7 @@ impl Control {
             build_version: env!("CARGO_PKG_VERSION").into(),
             version: env!("CARGO_PKG_VERSION").into(),
             pid: i64::from(std::process::id()),
-            features: ["numa", "generic_initiators", "acpi_tables"]
+            features: ["numa", "generic_initiators", "hmat", "acpi_tables"]
                 .map(String::from)
                 .into(),
         });

@@ -1,16 +1,19 @@
 //! From a VM configuration to the guest's topology: RAM ranges per zone, PCI segments
 //! with their windows, each device's and GI-ready slot's guest BDF (placed by the device
-//! manager's `placement`), and the NUMA description (nodes, GI links, distances) the ACPI tables
-//! are built from.
+//! manager's `placement`), and the NUMA description (nodes, GI links, distances, HMAT values)
+//! the ACPI tables are built from.
 //!
 //! Deterministic: the same configuration always gives the same BDFs and so the same
 //! ACPI bytes. Touches no host resource.
 
 use tessera_acpi::{
-    Bdf, Cpu, GenericInitiatorLink, IntxPin, IntxRoute, MemoryRange, NumaNode, PciDevice,
-    PciSegment, Topology, Window,
+    Bdf, Cpu, GenericInitiatorLink, HmatEntry, IntxPin, IntxRoute, MemoryRange, NumaNode,
+    PciDevice, PciSegment, Topology, Window,
 };
-use tessera_api::config::{ConfigError, VmConfig, HOST_BRIDGE_ID};
+use tessera_api::config::{
+    ConfigError, HmatCacheAssociativity, HmatCacheConfig, HmatCachePolicy, HmatDataType,
+    HmatLbConfig, VmConfig, HOST_BRIDGE_ID,
+};
 use tessera_arch::layout::{lay_out, GuestLayout, LayoutError, Range, RSDP_START};
 
 use crate::device_manager::placement::{place_devices, PciSlots, Placement};
@@ -251,7 +254,12 @@ pub fn guest_topology(
         .collect(),
         generic_initiators,
         distances,
-        hmat: Vec::new(),
+        // In configuration order, so the ACPI crate's refusals (`hmat[N].initiator`: a node
+        // with neither vCPUs nor a GI link; `hmat[N].target`: one without memory;
+        // duplicates) name the configuration's own entry.
+        hmat: config.hmat.iter().map(hmat_entry).collect(),
+        // Same order, same field names (`hmat_caches[N].level`) as the configuration.
+        hmat_caches: config.hmat_caches.iter().map(hmat_cache).collect(),
         platform: platform(),
     };
     // The tables' size is known once they are encoded (validation included), so encode
@@ -280,6 +288,46 @@ pub fn guest_topology(
         },
         phys_bits,
     })
+}
+
+/// One configured HMAT value as the ACPI crate takes it: nanoseconds or MiB/s. A value
+/// missing its field (which `VmConfig::validate` refuses first) would become 0, which the
+/// crate refuses too.
+fn hmat_entry(h: &HmatLbConfig) -> HmatEntry {
+    HmatEntry {
+        initiator: h.initiator,
+        target: h.target,
+        data_type: match h.data_type {
+            HmatDataType::AccessLatency => tessera_acpi::HmatDataType::AccessLatency,
+            HmatDataType::ReadLatency => tessera_acpi::HmatDataType::ReadLatency,
+            HmatDataType::WriteLatency => tessera_acpi::HmatDataType::WriteLatency,
+            HmatDataType::AccessBandwidth => tessera_acpi::HmatDataType::AccessBandwidth,
+            HmatDataType::ReadBandwidth => tessera_acpi::HmatDataType::ReadBandwidth,
+            HmatDataType::WriteBandwidth => tessera_acpi::HmatDataType::WriteBandwidth,
+        },
+        value: h.table_value().unwrap_or(0),
+    }
+}
+
+/// One configured memory-side cache as the ACPI crate takes it.
+fn hmat_cache(c: &HmatCacheConfig) -> tessera_acpi::HmatCache {
+    use tessera_acpi::{HmatCacheAssociativity as A, HmatCacheWritePolicy as P};
+    tessera_acpi::HmatCache {
+        node: c.node,
+        size: c.size,
+        level: c.level,
+        associativity: match c.associativity {
+            HmatCacheAssociativity::None => A::None,
+            HmatCacheAssociativity::Direct => A::Direct,
+            HmatCacheAssociativity::Complex => A::Complex,
+        },
+        policy: match c.policy {
+            HmatCachePolicy::None => P::None,
+            HmatCachePolicy::WriteBack => P::WriteBack,
+            HmatCachePolicy::WriteThrough => P::WriteThrough,
+        },
+        line: c.line,
+    }
 }
 
 fn window(r: Range) -> Window {

@@ -802,6 +802,151 @@ fn acpi_checksums_and_link_removal_keep_their_promises() {
     assert_eq!((status, e["field"].as_str()), (404, Some("nodes")));
 }
 
+/// Two CPU nodes with memory, a memory-only node 2 and a GI node 3 on a GI-ready slot,
+/// with `hmat` values; `extra` is spliced into the `hmat` list.
+fn hmat_config(extra: &str) -> String {
+    format!(
+        r#"{{"cpus": {{"boot_vcpus": 2, "max_vcpus": 2}},
+           "memory": {{"size": 0, "zones": [{{"id": "m0", "size": 134217728}}, {{"id": "m1", "size": 134217728}},
+                                          {{"id": "m2", "size": 134217728}}]}},
+           "payload": {{"kernel": "{}", "cmdline": "console=ttyS0"}},
+           "serial": {{"mode": "Null"}},
+           "platform": {{"num_pci_segments": 2}},
+           "pci_slots": [{{"id": "gpu0", "pci_segment": 1, "pci_device_id": 0}}],
+           "numa": [{{"guest_numa_id": 0, "cpus": [0], "memory_zones": ["m0"]}},
+                    {{"guest_numa_id": 1, "cpus": [1], "memory_zones": ["m1"]}},
+                    {{"guest_numa_id": 2, "memory_zones": ["m2"]}},
+                    {{"guest_numa_id": 3}}],
+           "generic_initiators": [{{"device": "gpu0", "node": 3}}],
+           "hmat": [{{"initiator": 0, "target": 0, "hierarchy": "memory", "data_type": "read_latency", "latency": 10}},
+                    {{"initiator": 3, "target": 2, "hierarchy": "memory", "data_type": "read_latency", "latency": 5}},
+                    {{"initiator": 1, "target": 2, "hierarchy": "memory", "data_type": "read_bandwidth",
+                      "bandwidth": 21474836480}}{extra}]}}"#,
+        kernel()
+    )
+}
+
+#[test]
+fn hmat_from_the_config_is_in_vm_acpi_and_bad_values_are_named() {
+    let t = Tessera::start();
+    assert_eq!(t.api("PUT", "vm.create", Some(&hmat_config(""))).0, 204);
+    let (status, acpi) = t.json("GET", "vm.acpi", None);
+    assert_eq!(status, 200);
+    let hmat = &acpi["hmat"];
+    // CPU nodes with memory name themselves as attached initiator; node 2 has none.
+    assert_eq!(
+        hmat["memory_domains"],
+        serde_json::json!([{"node": 0, "initiator": 0}, {"node": 1, "initiator": 1}])
+    );
+    let mut values: Vec<(String, u64, u64, u64)> = hmat["localities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["value"].as_u64() != Some(0))
+        .map(|l| {
+            (
+                l["data_type"].as_str().unwrap().to_owned(),
+                l["initiator"].as_u64().unwrap(),
+                l["target"].as_u64().unwrap(),
+                l["value"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    values.sort();
+    assert_eq!(
+        values,
+        vec![
+            ("read_bandwidth".to_owned(), 1, 2, 20480),
+            ("read_latency".to_owned(), 0, 0, 10),
+            ("read_latency".to_owned(), 3, 2, 5),
+        ],
+        "{hmat}"
+    );
+
+    // Memory-side caches in front of node 2 (QEMU's hmat-cache), decoded as given.
+    let t2 = Tessera::start();
+    let mut with_caches: Value = serde_json::from_str(&hmat_config("")).unwrap();
+    with_caches["hmat_caches"] = serde_json::json!([
+        {"node": 2, "size": 16777216, "level": 1, "associativity": "direct", "policy": "write_back", "line": 64},
+        {"node": 2, "size": 67108864, "level": 2, "policy": "write_through"}
+    ]);
+    let body = with_caches.to_string();
+    assert_eq!(t2.api("PUT", "vm.create", Some(&body)).0, 204);
+    let (_, acpi) = t2.json("GET", "vm.acpi", None);
+    assert_eq!(
+        acpi["hmat"]["caches"],
+        serde_json::json!([
+            {"node": 2, "size": 16777216, "level": 1, "total_levels": 2,
+             "associativity": "direct", "policy": "write_back", "line": 64},
+            {"node": 2, "size": 67108864, "level": 2, "total_levels": 2,
+             "associativity": "none", "policy": "write_through", "line": 0}
+        ])
+    );
+    // A cache on a node without memory is refused by its field.
+    with_caches["hmat_caches"][1]["node"] = 3.into();
+    assert_eq!(t2.api("PUT", "vm.delete", None).0, 204);
+    let (status, e) = t2.json("PUT", "vm.create", Some(&with_caches.to_string()));
+    assert_eq!(
+        (status, e["field"].as_str()),
+        (400, Some("hmat_caches[1].node")),
+        "{e}"
+    );
+    drop(t2);
+
+    // Each refusal names the entry's field, and leaves the created VM as it was.
+    for (extra, field, says) in [
+        (
+            r#"{"initiator": 2, "target": 0, "hierarchy": "memory", "data_type": "read_latency", "latency": 7}"#,
+            "hmat[3].initiator",
+            "neither CPUs nor Generic Initiators",
+        ),
+        (
+            r#"{"initiator": 0, "target": 3, "hierarchy": "memory", "data_type": "read_latency", "latency": 7}"#,
+            "hmat[3].target",
+            "has no memory",
+        ),
+        (
+            r#"{"initiator": 0, "target": 9, "hierarchy": "memory", "data_type": "read_latency", "latency": 7}"#,
+            "hmat[3].target",
+            "9",
+        ),
+        (
+            r#"{"initiator": 0, "target": 0, "hierarchy": "memory", "data_type": "read_latency", "latency": 7}"#,
+            "hmat[3].data_type",
+            "already given by hmat[0]",
+        ),
+        (
+            r#"{"initiator": 0, "target": 0, "hierarchy": "memory", "data_type": "access_latency", "bandwidth": 1048576}"#,
+            "hmat[3].bandwidth",
+            "takes `latency`",
+        ),
+        (
+            r#"{"initiator": 0, "target": 0, "hierarchy": "second_level", "data_type": "access_latency", "latency": 1}"#,
+            "hmat[3].hierarchy",
+            "only `memory`",
+        ),
+        (
+            r#"{"initiator": 0, "target": 1, "hierarchy": "memory", "data_type": "read_latency", "latency": 70000000}"#,
+            "hmat",
+            "cannot be encoded",
+        ),
+    ] {
+        let t = Tessera::start();
+        let (status, e) = t.json(
+            "PUT",
+            "vm.create",
+            Some(&hmat_config(&format!(", {extra}"))),
+        );
+        assert_eq!(status, 400, "{extra}: {e}");
+        assert_eq!(e["field"].as_str(), Some(field), "{extra}: {e}");
+        assert!(
+            e.to_string().contains(says),
+            "{extra}: {e} should say {says}"
+        );
+        assert_eq!(t.api("GET", "vm.info", None).0, 404, "{extra}: no VM");
+    }
+}
+
 #[test]
 fn the_api_socket_in_cloud_hypervisors_path_form() {
     let dir = tempfile::tempdir().unwrap();

@@ -146,6 +146,45 @@ fn a_bad_option_string() {
 }
 
 #[test]
+fn hmat_values_the_topology_cannot_take() {
+    let two_nodes = [
+        "--kernel",
+        "/k",
+        "--cpus",
+        "boot=2",
+        "--memory",
+        "size=0",
+        "--memory-zone",
+        "id=m0,size=64M",
+        "--numa",
+        "guest_numa_id=0,cpus=[0-1],memory_zones=m0",
+        "guest_numa_id=1",
+        "--hmat-lb",
+    ];
+    // Node 1 has neither vCPUs nor a GI link, nor memory.
+    for (value, field, words) in [
+        (
+            "initiator=1,target=0,hierarchy=memory,data-type=read-latency,latency=5",
+            "hmat[0].initiator",
+            "neither CPUs nor Generic Initiators",
+        ),
+        (
+            "initiator=0,target=1,hierarchy=memory,data-type=read-latency,latency=5",
+            "hmat[0].target",
+            "no memory",
+        ),
+        (
+            "initiator=0,target=0,hierarchy=first-level,data-type=read-latency,latency=5",
+            "--hmat-lb",
+            "only `memory` is supported",
+        ),
+    ] {
+        let args: Vec<&str> = two_nodes.iter().copied().chain([value]).collect();
+        refused(&args, field, words);
+    }
+}
+
+#[test]
 fn dump_acpi_writes_one_file_per_table() {
     let k = judge_kernel();
     let dir = tempfile::tempdir().unwrap();

@@ -538,3 +538,44 @@ fn a_segment_with_gi_ready_slots_offers_only_those_for_hotplug() {
         "0002:00:00.0"
     );
 }
+
+#[test]
+fn hmat_values_reach_the_topology_in_table_units_and_config_order() {
+    use tessera_acpi::HmatDataType as Table;
+    use tessera_api::config::{HmatDataType, HmatHierarchy, HmatLbConfig};
+    let mut c = seed();
+    let value = |initiator, target, data_type, latency, bandwidth| HmatLbConfig {
+        initiator,
+        target,
+        hierarchy: HmatHierarchy::Memory,
+        data_type,
+        latency,
+        bandwidth,
+    };
+    c.hmat = vec![
+        value(0, 0, HmatDataType::WriteLatency, Some(12), None),
+        // A GI node as initiator: bytes/s in the config, MiB/s in the table.
+        value(2, 1, HmatDataType::AccessBandwidth, None, Some(200 * MIB)),
+    ];
+    let g = guest_topology(&c, 40).unwrap();
+    assert_eq!(
+        g.acpi
+            .hmat
+            .iter()
+            .map(|e| (e.initiator, e.target, e.data_type, e.value))
+            .collect::<Vec<_>>(),
+        vec![
+            (0, 0, Table::WriteLatency, 12),
+            (2, 1, Table::AccessBandwidth, 200)
+        ]
+    );
+    let tables = g.acpi_tables().unwrap();
+    assert!(tables.tables.iter().any(|t| &t.bytes[..4] == b"HMAT"));
+
+    // The acpi crate's refusal names the configuration's own entry: node 3 is a GI
+    // node, which has no memory to be a target.
+    c.hmat
+        .push(value(0, 3, HmatDataType::ReadLatency, Some(5), None));
+    let e = guest_topology(&c, 40).unwrap_err();
+    assert_eq!(e.field(), "hmat[2].target", "{e}");
+}

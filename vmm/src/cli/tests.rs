@@ -404,6 +404,11 @@ fn config_refuses_every_vm_option_beside_it() {
         ("--device", "path=/sys/bus/pci/devices/0000:00:04.0"),
         ("--pci-slot", "id=s0"),
         ("--generic-initiator", "device=s0,nodes=1"),
+        (
+            "--hmat-lb",
+            "initiator=0,target=0,hierarchy=memory,data-type=read-latency,latency=5",
+        ),
+        ("--hmat-cache", "node-id=0,size=1M,level=1"),
         ("--platform", "num_pci_segments=2"),
         ("--serial", "tty"),
     ] {
@@ -416,4 +421,32 @@ fn config_refuses_every_vm_option_beside_it() {
         );
         assert!(e.to_string().contains(option), "{option}: {e}");
     }
+}
+
+#[test]
+fn hmat_lb_is_repeatable_and_names_its_key() {
+    let c = config(&[
+        "--kernel",
+        "/k",
+        "--hmat-lb",
+        "initiator=0,target=0,hierarchy=memory,data-type=read-latency,latency=10",
+        "initiator=0,target=0,hierarchy=memory,data-type=read-bandwidth,bandwidth=20G",
+        "--hmat-lb",
+        "initiator=0,target=0,hierarchy=memory,data-type=write-latency,latency=12",
+    ]);
+    assert_eq!(c.hmat.len(), 3);
+    assert_eq!(c.hmat[1].table_value(), Some(20 << 10));
+    let e = Args::try_parse_from([
+        "tessera",
+        "--kernel",
+        "/k",
+        "--hmat-lb",
+        "initiator=0,target=0,hierarchy=third-level,data-type=read-latency,latency=10",
+    ])
+    .unwrap()
+    .vm
+    .to_config()
+    .unwrap_err();
+    assert_eq!(e.option, "hmat-lb");
+    assert!(e.message.starts_with("hierarchy: only `memory`"), "{e}");
 }
