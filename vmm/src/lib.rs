@@ -15,6 +15,7 @@ pub mod host;
 pub mod irq_routing;
 pub mod memory;
 pub mod pty;
+pub mod seccomp;
 mod serial_input;
 mod vcpu;
 pub mod vfio;
