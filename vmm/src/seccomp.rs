@@ -252,6 +252,20 @@ const SIGNAL_HANDLERS: &[Allow] = &[
 
 /// What Rust's std, glibc and the allocator do on any thread.
 const EVERY_THREAD: &[Allow] = &[
+    // glibc's malloc reads /proc/sys/vm/overcommit_memory once per process, from the
+    // first thread whose arena shrinks (arena.c, check_may_shrink_heap): that can be any
+    // thread, so every filter lets it open files read-only, close-on-exec, as glibc does;
+    // the control loop, which opens files for writing too, allows more below.
+    only(
+        libc::SYS_openat,
+        2,
+        &[(
+            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+            "O_RDONLY|O_CLOEXEC",
+        )],
+        "glibc's malloc reads /proc/sys/vm/overcommit_memory when an arena first shrinks",
+    ),
+    any(libc::SYS_read, "reading that file; eventfds; stdin"),
     any(libc::SYS_futex, "mutexes, condition variables, thread join"),
     any(libc::SYS_brk, "the allocator grows the heap"),
     any(libc::SYS_mmap, "the allocator's large blocks and arenas"),
