@@ -138,3 +138,79 @@ fn run_once(script: &str, qemu_args: &[&str]) -> Result<NestedRun, NestedError> 
         code => Err(NestedError::NoStatus { code, tail: tail() }),
     }
 }
+
+/// Shell for an L1 script (put it first): `seccomp_watch PID &` samples the threads of
+/// process PID every half second until it ends, keeping the last sample taken while a
+/// vCPU thread ran; `seccomp_threads_of PID` then prints it, one line
+/// `seccomp-thread=COMM MODE` per thread, MODE being the `Seccomp:` field of its
+/// `/proc/PID/task/TID/status` (2: a filter is on). [`every_thread_filtered`] reads them.
+pub const SECCOMP_THREADS_SH: &str = r#"seccomp_sample() {
+  for t in /proc/$1/task/*; do
+    m=$(sed -n 's/^Seccomp:[[:space:]]*//p' $t/status 2>/dev/null)
+    [ -n "$m" ] && echo "seccomp-thread=$(cat $t/comm 2>/dev/null) $m"
+  done
+}
+seccomp_watch() {
+  while kill -0 $1 2>/dev/null; do
+    s=$(seccomp_sample $1)
+    case "$s" in *=vcpu*) echo "$s" >/run/seccomp-threads.$1 ;; esac
+    sleep 0.5
+  done
+}
+seccomp_threads_of() { cat /run/seccomp-threads.$1 2>/dev/null; }
+"#;
+
+/// Checks the lines [`SECCOMP_THREADS_SH`]'s `seccomp_threads_of` printed on `console`: there are some, every
+/// thread is in seccomp filter mode (2), and for each of `expected` at least one thread's
+/// name starts with it (`vcpu` for vcpu0, vcpu1...). Returns what is wrong otherwise.
+pub fn every_thread_filtered(console: &str, expected: &[&str]) -> Result<(), String> {
+    let threads: Vec<(&str, &str)> = console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("seccomp-thread="))
+        .filter_map(|l| l.rsplit_once(' '))
+        .collect();
+    if threads.is_empty() {
+        return Err("L1 printed no seccomp-thread= lines".into());
+    }
+    let unfiltered: Vec<String> = threads
+        .iter()
+        .filter(|(_, mode)| *mode != "2")
+        .map(|(name, mode)| format!("{name} (Seccomp: {mode})"))
+        .collect();
+    if !unfiltered.is_empty() {
+        return Err(format!(
+            "threads without a filter: {}",
+            unfiltered.join(", ")
+        ));
+    }
+    let missing: Vec<&&str> = expected
+        .iter()
+        .filter(|e| !threads.iter().any(|(name, _)| name.starts_with(**e)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "no thread named {missing:?} among {threads:?}: sampled too early or too late"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::every_thread_filtered;
+
+    #[test]
+    fn every_thread_filtered_reads_the_snapshot() {
+        let ok = "seccomp-thread=tessera 2\nseccomp-thread=api 2\nseccomp-thread=vcpu0 2\n";
+        assert_eq!(
+            every_thread_filtered(ok, &["tessera", "api", "vcpu"]),
+            Ok(())
+        );
+        let off = "seccomp-thread=tessera 2\nseccomp-thread=vcpu0 0\n";
+        assert!(
+            every_thread_filtered(off, &["vcpu"]).is_err_and(|e| e.contains("vcpu0 (Seccomp: 0)"))
+        );
+        assert!(every_thread_filtered(ok, &["serial-input"]).is_err());
+        assert!(every_thread_filtered("", &[]).is_err());
+    }
+}

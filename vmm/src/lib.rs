@@ -4,7 +4,8 @@
 //! maps passed-through ones; `irq_routing` keeps KVM's GSI routing table), `vm` assembles
 //! and runs one boot (`vcpu` runs its vCPUs); `console` and `serial_input` are the serial
 //! port's host side, which outlives boots; the `tessera` binary drives them through
-//! `control`. `host` reads what the host offers for passthrough (`vmm.host-devices`).
+//! `control`. `host` reads what the host offers for passthrough (`vmm.host-devices`);
+//! `seccomp` holds each thread's syscall filter.
 
 pub mod cli;
 pub mod console;
@@ -16,6 +17,7 @@ pub mod irq_routing;
 pub mod managed;
 pub mod memory;
 pub mod pty;
+pub mod seccomp;
 mod serial_input;
 mod vcpu;
 pub mod vfio;

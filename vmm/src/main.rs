@@ -17,6 +17,7 @@ use tessera_api::server::VmAction;
 use tessera_vmm::cli::{ApiSocket, Args};
 use tessera_vmm::control::{Control, LoopExit};
 use tessera_vmm::managed::{CleanupSummary, Host, Managed, StateDir};
+use tessera_vmm::seccomp::{self, ThreadRole};
 
 /// The VM to run without an API socket: one is needed.
 fn required_config(args: &Args) -> Result<VmConfig> {
@@ -90,6 +91,7 @@ fn run(args: &Args) -> Result<()> {
         return run_api(args, &ApiSocket::parse(socket)?, managed);
     }
     let config = required_config(args)?;
+    seccomp::init(args.seccomp, args.seccomp_selftest)?;
     // The same control loop as under the API, ending with the guest.
     let kvm = kvm_ioctls::Kvm::new().context("cannot open /dev/kvm")?;
     let stop_rx = signal_pipe()?;
@@ -100,6 +102,9 @@ fn run(args: &Args) -> Result<()> {
     if !args.no_shutdown {
         control = control.exit_on_poweroff();
     }
+    // From here on the main thread is the control loop; the vCPU and serial-input
+    // threads it starts inherit its filter and add their own.
+    seccomp::apply_to_current_thread(ThreadRole::Control)?;
     if let Err(e) = control.handle(VmAction::Boot) {
         anyhow::bail!("{}", e.error);
     }
@@ -153,6 +158,7 @@ fn run_api(args: &Args, socket: &ApiSocket, managed: Managed) -> Result<()> {
     let _cleanup = RemoveOnDrop(path);
 
     let initial = args.vm_config()?;
+    seccomp::init(args.seccomp, args.seccomp_selftest)?;
     let kvm = kvm_ioctls::Kvm::new().context("cannot open /dev/kvm")?;
     let stop_rx = signal_pipe()?;
     let wake = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?;
@@ -168,6 +174,7 @@ fn run_api(args: &Args, socket: &ApiSocket, managed: Managed) -> Result<()> {
     let server = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || -> Result<()> {
+            seccomp::apply_to_current_thread(ThreadRole::Api)?;
             // One thread for every connection. The server answers vmm.ping, vm.info and
             // vm.acpi itself, from the control loop's snapshot, and hands only the rest
             // to the loop, so it has little work per request: on a pool of workers,
@@ -175,6 +182,13 @@ fn run_api(args: &Args, socket: &ApiSocket, managed: Managed) -> Result<()> {
             // and took CPU time from the vCPUs and the clients.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // A blocking-pool thread (none today) inherits this thread's filter;
+                // it adds its own so that it, too, reports as the API's.
+                .on_thread_start(|| {
+                    if let Err(e) = seccomp::apply_to_current_thread(ThreadRole::Api) {
+                        tracing::error!("{e}");
+                    }
+                })
                 .build()?;
             runtime.block_on(async move {
                 let (tx, mut rx) = tokio::sync::mpsc::channel(64);
@@ -195,6 +209,8 @@ fn run_api(args: &Args, socket: &ApiSocket, managed: Managed) -> Result<()> {
             Ok(())
         })?;
 
+    // From here on the main thread is the control loop (see run()).
+    seccomp::apply_to_current_thread(ThreadRole::Control)?;
     if initial.is_some() {
         if let Err(e) = control.handle(VmAction::Boot) {
             shutdown.notify_one();

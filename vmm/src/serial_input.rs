@@ -126,6 +126,12 @@ pub(crate) fn spawn_forwarder(
 /// holding back what the 64-byte FIFO cannot take yet, or all of it while no UART is
 /// attached.
 fn forward_input(mut input: impl Read, target: &InputTarget) {
+    if let Err(e) = crate::seccomp::apply_to_current_thread(crate::seccomp::ThreadRole::SerialInput)
+    {
+        // Reading unfiltered would be the hole the filters close: no input instead.
+        tracing::error!("serial input stopped: {e}");
+        return;
+    }
     let mut buf = [0u8; 256];
     loop {
         if target.is_closed() {

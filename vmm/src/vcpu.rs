@@ -225,6 +225,8 @@ fn run_vcpu(
     control: &VcpuControl,
     reset_evt: &EventFd,
 ) -> Result<(), String> {
+    crate::seccomp::apply_to_current_thread(crate::seccomp::ThreadRole::Vcpu)
+        .map_err(|e| e.to_string())?;
     let no_counters = VcpuCounters::default();
     let counters = control.counters.get(index).unwrap_or(&no_counters);
     loop {

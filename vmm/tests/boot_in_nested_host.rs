@@ -13,7 +13,7 @@
 )]
 
 use tessera_tests::linux_judge::{images, parse_report, GuestReport};
-use tessera_tests::nested;
+use tessera_tests::nested::{self, SECCOMP_THREADS_SH};
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 const CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 loglevel=4";
@@ -26,9 +26,19 @@ fn tessera_in_l1(args: &str, extra_cmdline: &str) -> (i32, String) {
 
 fn tessera_in_l1_with(kernel: &std::path::Path, args: &str, extra_cmdline: &str) -> (i32, String) {
     let judge = images().unwrap();
+    // tessera runs with its default `--seccomp true`: while the guest runs, every thread
+    // of tessera must show a seccomp filter. In the background its stdin is /dev/null, so
+    // its serial-input thread ends at once; the typed-orders test sees that one.
     let script = format!(
-        "in-host {TESSERA} --kernel {} --initramfs {} --cmdline '{CMDLINE} {extra_cmdline}' {args}\n\
-         echo \"tessera-exit=$?\"\n",
+        "{SECCOMP_THREADS_SH}\
+         in-host {TESSERA} --kernel {} --initramfs {} \
+           --cmdline '{CMDLINE} {extra_cmdline}' {args} &\n\
+         pid=$!\n\
+         seccomp_watch $pid &\n\
+         wait $pid\n\
+         echo \"tessera-exit=$?\"\n\
+         sleep 1\n\
+         seccomp_threads_of $pid\n",
         kernel.display(),
         judge.initramfs.display(),
     );
@@ -39,6 +49,8 @@ fn tessera_in_l1_with(kernel: &std::path::Path, args: &str, extra_cmdline: &str)
         .find_map(|l| l.trim().strip_prefix("tessera-exit="))
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or_else(|| panic!("tessera did not finish in L1:\n{}", run.console));
+    nested::every_thread_filtered(&run.console, &["tessera", "vcpu"])
+        .unwrap_or_else(|e| panic!("{e}:\n{}", run.console));
     (status, run.console)
 }
 
@@ -127,10 +139,11 @@ fn reboot_boots_again_and_sigterm_stops_cleanly() {
     let judge = images().unwrap();
     // The guest reboots after each report; once two boots have reported, SIGTERM.
     let script = format!(
-        "log=/run/serial.log\n\
+        "{SECCOMP_THREADS_SH}log=/run/serial.log\n\
          in-host {TESSERA} --kernel {} --initramfs {} --cmdline '{CMDLINE} judge.action=reboot' \
            --serial file=$log &\n\
          pid=$!\n\
+         seccomp_watch $pid &\n\
          for i in $(seq 1 120); do\n\
            [ \"$(grep -c TESSERA-JUDGE-END $log 2>/dev/null)\" -ge 2 ] && break\n\
            sleep 1\n\
@@ -138,12 +151,15 @@ fn reboot_boots_again_and_sigterm_stops_cleanly() {
          echo \"reports=$(grep -c TESSERA-JUDGE-END $log)\"\n\
          kill -TERM $pid\n\
          wait $pid\n\
-         echo \"tessera-exit=$?\"\n",
+         echo \"tessera-exit=$?\"\n\
+         sleep 1\n\
+         seccomp_threads_of $pid\n",
         judge.vmlinuz.display(),
         judge.initramfs.display(),
     );
     let run = nested::run(&script, &[]).unwrap();
     let c = &run.console;
+    nested::every_thread_filtered(c, &["tessera", "vcpu"]).unwrap_or_else(|e| panic!("{e}:\n{c}"));
     let reports: u32 = c
         .lines()
         .find_map(|l| l.trim().strip_prefix("reports="))
@@ -163,7 +179,7 @@ fn typed_orders_reboot_the_guest_and_then_its_poweroff_ends_tessera() {
     // tessera with 0 by itself (issue 10: a poweroff after a reboot did not end it).
     let judge = images().unwrap();
     let script = format!(
-        "log=/run/serial.log\n\
+        "{SECCOMP_THREADS_SH}log=/run/serial.log\n\
          orders() {{\n\
            while true; do\n\
              set -- $(sed -n 's/^judge-boot-id=\\([0-9a-f-]*\\).*/\\1/p' $log 2>/dev/null)\n\
@@ -174,13 +190,16 @@ fn typed_orders_reboot_the_guest_and_then_its_poweroff_ends_tessera() {
          orders | TESSERA_LOG=info in-host {TESSERA} --kernel {} --initramfs {} \\\n\
            --cmdline '{CMDLINE} judge.action=console' >$log 2>/run/tessera.err &\n\
          pid=$!\n\
+         seccomp_watch $pid &\n\
          # The bound only keeps a tessera that never ends from using up L1's time.\n\
          for i in $(seq 1 150); do kill -0 $pid 2>/dev/null || break; sleep 1; done\n\
          kill -0 $pid 2>/dev/null && echo tessera-still-running && kill -TERM $pid\n\
          wait $pid\n\
          echo \"tessera-exit=$?\"\n\
          grep -E '^judge-(boot-id|order)|reboot: ' $log\n\
-         cat /run/tessera.err\n",
+         cat /run/tessera.err\n\
+         sleep 1\n\
+         seccomp_threads_of $pid\n",
         judge.vmlinuz.display(),
         judge.initramfs.display(),
     );
@@ -200,6 +219,8 @@ fn typed_orders_reboot_the_guest_and_then_its_poweroff_ends_tessera() {
         "the guest's poweroff after its reboot did not end tessera:\n{c}"
     );
     assert!(c.contains("tessera-exit=0"), "{c}");
+    nested::every_thread_filtered(c, &["tessera", "vcpu", "serial-input"])
+        .unwrap_or_else(|e| panic!("{e}:\n{c}"));
 }
 
 #[test]
@@ -222,11 +243,12 @@ fn the_api_flow_creates_edits_checks_and_boots_the_topology() {
     let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     // In L1: tessera serves the API; curl (the host's, chrooted) drives it.
     let script = format!(
-        r#". "$HOST{repo}/scripts/l1-vfio.sh"
+        r#"{SECCOMP_THREADS_SH}. "$HOST{repo}/scripts/l1-vfio.sh"
 vfio_bind 0000:00:03.0 >/dev/null && vfio_bind 0000:00:04.0 >/dev/null || exit 1
 sock=/run/api.sock
 TESSERA_LOG=info in-host {TESSERA} --api-socket $sock 2>/run/tessera.err &
 pid=$!
+seccomp_watch $pid &
 while [ ! -S $sock ]; do sleep 0.2; done
 api() {{ in-host curl -s -w ' %{{http_code}}' -X "$1" --unix-socket $sock "http://localhost/api/v1/$2" ${{3:+--data-binary "$3"}}; echo; }}
 echo "create: $(api PUT vm.create @/tmp/tessera-api-flow.json)"
@@ -248,6 +270,8 @@ wait $pid
 echo "tessera-exit=$?"
 cat /run/tessera.err
 cat /run/serial.log
+sleep 1
+seccomp_threads_of $pid
 echo "after: nvme=$(driver_of 0000:00:03.0) edu=$(driver_of 0000:00:04.0)"
 "#
     );
@@ -281,6 +305,8 @@ echo "after: nvme=$(driver_of 0000:00:03.0) edu=$(driver_of 0000:00:04.0)"
     );
     assert!(c.contains("tessera-exit=0"), "{c}");
     assert!(c.contains("after: nvme=vfio-pci edu=vfio-pci"), "{c}");
+    nested::every_thread_filtered(c, &["tessera", "api", "vcpu"])
+        .unwrap_or_else(|e| panic!("{e}:\n{c}"));
     let r = report(c);
     assert_eq!(r.online, (0..=9).collect::<Vec<_>>());
     assert_eq!(r.has_generic_initiator, (2..=9).collect::<Vec<_>>());

@@ -20,7 +20,7 @@
 )]
 
 use tessera_tests::linux_judge::{images, parse_device_report, parse_report, DeviceReport};
-use tessera_tests::nested;
+use tessera_tests::nested::{self, SECCOMP_THREADS_SH};
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -120,7 +120,7 @@ fn nvme_mdev_and_edu_come_and_go_at_runtime_through_ch_remote() {
     std::fs::write(&noacpiphp_path, noacpiphp.to_string()).unwrap();
     let noacpiphp_path = noacpiphp_path.display();
     let script = format!(
-        r#". "$HOST{REPO}/scripts/l1-vfio.sh"
+        r#"{SECCOMP_THREADS_SH}. "$HOST{REPO}/scripts/l1-vfio.sh"
 vfio_bind 0000:00:03.0 >/dev/null && vfio_bind 0000:00:04.0 >/dev/null || exit 1
 mtty_create {MDEV} mtty-2 >/dev/null || exit 1
 nvme_group=$(group_of 0000:00:03.0)
@@ -140,6 +140,7 @@ typist | TESSERA_LOG=info in-host {TESSERA} --api-socket $sock --eject-timeout 1
   --kernel {kernel} --initramfs {initramfs} \
   --cmdline '{CMDLINE}' >$log 2>/run/tessera.err &
 pid=$!
+seccomp_watch $pid &
 chr() {{ in-host {ch} --api-socket $sock "$@"; }}
 # `say KEY CMD...`: KEY=output (one line) rc=status.
 say() {{ k=$1; shift; r=$("$@" 2>&1); rc=$?; echo "$k=$(echo "$r" | tr '\n' ' ' | sed 's/ *$//') rc=$rc"; }}
@@ -205,6 +206,8 @@ chr shutdown-vmm && echo "shutdown-vmm=ok"
 touch /run/typist.stop
 wait $pid
 echo "tessera-exit=$?"
+sleep 1
+seccomp_threads_of $pid
 echo "after: nvme=$(driver_of 0000:00:03.0) edu=$(driver_of 0000:00:04.0) \
 mdev=$([ -e /sys/bus/mdev/devices/{MDEV} ] && echo present || echo gone) \
 open=$(ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c -e /dev/vfio/ -e vfio-device)"
@@ -219,6 +222,9 @@ grep -E 'hot-added|removed from|eject' /run/tessera.err
     let c = &out.console;
     assert_eq!(out.status, 0, "{c}");
     let serial = &c[c.find("=== serial").unwrap_or_else(|| panic!("{c}"))..];
+    // With the default `--seccomp true`, through every hot-add and hot-remove.
+    nested::every_thread_filtered(c, &["tessera", "api", "vcpu", "serial-input"])
+        .unwrap_or_else(|e| panic!("{e}:\n{c}"));
 
     // Boot: no device; tessera holds nothing of the NVMe; the empty GI-ready slot's 8
     // Generic Initiator nodes are in the guest already.

@@ -15,7 +15,7 @@
 )]
 
 use tessera_tests::linux_judge::{images, parse_device_report, parse_report};
-use tessera_tests::nested;
+use tessera_tests::nested::{self, SECCOMP_THREADS_SH};
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera");
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -55,12 +55,17 @@ fn nvme_edu_and_an_mtty_mdev_work_in_the_guest_twice() {
          --generic-initiator device=nvme0,nodes=1-8"
     ));
     let script = format!(
-        "{preamble}\
+        "{SECCOMP_THREADS_SH}{preamble}\
          mtty_create {MDEV} mtty-2 >/dev/null || exit 1\n\
          for boot in 1 2; do\n\
            echo \"vfio-boot=$boot\"\n\
-           {run}\n\
+           {run} &\n\
+           pid=$!\n\
+           seccomp_watch $pid &\n\
+           wait $pid\n\
            echo \"tessera-exit=$?\"\n\
+           sleep 1\n\
+           seccomp_threads_of $pid\n\
          done\n\
          echo \"after: nvme=$(driver_of 0000:00:03.0) edu=$(driver_of 0000:00:04.0) \
          mdev=$([ -e /sys/bus/mdev/devices/{MDEV} ] && echo present || echo gone)\"\n\
@@ -82,6 +87,9 @@ fn nvme_edu_and_an_mtty_mdev_work_in_the_guest_twice() {
             "boot {}: tessera must exit 0 on poweroff:\n{boot}",
             i + 1
         );
+        // With the default `--seccomp true`, while the guest used its devices.
+        nested::every_thread_filtered(boot, &["tessera", "vcpu"])
+            .unwrap_or_else(|e| panic!("boot {}: {e}:\n{boot}", i + 1));
         let numa = parse_report(boot)
             .unwrap()
             .unwrap_or_else(|| panic!("boot {}: no NUMA report:\n{boot}", i + 1));

@@ -321,22 +321,32 @@ fn api_socket_forms() {
 }
 
 #[test]
-fn seccomp_false_and_debug_console_off_only() {
+fn seccomp_true_false_log_and_debug_console_off_only() {
+    use crate::seccomp::{SeccompMode, ThreadRole};
     for line in [
         &["--seccomp", "false"][..],
+        &["--seccomp", "true"],
+        &["--seccomp", "log"],
         &["--debug-console", "off"],
         &["--debug-console", "off,iobase=0xe9"],
     ] {
         parse(line).check().unwrap();
     }
-    let e = parse(&["--seccomp", "true"]).check().unwrap_err();
-    assert_eq!(e.option, "seccomp");
-    assert!(e.message.contains("no seccomp filters yet"), "{e}");
-    assert!(parse(&["--seccomp", "yes"])
-        .check()
-        .unwrap_err()
-        .message
-        .contains("not true"));
+    // CH's default: filters on.
+    assert_eq!(parse(&[]).seccomp, SeccompMode::Enforce);
+    assert_eq!(parse(&["--seccomp", "log"]).seccomp, SeccompMode::Log);
+    assert_eq!(parse(&["--seccomp", "false"]).seccomp, SeccompMode::Off);
+    for (value, says) in [
+        ("yes", "not true, false or log"),
+        ("errno", "not supported"),
+    ] {
+        let e = Args::try_parse_from(["tessera", "--seccomp", value]).unwrap_err();
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    assert_eq!(
+        parse(&["--seccomp-selftest", "vcpu"]).seccomp_selftest,
+        Some(ThreadRole::Vcpu)
+    );
     let e = parse(&["--debug-console", "tty"]).check().unwrap_err();
     assert!(e.message.contains("no debug console"), "{e}");
     assert!(parse(&["--debug-console", "off,iobase=zz"])
