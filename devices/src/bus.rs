@@ -143,6 +143,13 @@ impl Bus {
         Ok(())
     }
 
+    /// Every range on the bus as (base, length), by base: what the device manager's
+    /// bookkeeping is checked against.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let ranges = self.ranges.read().unwrap_or_else(PoisonError::into_inner);
+        ranges.iter().map(|(&base, r)| (base, r.len)).collect()
+    }
+
     /// The device whose range covers `[addr, addr + len)` entirely, with `addr`'s offset
     /// into that range.
     fn resolve(&self, addr: u64, len: usize) -> Option<(u64, Arc<Mutex<dyn BusDevice>>)> {

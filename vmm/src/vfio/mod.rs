@@ -239,11 +239,7 @@ impl BarMappings {
     /// A relocator for the device's BARs, moving their bus ranges on `pio` and `mmio`
     /// (held weakly: the buses hold the device, which holds the relocator).
     pub fn relocator(self: &Arc<Self>, pio: &Arc<Bus>, mmio: &Arc<Bus>) -> Arc<dyn BarRelocator> {
-        Arc::new(Relocator {
-            mappings: self.clone(),
-            pio: Arc::downgrade(pio),
-            mmio: Arc::downgrade(mmio),
-        })
+        bus_relocator(self.clone(), pio, mmio)
     }
 
     /// Takes every BAR out of the guest and the IOMMU and unmaps it; the slots go back.
@@ -276,9 +272,52 @@ impl Drop for BarMappings {
     }
 }
 
-/// Follows BAR moves: KVM slots, IOMMU entries and bus ranges.
+/// What follows a BAR besides its bus range: its KVM slots and IOMMU entries
+/// ([`BarMappings`]; fakes in tests and fuzz targets).
+pub trait BarMapper: Send + Sync {
+    /// Moves the mappings of the BAR of `size` bytes at `old` to `new`.
+    fn move_mappings(&self, old: u64, new: u64, size: u64) -> Result<(), String>;
+}
+
+impl BarMapper for BarMappings {
+    fn move_mappings(&self, old: u64, new: u64, size: u64) -> Result<(), String> {
+        let mut list = self.lock();
+        for b in list
+            .iter_mut()
+            .filter(|b| b.guest_address >= old && b.guest_address < old + size)
+        {
+            self.container.unmap_p2p(b);
+            self.container
+                .set_slot(b, 0)
+                .map_err(|e| format!("removing a KVM slot: {e}"))?;
+            b.guest_address = b.guest_address - old + new;
+            self.container
+                .set_slot(b, b.size)
+                .map_err(|e| format!("adding a KVM slot: {e}"))?;
+            self.container.map_p2p(b, &self.name);
+        }
+        Ok(())
+    }
+}
+
+/// A [`BarRelocator`] that moves a BAR's range on `pio` (I/O BARs) or `mmio` and its
+/// mappings in `mapper`. The buses are held weakly: they hold the device, which holds the
+/// relocator.
+pub fn bus_relocator(
+    mapper: Arc<dyn BarMapper>,
+    pio: &Arc<Bus>,
+    mmio: &Arc<Bus>,
+) -> Arc<dyn BarRelocator> {
+    Arc::new(Relocator {
+        mapper,
+        pio: Arc::downgrade(pio),
+        mmio: Arc::downgrade(mmio),
+    })
+}
+
+/// Follows BAR moves: bus ranges, and KVM slots and IOMMU entries through a [`BarMapper`].
 struct Relocator {
-    mappings: Arc<BarMappings>,
+    mapper: Arc<dyn BarMapper>,
     pio: Weak<Bus>,
     mmio: Weak<Bus>,
 }
@@ -291,23 +330,7 @@ impl BarRelocator for Relocator {
         };
         let bus = bus.upgrade().ok_or("the VM is shutting down")?;
         bus.relocate(old, new).map_err(|e| e.to_string())?;
-        let m = &self.mappings;
-        let mut list = m.lock();
-        for b in list
-            .iter_mut()
-            .filter(|b| b.guest_address >= old && b.guest_address < old + size)
-        {
-            m.container.unmap_p2p(b);
-            m.container
-                .set_slot(b, 0)
-                .map_err(|e| format!("removing a KVM slot: {e}"))?;
-            b.guest_address = b.guest_address - old + new;
-            m.container
-                .set_slot(b, b.size)
-                .map_err(|e| format!("adding a KVM slot: {e}"))?;
-            m.container.map_p2p(b, &m.name);
-        }
-        Ok(())
+        self.mapper.move_mappings(old, new, size)
     }
 }
 
