@@ -4,6 +4,7 @@
 //! fuzz-run list
 //! fuzz-run TARGET [--cases N] [--seed S] [--timeout SECS]   # generate and run
 //! fuzz-run TARGET --replay FILE...                          # run saved inputs (raw or hex)
+//! fuzz-run TARGET --minimize FILE                           # shrink a finding, print hex
 //! ```
 //! A finding is printed with its input in hex and saved under `target/fuzz/findings/`;
 //! the exit status is then 1 (a panic) or 3 (a hang).
@@ -51,6 +52,18 @@ fn main() -> Result<()> {
             "--cases" => cases = value()?.parse().context("--cases")?,
             "--seed" => seed = value()?.parse().context("--seed")?,
             "--timeout" => timeout = value()?.parse().context("--timeout")?,
+            "--minimize" => {
+                let file = value()?;
+                let input = std::fs::read(file).with_context(|| file.clone())?;
+                let small = fuzz::minimize(target, &input);
+                println!(
+                    "{} -> {} bytes: {}",
+                    input.len(),
+                    small.len(),
+                    fuzz::hex(&small)
+                );
+                return Ok(());
+            }
             "--replay" => {
                 replay = Some(rest.by_ref().cloned().collect::<Vec<_>>());
             }

@@ -322,6 +322,62 @@ pub fn replay(target: &'static Target, inputs: &[Vec<u8>]) -> Result<(), Box<Fin
     Ok(())
 }
 
+/// The first line of the panic `target` gives on `input`, if it panics.
+fn panics_with(target: &Target, input: &[u8]) -> Option<String> {
+    catch_unwind(AssertUnwindSafe(|| (target.run)(input)))
+        .err()
+        .map(|p| {
+            panic_message(&*p)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+}
+
+/// Shrinks `input` while `target` still panics with the same first line: removes chunks
+/// of halving size, then lowers bytes. For regression tests that say what matters.
+pub fn minimize(target: &Target, input: &[u8]) -> Vec<u8> {
+    let Some(want) = panics_with(target, input) else {
+        return input.to_vec();
+    };
+    // Only the panics that matter are printed while shrinking.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut best = input.to_vec();
+    let mut chunk = best.len().div_ceil(2).max(1);
+    loop {
+        let mut at = 0;
+        while at < best.len() {
+            let mut shorter = best.clone();
+            shorter.drain(at..(at + chunk).min(best.len()));
+            if panics_with(target, &shorter).as_ref() == Some(&want) {
+                best = shorter;
+            } else {
+                at += chunk;
+            }
+        }
+        if chunk == 1 {
+            break;
+        }
+        chunk = chunk.div_ceil(2);
+    }
+    for i in 0..best.len() {
+        for value in [0u8, 1] {
+            if best[i] > value {
+                let mut lower = best.clone();
+                lower[i] = value;
+                if panics_with(target, &lower).as_ref() == Some(&want) {
+                    best = lower;
+                    break;
+                }
+            }
+        }
+    }
+    std::panic::set_hook(hook);
+    best
+}
+
 /// Prints a finding to stderr with its input in hex, for a regression test.
 pub fn report(finding: &Finding) {
     eprintln!(

@@ -280,22 +280,57 @@ pub trait BarMapper: Send + Sync {
 }
 
 impl BarMapper for BarMappings {
+    /// All or nothing: when one mapping cannot move, those already moved go back, so
+    /// the BAR stays whole where the device still has it.
     fn move_mappings(&self, old: u64, new: u64, size: u64) -> Result<(), String> {
         let mut list = self.lock();
-        for b in list
-            .iter_mut()
-            .filter(|b| b.guest_address >= old && b.guest_address < old + size)
-        {
-            self.container.unmap_p2p(b);
-            self.container
-                .set_slot(b, 0)
-                .map_err(|e| format!("removing a KVM slot: {e}"))?;
-            b.guest_address = b.guest_address - old + new;
-            self.container
-                .set_slot(b, b.size)
-                .map_err(|e| format!("adding a KVM slot: {e}"))?;
-            self.container.map_p2p(b, &self.name);
+        let inside = |b: &BarMapping| b.guest_address >= old && b.guest_address - old < size;
+        let mut moved = Vec::new();
+        let mut failed = None;
+        for (i, b) in list.iter_mut().enumerate().filter(|(_, b)| inside(b)) {
+            let to = b.guest_address - old + new;
+            if let Err(e) = self.move_one(b, to) {
+                failed = Some(e);
+                break;
+            }
+            moved.push(i);
         }
+        let Some(e) = failed else { return Ok(()) };
+        for i in moved {
+            if let Some(b) = list.get_mut(i) {
+                let back = b.guest_address - new + old;
+                if let Err(undo) = self.move_one(b, back) {
+                    tracing::error!("{}: putting a BAR mapping back failed: {undo}", self.name);
+                }
+            }
+        }
+        Err(e)
+    }
+}
+
+impl BarMappings {
+    /// Moves one mapping's KVM slot (and IOMMU entry) to guest address `to`; when the
+    /// new slot is refused, the old one is put back.
+    fn move_one(&self, b: &mut BarMapping, to: u64) -> Result<(), String> {
+        self.container.unmap_p2p(b);
+        if let Err(e) = self.container.set_slot(b, 0) {
+            self.container.map_p2p(b, &self.name);
+            return Err(format!("removing a KVM slot: {e}"));
+        }
+        let from = b.guest_address;
+        b.guest_address = to;
+        if let Err(e) = self.container.set_slot(b, b.size) {
+            b.guest_address = from;
+            if let Err(back) = self.container.set_slot(b, b.size) {
+                tracing::error!(
+                    "{}: restoring a KVM slot at {from:#x} failed: {back}",
+                    self.name
+                );
+            }
+            self.container.map_p2p(b, &self.name);
+            return Err(format!("adding a KVM slot at {to:#x}: {e}"));
+        }
+        self.container.map_p2p(b, &self.name);
         Ok(())
     }
 }
@@ -329,8 +364,10 @@ impl BarRelocator for Relocator {
             _ => &self.mmio,
         };
         let bus = bus.upgrade().ok_or("the VM is shutting down")?;
-        bus.relocate(old, new).map_err(|e| e.to_string())?;
-        self.mapper.move_mappings(old, new, size)
+        // The bus range and the mappings move together or not at all: the device keeps
+        // the BAR at `old` when this fails, and the next move starts from there.
+        bus.relocate_with(old, new, || self.mapper.move_mappings(old, new, size))
+            .map_err(|e| e.to_string())
     }
 }
 
