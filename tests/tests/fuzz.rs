@@ -69,3 +69,30 @@ fn regression_vfio_bar_sized_while_decoding_keeps_bookkeeping() {
          00000040",
     );
 }
+
+/// pci_config_access, seed 9, case 2253: a 3-byte write at 0xCFD reached the function as
+/// 3 bytes at byte 1 of a dword. `PciConfigIo` now drops what ECAM drops
+/// (`config_io::tests::only_whole_lanes_inside_the_dword_reach_the_device`).
+#[test]
+fn regression_pci_config_io_drops_writes_across_lanes() {
+    regression(
+        "pci_config_access",
+        "000000e0000000000000000000ef00000000000000000000000000000000000000000000000000000000\
+         000000000000000000aa000000e100000000d99301",
+    );
+}
+
+/// vfio_config, seed 9, case 250: the guest moved an I/O BAR (sized with decode on to
+/// port 0xffff_ffc0) and the relocator moved the KVM slot of the memory BAR at guest
+/// address 0xffff_fff0 with it, since only the numbers were compared. I/O BAR moves no
+/// longer touch mappings (`vmm::vfio::Relocator`).
+#[test]
+fn regression_vfio_io_bar_move_leaves_memory_mappings_alone() {
+    regression(
+        "vfio_config",
+        "00000000d7690000ae00000000000000010000000000000000010000000100000000000000000000000600\
+         000000000000000000000000000000000000003900000000d4000000000000000000004c01000000c30000\
+         00000000000000000000000000000000000000446600000030000000000000000000008cbf000000000000\
+         000000000000000000000000000000000000007101000000db",
+    );
+}

@@ -5,6 +5,8 @@
 //! raw bytes, behind a correct header, to the decoders instead.
 
 use arbitrary::{Arbitrary, Unstructured};
+
+use super::Many;
 use tessera_acpi::decode::{decode_hmat, decode_slit, decode_srat};
 use tessera_acpi::{
     build, Bdf, Cpu, GenericInitiatorLink, HmatDataType, HmatEntry, IntxPin, IntxRoute,
@@ -17,18 +19,18 @@ const MIB: u64 = 1 << 20;
 #[derive(Arbitrary, Debug)]
 struct Gen {
     nodes: u8,
-    cpus: Vec<(u16, u8, bool)>,
+    cpus: Many<(u16, u8, bool)>,
     /// (size in MiB, node, above 4 GiB, hotpluggable, non-volatile, enabled).
-    memory: Vec<(u16, u8, bool, bool, bool, bool)>,
+    memory: Many<(u16, u8, bool, bool, bool, bool)>,
     segments: u8,
     segment_nodes: [u8; 4],
     /// (segment, device, function).
-    devices: Vec<(u8, u8, u8)>,
+    devices: Many<(u8, u8, u8)>,
     /// (device, node).
-    links: Vec<(u8, u8)>,
-    distances: Option<Vec<u8>>,
+    links: Many<(u8, u8)>,
+    distances: Option<Many<u8>>,
     symmetric: bool,
-    hmat: Vec<(u8, u8, u8, u32)>,
+    hmat: Many<(u8, u8, u8, u32)>,
     hotplug: Option<[u32; 4]>,
 }
 
@@ -86,7 +88,7 @@ pub fn topology(u: &mut Unstructured<'_>) -> arbitrary::Result<Topology> {
         ..Default::default()
     };
     let mut apic_ids = std::collections::BTreeSet::new();
-    for &(apic, n, big) in g.cpus.iter().take(32) {
+    for &(apic, n, big) in g.cpus.0.iter().take(32) {
         let apic_id = if big {
             250 + u32::from(apic)
         } else {
@@ -100,7 +102,7 @@ pub fn topology(u: &mut Unstructured<'_>) -> arbitrary::Result<Topology> {
         }
     }
     let (mut low, mut high) = (0u64, 0x1_0000_0000u64);
-    for &(mib, n, above, hotpluggable, non_volatile, enabled) in g.memory.iter().take(8) {
+    for &(mib, n, above, hotpluggable, non_volatile, enabled) in g.memory.0.iter().take(8) {
         let size = (u64::from(mib % 512) + 1) * MIB;
         let base = if above || low + size > 0xa000_0000 {
             &mut high
@@ -135,7 +137,7 @@ pub fn topology(u: &mut Unstructured<'_>) -> arbitrary::Result<Topology> {
             },
         });
     }
-    for (i, &(seg, dev, f)) in g.devices.iter().take(6).enumerate() {
+    for (i, &(seg, dev, f)) in g.devices.0.iter().take(6).enumerate() {
         let segments = t.pci_segments.len().max(1) as u8;
         let Ok(bdf) = Bdf::new(u16::from(seg % segments), 0, dev % 32, f % 8) else {
             continue;
@@ -145,7 +147,7 @@ pub fn topology(u: &mut Unstructured<'_>) -> arbitrary::Result<Topology> {
             bdf,
         });
     }
-    for &(d, n) in g.links.iter().take(8) {
+    for &(d, n) in g.links.0.iter().take(8) {
         if let (Some(device), Some(node)) = (
             t.pci_devices
                 .get(usize::from(d) % t.pci_devices.len().max(1)),
@@ -159,7 +161,7 @@ pub fn topology(u: &mut Unstructured<'_>) -> arbitrary::Result<Topology> {
     }
     if let Some(values) = &g.distances {
         let n = nodes as usize;
-        let at = |k: usize| values.get(k).copied().unwrap_or(20).max(11);
+        let at = |k: usize| values.0.get(k).copied().unwrap_or(20).max(11);
         t.distances = Some(
             (0..n)
                 .map(|i| {
@@ -174,7 +176,7 @@ pub fn topology(u: &mut Unstructured<'_>) -> arbitrary::Result<Topology> {
                 .collect(),
         );
     }
-    for &(i, tg, ty, value) in g.hmat.iter().take(8) {
+    for &(i, tg, ty, value) in g.hmat.0.iter().take(8) {
         if let (Some(initiator), Some(target)) = (node(i), node(tg)) {
             t.hmat.push(HmatEntry {
                 initiator,

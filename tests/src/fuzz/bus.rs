@@ -55,9 +55,7 @@ enum ConfigOp {
 /// The config-access target.
 pub fn run_config_access(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let Ok(ops) = Vec::<ConfigOp>::arbitrary(&mut u) else {
-        return;
-    };
+    let ops: Vec<ConfigOp> = super::rest(&mut u, 128);
     let mut segment = PciSegment::new(0);
     let bridge: Arc<Mutex<dyn PciDevice>> = Arc::new(Mutex::new(Contract(PciHostBridge::new())));
     let _ = segment.add_device(0, bridge);
@@ -203,9 +201,7 @@ fn address(x: u16, high: bool) -> u64 {
 /// The Bus against a model: a map of (base → (len, id)).
 pub fn run_ranges(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let Ok(ops) = Vec::<RangeOp>::arbitrary(&mut u) else {
-        return;
-    };
+    let ops: Vec<RangeOp> = super::rest(&mut u, 256);
     let bus = Bus::new();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut model: BTreeMap<u64, (u64, u32)> = BTreeMap::new();

@@ -26,6 +26,38 @@ pub mod config;
 pub mod platform;
 pub mod vfio;
 
+/// A list of at most 16 items whose length is one byte of input. `Vec`'s own
+/// `Arbitrary` (and its `arbitrary_take_rest`) decides after each item on a coin flip
+/// whether to go on, so lists made from random bytes average one item; the operations
+/// of a case are decoded with [`rest`] instead.
+#[derive(Clone, Debug)]
+pub struct Many<T>(pub Vec<T>);
+
+impl<'a, T: arbitrary::Arbitrary<'a>> arbitrary::Arbitrary<'a> for Many<T> {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        let n = u.int_in_range(0..=16u8)?;
+        (0..n)
+            .map(|_| T::arbitrary(u))
+            .collect::<arbitrary::Result<_>>()
+            .map(Many)
+    }
+}
+
+/// Items decoded from all the bytes left in `u`, at most `max`.
+pub fn rest<'a, T: arbitrary::Arbitrary<'a>>(
+    u: &mut arbitrary::Unstructured<'a>,
+    max: usize,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    while !u.is_empty() && out.len() < max {
+        match T::arbitrary(u) {
+            Ok(item) => out.push(item),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
 /// One fuzz target.
 pub struct Target {
     /// Its name, for `fuzz-run TARGET` and the reports.

@@ -53,9 +53,7 @@ enum SerialOp {
 /// The 16550 UART at COM1.
 pub fn run_serial(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let Ok(ops) = Vec::<SerialOp>::arbitrary(&mut u) else {
-        return;
-    };
+    let ops: Vec<SerialOp> = super::rest(&mut u, 256);
     let Some(evt) = eventfd() else { return };
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         evt,
@@ -87,9 +85,10 @@ static CLOCK: AtomicU64 = AtomicU64::new(0);
 /// The CMOS RTC at 0x70, with the host's clock at any value.
 pub fn run_cmos(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let Ok((now, ops)) = <(u64, Vec<Access>)>::arbitrary(&mut u) else {
+    let Ok(now) = u64::arbitrary(&mut u) else {
         return;
     };
+    let ops: Vec<Access> = super::rest(&mut u, 256);
     CLOCK.store(now, Ordering::Relaxed);
     let bus = Bus::new();
     let cmos = CmosRtc::with_clock(|| CLOCK.load(Ordering::Relaxed));
@@ -100,9 +99,7 @@ pub fn run_cmos(data: &[u8]) {
 /// The GED register, with events raised by the VMM between guest accesses.
 pub fn run_ged(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let Ok(ops) = Vec::<(Access, u32)>::arbitrary(&mut u) else {
-        return;
-    };
+    let ops: Vec<(Access, u32)> = super::rest(&mut u, 256);
     let Some(evt) = eventfd() else { return };
     let ged = Arc::new(Mutex::new(GedDevice::new(evt)));
     let bus = Bus::new();
@@ -126,9 +123,7 @@ pub fn run_ged(data: &[u8]) {
 /// The ACPI power port: only S5 exits and only the reset value resets.
 pub fn run_power(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let Ok(ops) = Vec::<Access>::arbitrary(&mut u) else {
-        return;
-    };
+    let ops: Vec<Access> = super::rest(&mut u, 256);
     let (Some(exit), Some(reset)) = (eventfd(), eventfd()) else {
         return;
     };
@@ -193,10 +188,11 @@ enum HotplugOp {
 /// The PCI hotplug registers: the guest can eject only hotplug slots of existing segments.
 pub fn run_pci_hotplug(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let Ok((slots, ops)) = <(Vec<u32>, Vec<HotplugOp>)>::arbitrary(&mut u) else {
+    let Ok(slots) = super::Many::<u32>::arbitrary(&mut u) else {
         return;
     };
-    let slots: Vec<u32> = slots.into_iter().take(8).collect();
+    let ops: Vec<HotplugOp> = super::rest(&mut u, 256);
+    let slots: Vec<u32> = slots.0.into_iter().take(8).collect();
     let ejected = Arc::new(Mutex::new(Vec::new()));
     let controller = PciHotplugController::new(
         slots.clone(),

@@ -17,6 +17,8 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arbitrary::{Arbitrary, Unstructured};
+
+use super::Many;
 use tessera_devices::bus::{Bus, BusDevice};
 use tessera_devices::interrupt::{InterruptRouter, MsiMessage};
 use tessera_devices::pci::{PciBarType, PciConfigMmio, PciDevice, PciHostBridge, PciSegment};
@@ -182,11 +184,10 @@ struct Spec {
     /// Offset, message control, table and PBA registers.
     msix: Option<(u8, u16, u32, u32)>,
     /// Raw bytes poked into configuration space after it is laid out (corrupt lists).
-    pokes: Vec<(u8, u8)>,
+    pokes: Many<(u8, u8)>,
     extended: bool,
     irqs: [u8; 3],
     intx: bool,
-    ops: Vec<Op>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -298,7 +299,7 @@ fn fake(spec: &Spec) -> FakeVfio {
             }
         }
     }
-    for &(at, value) in spec.pokes.iter().take(8) {
+    for &(at, value) in spec.pokes.0.iter().take(8) {
         c[usize::from(at)] = value;
     }
     regions.insert(
@@ -443,7 +444,7 @@ fn machine(spec: &Spec) -> Option<(Machine, Vec<usize>)> {
     mmio.insert(ECAM_BASE, 1 << 20, Arc::new(Mutex::new(ecam)))
         .ok()?;
     let msix_emulated = spec.irqs[2] % 40 > 0
-        && spec.pokes.is_empty()
+        && spec.pokes.0.is_empty()
         && match (spec.msi, spec.msix) {
             (Some((a, _)), Some((b, ..))) => (i32::from(a % 40) - i32::from(b % 40)).abs() >= 6,
             _ => true,
@@ -470,11 +471,12 @@ pub fn run(data: &[u8]) {
     let Ok(spec) = Spec::arbitrary(&mut u) else {
         return;
     };
+    let ops: Vec<Op> = super::rest(&mut u, 64);
     let Some((m, trapped)) = machine(&spec) else {
         return;
     };
     m.check_bookkeeping(&trapped);
-    for op in spec.ops.iter().take(64) {
+    for op in &ops {
         apply(&m, op);
         m.check_bookkeeping(&trapped);
     }

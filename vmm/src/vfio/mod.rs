@@ -359,15 +359,20 @@ struct Relocator {
 
 impl BarRelocator for Relocator {
     fn relocate(&self, bar_type: PciBarType, old: u64, new: u64, size: u64) -> Result<(), String> {
-        let bus = match bar_type {
-            PciBarType::Io => &self.pio,
-            _ => &self.mmio,
+        // I/O BARs are never mapped (they trap), and their port numbers may equal a
+        // memory BAR's guest address: only memory BARs move mappings.
+        let (bus, mapped) = match bar_type {
+            PciBarType::Io => (&self.pio, false),
+            _ => (&self.mmio, true),
         };
         let bus = bus.upgrade().ok_or("the VM is shutting down")?;
         // The bus range and the mappings move together or not at all: the device keeps
         // the BAR at `old` when this fails, and the next move starts from there.
-        bus.relocate_with(old, new, || self.mapper.move_mappings(old, new, size))
-            .map_err(|e| e.to_string())
+        bus.relocate_with(old, new, || match mapped {
+            true => self.mapper.move_mappings(old, new, size),
+            false => Ok(()),
+        })
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -411,5 +416,69 @@ fn unmap(m: &BarMapping) {
     #[allow(unsafe_code)]
     unsafe {
         libc::munmap(m.host as *mut libc::c_void, m.size as usize);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tessera_devices::bus::BusDevice;
+
+    struct Nothing;
+    impl BusDevice for Nothing {
+        fn read(&mut self, _: u64, _: &mut [u8]) {}
+        fn write(&mut self, _: u64, _: &[u8]) {}
+    }
+
+    /// Records moves; refuses any move to `refuse`.
+    struct Mapper {
+        moves: Mutex<Vec<(u64, u64)>>,
+        refuse: u64,
+    }
+    impl BarMapper for Mapper {
+        fn move_mappings(&self, old: u64, new: u64, _size: u64) -> Result<(), String> {
+            if new == self.refuse {
+                return Err("refused".into());
+            }
+            self.moves.lock().unwrap().push((old, new));
+            Ok(())
+        }
+    }
+
+    /// Regressions (fuzz target vfio_config): a move whose mappings could not follow left
+    /// the bus range moved; an I/O BAR move moved a memory BAR's mappings.
+    #[test]
+    fn bar_moves_are_all_or_nothing_and_io_moves_map_nothing() {
+        let (pio, mmio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
+        mmio.insert(0x1_0000_0000, 0x4000, Arc::new(Mutex::new(Nothing)))
+            .unwrap();
+        pio.insert(0xc000, 0x40, Arc::new(Mutex::new(Nothing)))
+            .unwrap();
+        let mapper = Arc::new(Mapper {
+            moves: Mutex::new(Vec::new()),
+            refuse: 0xffff_ffff_ffff_c000,
+        });
+        let relocator = bus_relocator(mapper.clone(), &pio, &mmio);
+        let refused = relocator.relocate(
+            PciBarType::Memory64,
+            0x1_0000_0000,
+            0xffff_ffff_ffff_c000,
+            0x4000,
+        );
+        assert!(refused.is_err());
+        assert_eq!(mmio.ranges(), vec![(0x1_0000_0000, 0x4000)]);
+        relocator
+            .relocate(PciBarType::Memory64, 0x1_0000_0000, 0x2_0000_0000, 0x4000)
+            .unwrap();
+        assert_eq!(mmio.ranges(), vec![(0x2_0000_0000, 0x4000)]);
+        relocator
+            .relocate(PciBarType::Io, 0xc000, 0xd000, 0x40)
+            .unwrap();
+        assert_eq!(pio.ranges(), vec![(0xd000, 0x40)]);
+        assert_eq!(
+            *mapper.moves.lock().unwrap(),
+            vec![(0x1_0000_0000, 0x2_0000_0000)]
+        );
     }
 }
