@@ -443,7 +443,7 @@ fn machine(spec: &Spec) -> Option<(Machine, Vec<usize>)> {
     let ecam = PciConfigMmio::new(Arc::new(Mutex::new(segment)));
     mmio.insert(ECAM_BASE, 1 << 20, Arc::new(Mutex::new(ecam)))
         .ok()?;
-    let msix_emulated = spec.irqs[2] % 40 > 0
+    let msix_emulated = !spec.irqs[2].is_multiple_of(40)
         && spec.pokes.0.is_empty()
         && match (spec.msi, spec.msix) {
             (Some((a, _)), Some((b, ..))) => (i32::from(a % 40) - i32::from(b % 40)).abs() >= 6,

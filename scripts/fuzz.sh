@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Runs the fuzz targets (tests/src/fuzz/) long, on one core, and reports cases per target:
+#   scripts/fuzz.sh [TARGET|all] [CASES]       CASES defaults to 1,000,000
+# 1. the structured-random runner (fuzz-run), CASES cases per target from FUZZ_SEED (1);
+# 2. honggfuzz, coverage-guided, HFUZZ_CASES iterations per target (default 0: skipped),
+#    when `cargo hfuzz` is installed (`cargo install honggfuzz`, with binutils-dev,
+#    libunwind-dev and libblocksruntime-dev); it reports the edges and features covered.
+# A finding stops the run: its input is saved (target/fuzz/findings/ for fuzz-run,
+# tests/hfuzz/hfuzz_workspace/TARGET/ for honggfuzz); replay and shrink it with
+#   target/release/fuzz-run TARGET --replay FILE     target/release/fuzz-run TARGET --minimize FILE
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+which=${1:-all}
+cases=${2:-1000000}
+seed=${FUZZ_SEED:-1}
+hfuzz_cases=${HFUZZ_CASES:-0}
+
+cargo build --release --locked -p tessera-tests --bin fuzz-run
+run=target/release/fuzz-run
+if [ "$which" = all ]; then
+    targets=$("$run" list | awk '{print $1}')
+else
+    targets=$which
+fi
+
+summary=$(mktemp)
+trap 'rm -f "$summary"' EXIT
+for t in $targets; do
+    # One core: the runner is one thread (and the API target's server one more, idle
+    # while the case thread waits for its answer).
+    nice -n 10 "$run" "$t" --cases "$cases" --seed "$seed" | tee -a "$summary"
+done
+
+if [ "$hfuzz_cases" -gt 0 ]; then
+    if ! command -v cargo-hfuzz >/dev/null; then
+        echo "HFUZZ_CASES=$hfuzz_cases but cargo hfuzz is not installed: see docs/fuzzing.md" >&2
+        exit 1
+    fi
+    (cd tests/hfuzz && CARGO_BUILD_JOBS=1 cargo hfuzz build)
+    for t in $targets; do
+        log=tests/hfuzz/hfuzz_workspace/$t.log
+        mkdir -p "$(dirname "$log")"
+        (cd tests/hfuzz && FUZZ_TARGET=$t \
+            HFUZZ_RUN_ARGS="-n 1 -N $hfuzz_cases -t 10 --exit_upon_crash -W hfuzz_workspace/$t -q" \
+            nice -n 10 cargo hfuzz run hfuzz) >"$log" 2>&1 || true
+        crashes=$(find "tests/hfuzz/hfuzz_workspace/$t" -name '*.fuzz' 2>/dev/null | wc -l)
+        # honggfuzz's closing summary: iterations, crashes and coverage.
+        stats=$(grep -aE 'Summary iterations:' "$log" | tail -1 || true)
+        echo "honggfuzz $t: ${stats:-no summary, see $log}; crash files: $crashes" | tee -a "$summary"
+        if [ "$crashes" -gt 0 ]; then
+            echo "honggfuzz found a crash in $t: tests/hfuzz/hfuzz_workspace/$t/" >&2
+            exit 1
+        fi
+    done
+fi
+
+echo "== summary"
+cat "$summary"
