@@ -274,7 +274,8 @@ pub fn run(
                 // Woken early by `unpark` when the run ends.
                 std::thread::park_timeout(tick);
                 let case = running.load(Ordering::Acquire);
-                let since = start.elapsed().as_millis() as u64 - started_ms.load(Ordering::Acquire);
+                let since = (start.elapsed().as_millis() as u64)
+                    .saturating_sub(started_ms.load(Ordering::Acquire));
                 if case != 0 && Duration::from_millis(since) > timeout {
                     // Still the same case? Then it hangs.
                     if running.load(Ordering::Acquire) == case {
