@@ -42,12 +42,15 @@ if [ "$hfuzz_cases" -gt 0 ]; then
         log=tests/hfuzz/hfuzz_workspace/$t.log
         mkdir -p "$(dirname "$log")"
         (cd tests/hfuzz && FUZZ_TARGET=$t \
-            HFUZZ_RUN_ARGS="-n 1 -N $hfuzz_cases -t 10 --exit_upon_crash -W hfuzz_workspace/$t -q" \
+            HFUZZ_RUN_ARGS="-n 1 -N $hfuzz_cases -t 10 --exit_upon_crash -W hfuzz_workspace/$t -v" \
             nice -n 10 cargo hfuzz run hfuzz) >"$log" 2>&1 || true
         crashes=$(find "tests/hfuzz/hfuzz_workspace/$t" -name '*.fuzz' 2>/dev/null | wc -l)
-        # honggfuzz's closing summary: iterations, crashes and coverage.
+        # honggfuzz's closing summary (iterations, crashes, timeouts), and its last
+        # coverage counters: Cur:i/b/h/e/p/c, e = instrumented edges reached, c = compare
+        # features.
         stats=$(grep -aE 'Summary iterations:' "$log" | tail -1 || true)
-        echo "honggfuzz $t: ${stats:-no summary, see $log}; crash files: $crashes" | tee -a "$summary"
+        cov=$(grep -aoE 'Cur:[0-9/]+' "$log" | tail -1 || true)
+        echo "honggfuzz $t: ${stats:-no summary, see $log} ${cov}; crash files: $crashes" | tee -a "$summary"
         if [ "$crashes" -gt 0 ]; then
             echo "honggfuzz found a crash in $t: tests/hfuzz/hfuzz_workspace/$t/" >&2
             exit 1
