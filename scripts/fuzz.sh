@@ -3,6 +3,7 @@
 #   scripts/fuzz.sh [TARGET|all] [CASES]       CASES defaults to 1,000,000
 # 1. the structured-random runner (fuzz-run), CASES cases per target from FUZZ_SEED (1);
 # 2. honggfuzz, coverage-guided, HFUZZ_CASES iterations per target (default 0: skipped),
+#    or HFUZZ_SECONDS per target if that comes first,
 #    when `cargo hfuzz` is installed (`cargo install honggfuzz`, with binutils-dev,
 #    libunwind-dev and libblocksruntime-dev); it reports the edges and features covered.
 # A finding stops the run: its input is saved (target/fuzz/findings/ for fuzz-run,
@@ -15,6 +16,7 @@ which=${1:-all}
 cases=${2:-1000000}
 seed=${FUZZ_SEED:-1}
 hfuzz_cases=${HFUZZ_CASES:-0}
+hfuzz_time=${HFUZZ_SECONDS:+--run_time $HFUZZ_SECONDS}
 
 cargo build --release --locked -p tessera-tests --bin fuzz-run
 run=target/release/fuzz-run
@@ -42,7 +44,7 @@ if [ "$hfuzz_cases" -gt 0 ]; then
         log=tests/hfuzz/hfuzz_workspace/$t.log
         mkdir -p "$(dirname "$log")"
         (cd tests/hfuzz && FUZZ_TARGET=$t \
-            HFUZZ_RUN_ARGS="-n 1 -N $hfuzz_cases -t 10 --exit_upon_crash -W hfuzz_workspace/$t -v" \
+            HFUZZ_RUN_ARGS="-n 1 -N $hfuzz_cases ${hfuzz_time:-} -t 10 --exit_upon_crash -W hfuzz_workspace/$t -v" \
             nice -n 10 cargo hfuzz run hfuzz) >"$log" 2>&1 || true
         crashes=$(find "tests/hfuzz/hfuzz_workspace/$t" -name '*.fuzz' 2>/dev/null | wc -l)
         # honggfuzz's closing summary (iterations, crashes, timeouts), and its last
