@@ -8,7 +8,7 @@
 #    libunwind-dev and libblocksruntime-dev); it reports the edges and features covered.
 # A finding stops the run: its input is saved (target/fuzz/findings/ for fuzz-run,
 # tests/hfuzz/hfuzz_workspace/TARGET/ for honggfuzz); replay and shrink it with
-#   target/release/fuzz-run TARGET --replay FILE     target/release/fuzz-run TARGET --minimize FILE
+#   target/fuzzing/fuzz-run TARGET --replay FILE     target/fuzzing/fuzz-run TARGET --minimize FILE
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,8 +18,9 @@ seed=${FUZZ_SEED:-1}
 hfuzz_cases=${HFUZZ_CASES:-0}
 hfuzz_time=${HFUZZ_SECONDS:+--run_time $HFUZZ_SECONDS}
 
-cargo build --release --locked -p tessera-tests --bin fuzz-run
-run=target/release/fuzz-run
+# The `fuzzing` profile: optimized, with overflow checks (Cargo.toml).
+cargo build --profile fuzzing --locked -p tessera-tests --bin fuzz-run
+run=target/fuzzing/fuzz-run
 if [ "$which" = all ]; then
     targets=$("$run" list | awk '{print $1}')
 else
@@ -43,7 +44,9 @@ if [ "$hfuzz_cases" -gt 0 ]; then
     for t in $targets; do
         log=tests/hfuzz/hfuzz_workspace/$t.log
         mkdir -p "$(dirname "$log")"
-        (cd tests/hfuzz && FUZZ_TARGET=$t \
+        # A corpus per target: honggfuzz's default input directory is shared.
+        mkdir -p "tests/hfuzz/hfuzz_workspace/$t/input"
+        (cd tests/hfuzz && FUZZ_TARGET=$t HFUZZ_INPUT=hfuzz_workspace/$t/input \
             HFUZZ_RUN_ARGS="-n 1 -N $hfuzz_cases ${hfuzz_time:-} -t 10 --exit_upon_crash -W hfuzz_workspace/$t -v" \
             nice -n 10 cargo hfuzz run hfuzz) >"$log" 2>&1 || true
         crashes=$(find "tests/hfuzz/hfuzz_workspace/$t" -name '*.fuzz' 2>/dev/null | wc -l)

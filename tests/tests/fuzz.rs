@@ -132,3 +132,29 @@ fn random_valid_topologies_pass_iasl() {
         judged += 1;
     }
 }
+
+/// config_json, found by honggfuzz: a float in an opaque (Cloud Hypervisor compatibility)
+/// field read back one ULP off, so a config did not round-trip. serde_json now parses
+/// floats exactly (`float_roundtrip` in the workspace's Cargo.toml).
+#[test]
+fn regression_config_floats_round_trip() {
+    regression(
+        "config_json",
+        "fffa4e68191dcfaaff30333379797c797979797979797979797979797879797979797979",
+    );
+}
+
+/// acpi_roundtrip, found by honggfuzz (overflow checks on): an HMAT locality structure
+/// with huge initiator and target counts overflowed the size check in `decode_hmat`
+/// (`acpi/tests/decode.rs::hmat_locality_counts_that_overflow_are_errors`).
+#[test]
+fn regression_hmat_counts_overflow() {
+    regression("acpi_roundtrip", HMAT_OVERFLOW);
+}
+
+/// The honggfuzz input (151 bytes) for [`regression_hmat_counts_overflow`].
+const HMAT_OVERFLOW: &str =
+    "fad42d317f41c79a3d602c3c3a485454313d311bb89821032609e2f5a6eacdf6e20aa6eacd870a54c6010000\
+     024000000000000000fffffffffffffff710bb403ad08c745cabdde347b42ec3f189006cefda7f254e7bd2b3\
+     9b064ad7ea5279d40affffffffffffffff06251d5d525d259d648170735d267d2b65722d627574746f6eeeae\
+     d1136e9485368300d90000108b1cc20000c139";
