@@ -319,7 +319,12 @@ pub fn decode_hmat(bytes: &[u8]) -> Result<Hmat, DecodeError> {
                 let inits = at + 32;
                 let targs = inits + 4 * ni;
                 let entries = targs + 4 * nt;
-                if entries + 2 * ni * nt != at + slen {
+                // Counts come from the table: checked, as they may be up to 2^32 each.
+                let size = ni
+                    .checked_mul(nt)
+                    .and_then(|n| n.checked_mul(2))
+                    .and_then(|n| n.checked_add(entries));
+                if size != Some(at + slen) {
                     return Err(r.err("locality structure size does not match its counts", at));
                 }
                 for i in 0..ni {

@@ -218,3 +218,19 @@ fn memory_side_caches_decode_and_break_qemus_rules_by_field() {
         assert!(e.to_string().contains(says), "{e} should say {says}");
     }
 }
+
+/// Regression (fuzz target acpi_roundtrip, under honggfuzz with overflow checks): an HMAT
+/// locality structure whose initiator and target counts are both 0xffff_ffff overflowed
+/// the size computation (a panic with overflow checks, a wrong size check without).
+#[test]
+fn hmat_locality_counts_that_overflow_are_errors() {
+    let mut bytes = vec![0u8; 40 + 32];
+    bytes[..4].copy_from_slice(b"HMAT");
+    let len = bytes.len() as u32;
+    bytes[4..8].copy_from_slice(&len.to_le_bytes());
+    bytes[40..42].copy_from_slice(&1u16.to_le_bytes());
+    bytes[44..48].copy_from_slice(&32u32.to_le_bytes());
+    bytes[52..56].copy_from_slice(&u32::MAX.to_le_bytes());
+    bytes[56..60].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(decode_hmat(&bytes).is_err());
+}

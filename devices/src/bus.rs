@@ -60,6 +60,17 @@ pub enum BusError {
     },
 }
 
+/// Why [`Bus::relocate_with`] moved nothing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RelocateError {
+    /// The bus refused the move.
+    #[error(transparent)]
+    Bus(BusError),
+    /// What had to follow the range could not follow it.
+    #[error("{0}")]
+    Then(String),
+}
+
 /// One device's range on the bus.
 struct BusRange {
     /// Length in bytes (at least 1).
@@ -132,15 +143,34 @@ impl Bus {
     /// at `old_base` or the new place overlaps another range.
     pub fn relocate(&self, old_base: u64, new_base: u64) -> Result<(), BusError> {
         let mut ranges = self.ranges.write().unwrap_or_else(PoisonError::into_inner);
+        move_range(&mut ranges, old_base, new_base)
+    }
+
+    /// Moves the range as [`Bus::relocate`] does, but only if `then` (moving what else
+    /// follows the range: a BAR's KVM slots) succeeds too; `then` runs once the bus has
+    /// accepted the move, with the bus locked, so that a failed move changes nothing and
+    /// no access sees the range half moved. `then` must not access this bus.
+    pub fn relocate_with(
+        &self,
+        old_base: u64,
+        new_base: u64,
+        then: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), RelocateError> {
+        let mut ranges = self.ranges.write().unwrap_or_else(PoisonError::into_inner);
         let len = ranges
             .get(&old_base)
             .map(|r| r.len)
-            .ok_or(BusError::NoRange { base: old_base })?;
-        check_free(&ranges, new_base, len, Some(old_base))?;
-        if let Some(range) = ranges.remove(&old_base) {
-            ranges.insert(new_base, range);
-        }
-        Ok(())
+            .ok_or(RelocateError::Bus(BusError::NoRange { base: old_base }))?;
+        check_free(&ranges, new_base, len, Some(old_base)).map_err(RelocateError::Bus)?;
+        then().map_err(RelocateError::Then)?;
+        move_range(&mut ranges, old_base, new_base).map_err(RelocateError::Bus)
+    }
+
+    /// Every range on the bus as (base, length), by base: what the device manager's
+    /// bookkeeping is checked against.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let ranges = self.ranges.read().unwrap_or_else(PoisonError::into_inner);
+        ranges.iter().map(|(&base, r)| (base, r.len)).collect()
     }
 
     /// The device whose range covers `[addr, addr + len)` entirely, with `addr`'s offset
@@ -185,6 +215,23 @@ impl Bus {
             .write(offset, data);
         true
     }
+}
+
+/// Moves the range at `old_base` to `new_base` if it exists and fits there.
+fn move_range(
+    ranges: &mut BTreeMap<u64, BusRange>,
+    old_base: u64,
+    new_base: u64,
+) -> Result<(), BusError> {
+    let len = ranges
+        .get(&old_base)
+        .map(|r| r.len)
+        .ok_or(BusError::NoRange { base: old_base })?;
+    check_free(ranges, new_base, len, Some(old_base))?;
+    if let Some(range) = ranges.remove(&old_base) {
+        ranges.insert(new_base, range);
+    }
+    Ok(())
 }
 
 /// Checks that `[base, base + len)` is a valid range that overlaps none in `ranges`
@@ -243,6 +290,37 @@ mod tests {
 
     fn accesses(d: &Arc<Mutex<Recorder>>) -> Vec<(&'static str, u64, Vec<u8>)> {
         d.lock().unwrap().accesses.clone()
+    }
+
+    /// Regression (fuzz target vfio_config; issue 12's "no bus range starts at
+    /// 0x100000000"): a BAR move whose KVM slots could not follow left the bus range moved
+    /// and the device's bookkeeping at the old place, so every later move failed.
+    #[test]
+    fn relocate_with_moves_nothing_when_what_follows_fails() {
+        let bus = Bus::new();
+        bus.insert(0x1_0000_0000, 0x4000, recorder()).unwrap();
+        let refused = bus.relocate_with(0x1_0000_0000, 0xffff_ffff_ffff_c000, || {
+            Err("KVM refuses the slot".to_string())
+        });
+        assert_eq!(
+            refused,
+            Err(RelocateError::Then("KVM refuses the slot".into()))
+        );
+        assert_eq!(bus.ranges(), vec![(0x1_0000_0000, 0x4000)]);
+        // The bus refusing runs nothing.
+        bus.insert(0x2000_0000, 0x1000, recorder()).unwrap();
+        let refused = bus.relocate_with(0x1_0000_0000, 0x2000_0000, || unreachable!());
+        assert!(matches!(
+            refused,
+            Err(RelocateError::Bus(BusError::Overlap { .. }))
+        ));
+        // The next move from the old place works.
+        bus.relocate_with(0x1_0000_0000, 0x3000_0000, || Ok(()))
+            .unwrap();
+        assert_eq!(
+            bus.ranges(),
+            vec![(0x2000_0000, 0x1000), (0x3000_0000, 0x4000)]
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod power;
 pub mod serial;
 pub mod vfio;
 
-pub use bus::{Bus, BusDevice, BusError};
+pub use bus::{Bus, BusDevice, BusError, RelocateError};
 pub use cmos::{CmosRtc, CMOS_PORT, CMOS_PORT_LEN};
 pub use ged::{GedDevice, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_MMIO_LEN};
 pub use pci::{

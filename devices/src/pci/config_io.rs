@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::trace;
 
-use super::{read_dword_bytes, PciSegment};
+use super::{dword_lanes, read_dword_bytes, PciSegment};
 use crate::bus::BusDevice;
 
 /// First port of the pair: CONFIG_ADDRESS.
@@ -78,8 +78,9 @@ impl BusDevice for PciConfigIo {
         read_dword_bytes(dword, byte, data);
     }
 
-    /// A dword write at offset 0 sets CONFIG_ADDRESS; writes at 4..=7 go to the selected
-    /// register. Other writes to 0xCF8..=0xCFB are dropped.
+    /// A dword write at offset 0 sets CONFIG_ADDRESS; 1, 2 or 4-byte writes inside
+    /// 0xCFC..=0xCFF go to the selected register. Other writes are dropped, as ECAM drops
+    /// them: devices are only ever given the accesses [`crate::pci::PciDevice`] promises.
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset == 0 {
             if let Ok(bytes) = <[u8; 4]>::try_from(data) {
@@ -97,11 +98,61 @@ impl BusDevice for PciConfigIo {
             );
             return;
         };
+        if dword_lanes(byte, data.len()).is_none() {
+            trace!(
+                byte,
+                len = data.len(),
+                "CONFIG_DATA write of another width dropped"
+            );
+            return;
+        }
         if let Some((devfn, reg)) = self.target() {
             self.segment
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .write_config_register(devfn, reg, byte, data);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::pci::PciDevice;
+
+    /// Records the writes that reach it.
+    #[derive(Default)]
+    struct Writes(Vec<(usize, u64, usize)>);
+
+    impl PciDevice for Writes {
+        fn read_config_register(&mut self, _reg: usize) -> u32 {
+            0
+        }
+        fn write_config_register(&mut self, reg: usize, offset: u64, data: &[u8]) {
+            self.0.push((reg, offset, data.len()));
+        }
+    }
+
+    /// Regression (fuzz target pci_config_access): a 3-byte write at 0xCFD reached the
+    /// device as 3 bytes at byte 1, which `PciDevice` promises never happens.
+    #[test]
+    fn only_whole_lanes_inside_the_dword_reach_the_device() {
+        let device = Arc::new(Mutex::new(Writes::default()));
+        let mut segment = PciSegment::new(0);
+        segment.add_device(8, device.clone()).unwrap();
+        let mut io = PciConfigIo::new(Arc::new(Mutex::new(segment)));
+        io.write(0, &0x8000_0810u32.to_le_bytes());
+        io.write(5, &[1, 2, 3]);
+        io.write(7, &[1, 2]);
+        io.write(4, &[0; 8]);
+        assert!(device.lock().unwrap().0.is_empty());
+        io.write(6, &[1, 2]);
+        io.write(7, &[1]);
+        io.write(4, &[0; 4]);
+        assert_eq!(
+            device.lock().unwrap().0,
+            vec![(4, 2, 2), (4, 3, 1), (4, 0, 4)]
+        );
     }
 }

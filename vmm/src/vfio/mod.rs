@@ -250,11 +250,7 @@ impl BarMappings {
     /// A relocator for the device's BARs, moving their bus ranges on `pio` and `mmio`
     /// (held weakly: the buses hold the device, which holds the relocator).
     pub fn relocator(self: &Arc<Self>, pio: &Arc<Bus>, mmio: &Arc<Bus>) -> Arc<dyn BarRelocator> {
-        Arc::new(Relocator {
-            mappings: self.clone(),
-            pio: Arc::downgrade(pio),
-            mmio: Arc::downgrade(mmio),
-        })
+        bus_relocator(self.clone(), pio, mmio)
     }
 
     /// Takes every BAR out of the guest and the IOMMU and unmaps it; the slots go back.
@@ -287,38 +283,107 @@ impl Drop for BarMappings {
     }
 }
 
-/// Follows BAR moves: KVM slots, IOMMU entries and bus ranges.
+/// What follows a BAR besides its bus range: its KVM slots and IOMMU entries
+/// ([`BarMappings`]; fakes in tests and fuzz targets).
+pub trait BarMapper: Send + Sync {
+    /// Moves the mappings of the BAR of `size` bytes at `old` to `new`.
+    fn move_mappings(&self, old: u64, new: u64, size: u64) -> Result<(), String>;
+}
+
+impl BarMapper for BarMappings {
+    /// All or nothing: when one mapping cannot move, those already moved go back, so
+    /// the BAR stays whole where the device still has it.
+    fn move_mappings(&self, old: u64, new: u64, size: u64) -> Result<(), String> {
+        let mut list = self.lock();
+        let inside = |b: &BarMapping| b.guest_address >= old && b.guest_address - old < size;
+        let mut moved = Vec::new();
+        let mut failed = None;
+        for (i, b) in list.iter_mut().enumerate().filter(|(_, b)| inside(b)) {
+            let to = b.guest_address - old + new;
+            if let Err(e) = self.move_one(b, to) {
+                failed = Some(e);
+                break;
+            }
+            moved.push(i);
+        }
+        let Some(e) = failed else { return Ok(()) };
+        for i in moved {
+            if let Some(b) = list.get_mut(i) {
+                let back = b.guest_address - new + old;
+                if let Err(undo) = self.move_one(b, back) {
+                    tracing::error!("{}: putting a BAR mapping back failed: {undo}", self.name);
+                }
+            }
+        }
+        Err(e)
+    }
+}
+
+impl BarMappings {
+    /// Moves one mapping's KVM slot (and IOMMU entry) to guest address `to`; when the
+    /// new slot is refused, the old one is put back.
+    fn move_one(&self, b: &mut BarMapping, to: u64) -> Result<(), String> {
+        self.container.unmap_p2p(b);
+        if let Err(e) = self.container.set_slot(b, 0) {
+            self.container.map_p2p(b, &self.name);
+            return Err(format!("removing a KVM slot: {e}"));
+        }
+        let from = b.guest_address;
+        b.guest_address = to;
+        if let Err(e) = self.container.set_slot(b, b.size) {
+            b.guest_address = from;
+            if let Err(back) = self.container.set_slot(b, b.size) {
+                tracing::error!(
+                    "{}: restoring a KVM slot at {from:#x} failed: {back}",
+                    self.name
+                );
+            }
+            self.container.map_p2p(b, &self.name);
+            return Err(format!("adding a KVM slot at {to:#x}: {e}"));
+        }
+        self.container.map_p2p(b, &self.name);
+        Ok(())
+    }
+}
+
+/// A [`BarRelocator`] that moves a BAR's range on `pio` (I/O BARs) or `mmio` and its
+/// mappings in `mapper`. The buses are held weakly: they hold the device, which holds the
+/// relocator.
+pub fn bus_relocator(
+    mapper: Arc<dyn BarMapper>,
+    pio: &Arc<Bus>,
+    mmio: &Arc<Bus>,
+) -> Arc<dyn BarRelocator> {
+    Arc::new(Relocator {
+        mapper,
+        pio: Arc::downgrade(pio),
+        mmio: Arc::downgrade(mmio),
+    })
+}
+
+/// Follows BAR moves: bus ranges, and KVM slots and IOMMU entries through a [`BarMapper`].
 struct Relocator {
-    mappings: Arc<BarMappings>,
+    mapper: Arc<dyn BarMapper>,
     pio: Weak<Bus>,
     mmio: Weak<Bus>,
 }
 
 impl BarRelocator for Relocator {
     fn relocate(&self, bar_type: PciBarType, old: u64, new: u64, size: u64) -> Result<(), String> {
-        let bus = match bar_type {
-            PciBarType::Io => &self.pio,
-            _ => &self.mmio,
+        // I/O BARs are never mapped (they trap), and their port numbers may equal a
+        // memory BAR's guest address: only memory BARs move mappings.
+        let (bus, mapped) = match bar_type {
+            PciBarType::Io => (&self.pio, false),
+            _ => (&self.mmio, true),
         };
         let bus = bus.upgrade().ok_or("the VM is shutting down")?;
-        bus.relocate(old, new).map_err(|e| e.to_string())?;
-        let m = &self.mappings;
-        let mut list = m.lock();
-        for b in list
-            .iter_mut()
-            .filter(|b| b.guest_address >= old && b.guest_address < old + size)
-        {
-            m.container.unmap_p2p(b);
-            m.container
-                .set_slot(b, 0)
-                .map_err(|e| format!("removing a KVM slot: {e}"))?;
-            b.guest_address = b.guest_address - old + new;
-            m.container
-                .set_slot(b, b.size)
-                .map_err(|e| format!("adding a KVM slot: {e}"))?;
-            m.container.map_p2p(b, &m.name);
-        }
-        Ok(())
+        // The bus range and the mappings move together or not at all: the device keeps
+        // the BAR at `old` when this fails, and the next move starts from there.
+        bus.relocate_with(old, new, || match mapped {
+            true => self.mapper.move_mappings(old, new, size),
+            false => Ok(()),
+        })
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -362,5 +427,69 @@ fn unmap(m: &BarMapping) {
     #[allow(unsafe_code)]
     unsafe {
         libc::munmap(m.host as *mut libc::c_void, m.size as usize);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tessera_devices::bus::BusDevice;
+
+    struct Nothing;
+    impl BusDevice for Nothing {
+        fn read(&mut self, _: u64, _: &mut [u8]) {}
+        fn write(&mut self, _: u64, _: &[u8]) {}
+    }
+
+    /// Records moves; refuses any move to `refuse`.
+    struct Mapper {
+        moves: Mutex<Vec<(u64, u64)>>,
+        refuse: u64,
+    }
+    impl BarMapper for Mapper {
+        fn move_mappings(&self, old: u64, new: u64, _size: u64) -> Result<(), String> {
+            if new == self.refuse {
+                return Err("refused".into());
+            }
+            self.moves.lock().unwrap().push((old, new));
+            Ok(())
+        }
+    }
+
+    /// Regressions (fuzz target vfio_config): a move whose mappings could not follow left
+    /// the bus range moved; an I/O BAR move moved a memory BAR's mappings.
+    #[test]
+    fn bar_moves_are_all_or_nothing_and_io_moves_map_nothing() {
+        let (pio, mmio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
+        mmio.insert(0x1_0000_0000, 0x4000, Arc::new(Mutex::new(Nothing)))
+            .unwrap();
+        pio.insert(0xc000, 0x40, Arc::new(Mutex::new(Nothing)))
+            .unwrap();
+        let mapper = Arc::new(Mapper {
+            moves: Mutex::new(Vec::new()),
+            refuse: 0xffff_ffff_ffff_c000,
+        });
+        let relocator = bus_relocator(mapper.clone(), &pio, &mmio);
+        let refused = relocator.relocate(
+            PciBarType::Memory64,
+            0x1_0000_0000,
+            0xffff_ffff_ffff_c000,
+            0x4000,
+        );
+        assert!(refused.is_err());
+        assert_eq!(mmio.ranges(), vec![(0x1_0000_0000, 0x4000)]);
+        relocator
+            .relocate(PciBarType::Memory64, 0x1_0000_0000, 0x2_0000_0000, 0x4000)
+            .unwrap();
+        assert_eq!(mmio.ranges(), vec![(0x2_0000_0000, 0x4000)]);
+        relocator
+            .relocate(PciBarType::Io, 0xc000, 0xd000, 0x40)
+            .unwrap();
+        assert_eq!(pio.ranges(), vec![(0xd000, 0x40)]);
+        assert_eq!(
+            *mapper.moves.lock().unwrap(),
+            vec![(0x1_0000_0000, 0x2_0000_0000)]
+        );
     }
 }
