@@ -15,6 +15,8 @@
 # snapshot its control loop publishes. Client and server share the machine's CPUs, so
 # the last line says where the CPU time of the runs went: tessera, api-bench, and
 # everything else on the machine (other load makes the figures worse, not better).
+# TESSERA_ARGS (empty) is added to tessera's command line, e.g. "--seccomp false" to
+# compare against the filters' default.
 # Exit status: 0 if every request was answered 200 and tessera exited 0.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,7 +39,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$tessera" --api-socket "$sock" 2>"$dir/tessera.log" &
+# shellcheck disable=SC2086 # TESSERA_ARGS is a list of words
+"$tessera" --api-socket "$sock" ${TESSERA_ARGS:-} 2>"$dir/tessera.log" &
 pid=$!
 for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
 [ -S "$sock" ] || { echo "bench-api: tessera made no socket" >&2; cat "$dir/tessera.log" >&2; exit 1; }
@@ -56,7 +59,7 @@ EOF
 
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || rev="$rev+changes"
-echo "bench-api: tessera $rev on $(nproc) CPUs ($(uname -r)), shared by tessera and the client; $requests requests or ${seconds}s per configuration; client threads $threads"
+echo "bench-api: tessera $rev ${TESSERA_ARGS:-} on $(nproc) CPUs ($(uname -r)), shared by tessera and the client; $requests requests or ${seconds}s per configuration; client threads $threads"
 # CPU time in clock ticks: the machine's (busy, all) and tessera's, before and after.
 ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 tessera_ticks() { awk '{print $14+$15}' "/proc/$pid/stat"; }
