@@ -564,6 +564,62 @@ fn sixty_four_concurrent_clients() {
     }
 }
 
+/// Issue 12's load case: a thousand connections held open and idle, and clients that send
+/// their request a byte at a time, must not stop `vmm.ping` being answered, nor a
+/// `vm.shutdown`, nor `vmm.shutdown` ending tessera with 0 (idle connections are dropped
+/// after the grace period).
+#[test]
+fn idle_connections_and_slow_clients_do_not_stop_the_api() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    // This test holds over a thousand sockets itself.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit fill and read a plain struct.
+    #[allow(unsafe_code)]
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max.min(8192);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    let t = Tessera::start();
+    let (status, _) = t.api("PUT", "vm.create", Some(&vm_config()));
+    assert_eq!(status, 204);
+    let idle: Vec<UnixStream> = (0..1000)
+        .map(|i| UnixStream::connect(&t.socket).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    let slow: Vec<_> = (0..8)
+        .map(|_| {
+            let socket = t.socket.clone();
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(socket).unwrap();
+                for b in b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\n".iter() {
+                    if s.write_all(&[*b]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        assert_eq!(t.api("GET", "vmm.ping", None).0, 200);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A VM that is created but not booted: vm.shutdown is answered (405, as in the state
+    // table), not stalled.
+    let (status, body) = t.api("PUT", "vm.shutdown", None);
+    assert_eq!(status, 405, "{body}");
+    for th in slow {
+        th.join().unwrap();
+    }
+    assert_eq!(t.api("PUT", "vmm.shutdown", None).0, 204);
+    assert_eq!(t.wait(), (0, false));
+    drop(idle);
+}
+
 #[test]
 fn bad_requests_to_the_real_binary() {
     let t = Tessera::start();
