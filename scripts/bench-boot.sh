@@ -20,6 +20,10 @@
 # for a GPU that is not there yet), so the cost of reserving slots at boot shows as the
 # ratio tessera-slotsN/tessera.
 #
+# BENCH_SECCOMP_OFF=1 adds a run named tessera-seccomp-off: the same guest with
+# `--seccomp false`, so the filters' cost shows as tessera/tessera-seccomp-off inverted
+# (the summary prints tessera-seccomp-off/tessera).
+#
 # Output: L1's console (every VMM's serial log, lines prefixed `NAME| `), then the raw
 # numbers per round, then the summary (medians and tessera/QEMU ratios) as the last
 # lines. Everything is also saved to target/bench-boot.log. Exit status: 0 if every run
@@ -32,6 +36,7 @@ repo=$(pwd)
 rounds=${BENCH_ROUNDS:-5}
 microvm=${BENCH_MICROVM:-1}
 slot_counts=${BENCH_SLOTS:-}
+seccomp_off=${BENCH_SECCOMP_OFF:-0}
 log=$repo/target/bench-boot.log
 cmdline='console=ttyS0 panic=-1 loglevel=4'
 
@@ -71,6 +76,16 @@ in-host $bench --name qemu-q35 --guest-ram-mib 512 -- qemu-system-x86_64 \\
   -numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1 \\
   -numa dist,src=0,dst=1,val=20
 EOF
+        if [ "$seccomp_off" = 1 ]; then
+            cat <<EOF
+in-host $bench --name tessera-seccomp-off --guest-ram-mib 512 -- $tessera --seccomp false \\
+  --kernel $kernel --initramfs $initrd --cmdline '$cmdline' \\
+  --cpus boot=2 --memory size=0 \\
+  --memory-zone id=m0,size=256M --memory-zone id=m1,size=256M \\
+  --numa guest_numa_id=0,cpus=[0],memory_zones=m0,distances=[1@20] \\
+  --numa guest_numa_id=1,cpus=[1],memory_zones=m1,distances=[0@20]
+EOF
+        fi
         for n in $slot_counts; do
             slots=""
             for k in $(seq 1 "$n"); do
