@@ -55,8 +55,8 @@ const DEFAULT_TIMEOUT_SECS: &str = "240";
 /// Runs `script` (shell, busybox `sh`) in a fresh L1, with `qemu_args` added to L1's
 /// QEMU command line.
 ///
-/// An L1 that stalls or whose kernel panics, or a run whose L2 triple-faulted, is retried
-/// once, saying so on stderr: SVM emulated under TCG has been seen to hang, and L1's KVM
+/// An L1 that stalls, whose kernel panics or whose QEMU dies of a signal, or a run whose L2
+/// triple-faulted, is retried once, saying so on stderr: SVM emulated under TCG has been seen to hang, and L1's KVM
 /// to crash L1's kernel, about once in dozens of runs. A script that fails, or an L1 that
 /// reports no status for any other reason, is never retried.
 pub fn run(script: &str, qemu_args: &[&str]) -> Result<NestedRun, NestedError> {
@@ -75,6 +75,14 @@ pub fn run(script: &str, qemu_args: &[&str]) -> Result<NestedRun, NestedError> {
             eprintln!("nested: L1's kernel panicked, retrying once; its last output was:\n{tail}");
             run_once(script, qemu_args)
         }
+        // The emulator running L1 (QEMU under TCG on this host) dying of a signal is the
+        // test host failing too: seen once, a segfault 16 s into an L1 boot.
+        Err(NestedError::NoStatus { tail, .. }) if emulator_died_of_a_signal(&tail) => {
+            eprintln!(
+                "nested: L1's QEMU died of a signal, retrying once; its last output was:\n{tail}"
+            );
+            run_once(script, qemu_args)
+        }
         // An L2 that triple-faults on its own (tessera logs it; the console shows its
         // stderr) was seen twice in fourteen runs of the API-flow test, the guest then
         // rebooting in the middle of its report, with nothing in its kernel log; the cause
@@ -89,6 +97,14 @@ pub fn run(script: &str, qemu_args: &[&str]) -> Result<NestedRun, NestedError> {
         }
         other => other,
     }
+}
+
+/// Whether nested-host.sh said L1's QEMU ended by a signal (`qemu exit status N`, N > 128).
+fn emulator_died_of_a_signal(tail: &str) -> bool {
+    tail.rsplit_once("(qemu exit status ")
+        .and_then(|(_, rest)| rest.split(')').next())
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .is_some_and(|status| status > 128)
 }
 
 /// What tessera logs (at warn, its default level) when a vCPU triple-faults
@@ -197,7 +213,17 @@ pub fn every_thread_filtered(console: &str, expected: &[&str]) -> Result<(), Str
 
 #[cfg(test)]
 mod tests {
-    use super::every_thread_filtered;
+    use super::{emulator_died_of_a_signal, every_thread_filtered};
+
+    #[test]
+    fn an_emulator_killed_by_a_signal_is_told_from_one_that_exited() {
+        let segv = "Segmentation fault  timeout -k 10 ...\nnested-host: L1 reported no exit status (qemu exit status 139)";
+        assert!(emulator_died_of_a_signal(segv));
+        assert!(!emulator_died_of_a_signal(
+            "nested-host: L1 reported no exit status (qemu exit status 0)"
+        ));
+        assert!(!emulator_died_of_a_signal("TESSERA-NESTED-EXIT=1"));
+    }
 
     #[test]
     fn every_thread_filtered_reads_the_snapshot() {
