@@ -98,14 +98,21 @@ impl Container {
     /// group then leaves the container, the kernel unpins whatever is still mapped, so an
     /// unmap that loses that race has nothing left to do: its error is logged at debug.
     pub fn unmap_ram_as_last_device_leaves(&self) {
-        if self.ram_mapped.swap(false, Ordering::SeqCst) {
-            if let Err(e) = self.container.vfio_unmap_guest_memory(&self.memory) {
-                tracing::debug!(
-                    "unmapping guest RAM from the IOMMU: {e} (the last group left first and \
-                     the kernel unpinned it)"
-                );
-            }
+        if let Err(e) = self.unmap_ram() {
+            tracing::debug!(
+                "unmapping guest RAM from the IOMMU: {e} (the last group left first and the \
+                 kernel unpinned it)"
+            );
         }
+    }
+
+    /// Takes guest RAM out of the IOMMU if it is in it; the flag clears either way, since
+    /// a failed unmap leaves nothing this container can undo.
+    fn unmap_ram(&self) -> Result<(), vfio_ioctls::VfioError> {
+        if self.ram_mapped.swap(false, Ordering::SeqCst) {
+            self.container.vfio_unmap_guest_memory(&self.memory)?;
+        }
+        Ok(())
     }
 
     /// Opens the device [`check_device`] found as `host` and reads what it needs;
@@ -176,10 +183,8 @@ impl Container {
 impl Drop for Container {
     /// Guest RAM leaves the IOMMU before the container (and guest memory) go.
     fn drop(&mut self) {
-        if self.ram_mapped.swap(false, Ordering::SeqCst) {
-            if let Err(e) = self.container.vfio_unmap_guest_memory(&self.memory) {
-                tracing::warn!("unmapping guest RAM from the IOMMU: {e}");
-            }
+        if let Err(e) = self.unmap_ram() {
+            tracing::warn!("unmapping guest RAM from the IOMMU: {e}");
         }
     }
 }
