@@ -19,7 +19,10 @@ exec </dev/console >/dev/console 2>&1
 # (the next boot's, or a reboot order repeated until taken) would otherwise see its lines
 # land in the middle of the report's.
 stty -echo 2>/dev/null || true
-echo TESSERA-INIT
+# The kernel's own uptime here is the guest's boot time, free of the VMM's start-up
+# (scripts/bench-boot.sh compares it between VMMs).
+read -r uptime _ </proc/uptime
+echo "TESSERA-INIT uptime=$uptime"
 # Keep kernel messages from interleaving with the report (dmesg still has them all);
 # `judge.printk=N` keeps those below level N instead (a benchmark watching for a
 # driver's message on the console).
@@ -203,6 +206,12 @@ devices_report() {
 
 case " $(cat /proc/cmdline) " in
 *" judge.devices=1 "*) devices_report ;;
+esac
+
+# `judge.dmesg=1`: the whole kernel log, for comparing where two boots' time went
+# (with `initcall_debug`; scripts/boot-profile.sh reads it).
+case " $(cat /proc/cmdline) " in
+*" judge.dmesg=1 "*) dmesg | sed 's/^/dmesg-all: /' ;;
 esac
 
 # `judge.action=console`: take orders typed on the console, proving input reaches the

@@ -24,7 +24,7 @@
 //! Output, after the child exits:
 //!
 //! ```text
-//! bootbench name=NAME to_init_ms=X peak_rss_outside_guest_kib=Y exit=Z
+//! bootbench name=NAME to_init_ms=X peak_rss_outside_guest_kib=Y exit=Z lifetime_ms=L guest_uptime_at_init_ms=U
 //! bootbench-detail name=NAME peak_at_ms=.. peak_rss_total_kib=.. guest_rss_at_peak_kib=.. ...
 //! bootbench-excluded name=NAME size_kib=.. count=.. rss_kib=.. perms=.. path=..
 //! ```
@@ -34,6 +34,11 @@
 //! not shared-library text or other file pages), the RSS outside guest memory when the
 //! marker was seen, and what sampling cost. The excluded lines list the mappings left
 //! out as guest memory at the peak, grouped by size, permissions and path.
+//!
+//! `L` is the time from the spawn to the child's exit (the guest's whole life plus the
+//! VMM's start and teardown). `U` is the guest kernel's own uptime when `/init` ran, from
+//! the marker line (`TESSERA-INIT uptime=SECONDS`, /proc/uptime), `none` if it had none:
+//! the guest's boot time free of the VMM's own start-up.
 //!
 //! `X` is `none` if the marker never appeared; `Z` is the exit code, `signal-N` or
 //! `timeout`. Exit status: 0 if the marker was seen and the child exited with 0, else 1.
@@ -228,8 +233,8 @@ fn sample(pid: u32, limit_bytes: u64) -> Option<Sample> {
 
 /// What the stdout reader reports.
 enum Event {
-    /// The marker was seen, at this instant.
-    Marker(Instant),
+    /// The marker was seen, at this instant, with the guest's uptime it gave, if any.
+    Marker(Instant, Option<Duration>),
 }
 
 /// Forwards the child's stdout as `NAME| LINE` and reports the first marker.
@@ -250,7 +255,7 @@ fn forward(
         if !seen && line.windows(MARKER.len()).any(|w| w == MARKER) {
             seen = true;
             // The receiver may be gone (timeout); the line is still forwarded.
-            let _ = events.send(Event::Marker(Instant::now()));
+            let _ = events.send(Event::Marker(Instant::now(), guest_uptime(&line)));
         }
         while matches!(line.last(), Some(b'\n' | b'\r')) {
             line.pop();
@@ -262,6 +267,16 @@ fn forward(
         out.write_all(b"\n")?;
         out.flush()?;
     }
+}
+
+/// The `uptime=SECONDS` (from /proc/uptime, e.g. `3.49`) of a marker line.
+fn guest_uptime(line: &[u8]) -> Option<Duration> {
+    let text = String::from_utf8_lossy(line);
+    let value = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("uptime="))?;
+    let seconds: f64 = value.parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
 }
 
 fn describe(status: Option<ExitStatus>) -> String {
@@ -279,6 +294,8 @@ fn describe(status: Option<ExitStatus>) -> String {
 struct Outcome {
     /// From the spawn to the marker, if it came.
     to_init: Option<Duration>,
+    /// The guest's uptime the marker line gave.
+    guest_uptime: Option<Duration>,
     /// The sample with the most RSS outside guest memory.
     peak: Sample,
     /// The most anonymous RSS outside guest memory any sample saw, KiB.
@@ -348,6 +365,7 @@ fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcom
         sampling_time: Duration::ZERO,
     };
     let mut to_init = None;
+    let mut guest_uptime = None;
     let mut at_marker = None;
     let mut next_sample = Some(start);
     let status = loop {
@@ -378,9 +396,10 @@ fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcom
             due.saturating_duration_since(Instant::now()).min(POLL)
         });
         match rx.recv_timeout(wait) {
-            Ok(Event::Marker(at)) => {
+            Ok(Event::Marker(at, uptime)) => {
                 if to_init.is_none() {
                     to_init = Some(at.duration_since(start));
+                    guest_uptime = uptime;
                     at_marker = sampler.take().0;
                 }
             }
@@ -406,11 +425,15 @@ fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcom
         eprintln!("vmm-bootbench: stdout still open after the child exited; not waiting");
     }
     // A marker seen just before the exit is still in the channel.
-    if let Ok(Event::Marker(at)) = rx.try_recv() {
-        to_init.get_or_insert(at.duration_since(start));
+    if let Ok(Event::Marker(at, uptime)) = rx.try_recv() {
+        if to_init.is_none() {
+            to_init = Some(at.duration_since(start));
+            guest_uptime = uptime;
+        }
     }
     Ok(Outcome {
         to_init,
+        guest_uptime,
         peak_anon_kib: sampler.peak_anon_kib,
         peak: sampler.peak,
         at_marker,
@@ -437,12 +460,18 @@ fn run() -> Result<bool> {
     let to_init = o
         .to_init
         .map_or_else(|| "none".to_string(), |d| d.as_millis().to_string());
+    let uptime = o
+        .guest_uptime
+        .map_or_else(|| "none".to_string(), |d| d.as_millis().to_string());
     let exit = describe(o.status);
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "bootbench name={} to_init_ms={to_init} peak_rss_outside_guest_kib={} exit={exit}",
-        opts.name, o.peak.outside_kib
+        "bootbench name={} to_init_ms={to_init} peak_rss_outside_guest_kib={} exit={exit} \
+         lifetime_ms={} guest_uptime_at_init_ms={uptime}",
+        opts.name,
+        o.peak.outside_kib,
+        o.elapsed.as_millis()
     )?;
     let guest_kib: u64 = o.peak.excluded.iter().map(|m| m.rss_kib).sum();
     let at_marker = o
@@ -542,6 +571,17 @@ VmFlags: rd wr mr mw me gd ac
         assert_eq!(s.outside_anon_kib, 8);
         assert_eq!(s.total_kib, 176 + 20480 + 12 + 16);
         assert_eq!(s.excluded.len(), 1);
+    }
+
+    #[test]
+    fn the_guest_uptime_comes_from_the_marker_line() {
+        assert_eq!(
+            guest_uptime(b"TESSERA-INIT uptime=3.49\r\n"),
+            Some(Duration::from_millis(3490))
+        );
+        assert_eq!(guest_uptime(b"TESSERA-INIT\n"), None);
+        assert_eq!(guest_uptime(b"TESSERA-INIT uptime=x\n"), None);
+        assert_eq!(guest_uptime(b"TESSERA-INIT uptime=-1\n"), None);
     }
 
     #[test]
