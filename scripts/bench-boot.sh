@@ -15,7 +15,8 @@
 # time from spawning the VMM to /init printing TESSERA-INIT, the guest kernel's own
 # uptime at that moment (the guest's boot time without the VMM's start-up), the whole
 # lifetime from spawn through the guest's poweroff to the VMM's exit, and the VMM's peak
-# RSS outside guest memory. BENCH_MICROVM=1 (the default) adds `-machine microvm` as
+# RSS outside guest memory, and KVM's exit counters when /init ran (L1's debugfs: counts
+# do not move with the host's load as times do). BENCH_MICROVM=1 (the default) adds `-machine microvm` as
 # another VMM; BENCH_MICROVM=0 leaves it out, BENCH_QEMU=0 leaves q35 out. microvm takes the same -numa options but
 # QEMU 7.2 builds it no SRAT/SLIT: its guest sees one node, so it is not the same
 # topology. q35 boots through SeaBIOS (fw_cfg loads the kernel), microvm through qboot;
@@ -79,6 +80,8 @@ chmod 0644 "$l1"
 {
     cat <<EOF
 # Written by scripts/bench-boot.sh: runs in L1 under busybox ash.
+# KVM's per-VM exit counters, which vmm-bootbench reads when /init runs.
+[ -d /host/sys/kernel/debug/kvm ] || mount -t debugfs debugfs /host/sys/kernel/debug
 echo "bench-boot: L1 \$(uname -r), \$(nproc) CPUs; \$(in-host qemu-system-x86_64 --version | head -n 1)"
 echo "bench-boot: tessera $rev; guest kernel $(cat "$judge/kernel-package") ($kernel_form); $rounds rounds"
 EOF
@@ -183,6 +186,14 @@ tr -d '\r' <"$log" | awk -v status="$status" '
         }
         else failed++
     }
+    /^bootbench-kvm name=/ {
+        name = field("name")
+        for (i = 3; i <= NF; i++) {
+            split($i, kv, "="); key = kv[1]
+            if (!(key in kseen)) { kseen[key] = 1; korder[++keys] = key }
+            kvm[name, key] = kvm[name, key] " " kv[2]
+        }
+    }
     END {
         printf "%s", raw
         print "bench-boot: summary (medians over the runs that reached /init and exited 0; one L1 boot)"
@@ -196,6 +207,17 @@ tr -d '\r' <"$log" | awk -v status="$status" '
             if (n == "tessera" || mt["tessera"] == "" || mt[n] == "" || mt[n] == 0 || mr[n] == 0) continue
             if (index(n, "tessera-") == 1) { a = n; b = "tessera" } else { a = "tessera"; b = n }
             printf "bench-boot: ratio %s/%s to_init %.2f  guest_uptime_at_init %s  lifetime %s  peak_rss_outside_guest %.2f\n", a, b, mt[a] / mt[b], ratio(mu[a], mu[b]), ratio(ml[a], ml[b]), mr[a] / mr[b]
+        }
+        if (keys > 0) {
+            print "bench-boot: KVM exits until /init (medians, L1 debugfs)"
+            line = sprintf("bench-boot: %-19s", "vmm")
+            for (j = 1; j <= keys; j++) line = line sprintf(" %10s", substr(korder[j], 1, 10))
+            print line
+            for (k = 1; k <= names; k++) {
+                n = order[k]; line = sprintf("bench-boot: %-19s", n)
+                for (j = 1; j <= keys; j++) line = line sprintf(" %10s", median(kvm[n, korder[j]]))
+                print line
+            }
         }
         if (names == 0) print "bench-boot: no bootbench results (L1 status " status ")"
         exit (failed > 0 || names == 0) ? 1 : 0

@@ -27,7 +27,13 @@
 //! bootbench name=NAME to_init_ms=X peak_rss_outside_guest_kib=Y exit=Z lifetime_ms=L guest_uptime_at_init_ms=U
 //! bootbench-detail name=NAME peak_at_ms=.. peak_rss_total_kib=.. guest_rss_at_peak_kib=.. ...
 //! bootbench-excluded name=NAME size_kib=.. count=.. rss_kib=.. perms=.. path=..
+//! bootbench-kvm name=NAME exits=.. io_exits=.. mmio_exits=.. halt_exits=.. ...
 //! ```
+//!
+//! The kvm line gives the VM's exit counters when the marker was seen, from KVM's
+//! debugfs (`/sys/kernel/debug/kvm/PID-FD/`, summed over its vCPUs; left out when
+//! debugfs is not mounted): counts, unlike times, do not move with the host's load, so
+//! they show what a VMM's platform makes the guest's boot trap on.
 //!
 //! The detail line adds when the peak was sampled, the peak's total and guest RSS, the
 //! peak of the anonymous part of the RSS outside guest memory (`Anonymous:`: what is
@@ -231,6 +237,44 @@ fn sample(pid: u32, limit_bytes: u64) -> Option<Sample> {
     Some(measure(mappings, limit_bytes))
 }
 
+/// KVM's debugfs, where each VM has a directory `PID-FD` of counters.
+const KVM_DEBUGFS: &str = "/sys/kernel/debug/kvm";
+/// The counters reported, in this order: every exit, and the kinds a VMM's platform
+/// decides (port and MMIO accesses it emulates, halts, interrupt windows, emulated
+/// instructions, hypercalls).
+const KVM_COUNTERS: &[&str] = &[
+    "exits",
+    "io_exits",
+    "mmio_exits",
+    "halt_exits",
+    "irq_exits",
+    "irq_window_exits",
+    "irq_injections",
+    "insn_emulation",
+    "hypercalls",
+    "signal_exits",
+    "request_irq_exits",
+];
+
+/// The VM counters of process `pid` (its first VM), if debugfs shows them.
+fn kvm_counters(pid: u32) -> Option<Vec<(&'static str, u64)>> {
+    let prefix = format!("{pid}-");
+    let dir = std::fs::read_dir(KVM_DEBUGFS)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))?
+        .path();
+    Some(
+        KVM_COUNTERS
+            .iter()
+            .filter_map(|name| {
+                let text = std::fs::read_to_string(dir.join(name)).ok()?;
+                Some((*name, text.trim().parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
 /// What the stdout reader reports.
 enum Event {
     /// The marker was seen, at this instant, with the guest's uptime it gave, if any.
@@ -296,6 +340,8 @@ struct Outcome {
     to_init: Option<Duration>,
     /// The guest's uptime the marker line gave.
     guest_uptime: Option<Duration>,
+    /// The VM's KVM exit counters when the marker was seen.
+    kvm_at_init: Option<Vec<(&'static str, u64)>>,
     /// The sample with the most RSS outside guest memory.
     peak: Sample,
     /// The most anonymous RSS outside guest memory any sample saw, KiB.
@@ -366,6 +412,7 @@ fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcom
     };
     let mut to_init = None;
     let mut guest_uptime = None;
+    let mut kvm_at_init = None;
     let mut at_marker = None;
     let mut next_sample = Some(start);
     let status = loop {
@@ -400,6 +447,7 @@ fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcom
                 if to_init.is_none() {
                     to_init = Some(at.duration_since(start));
                     guest_uptime = uptime;
+                    kvm_at_init = kvm_counters(sampler.pid);
                     at_marker = sampler.take().0;
                 }
             }
@@ -434,6 +482,7 @@ fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcom
     Ok(Outcome {
         to_init,
         guest_uptime,
+        kvm_at_init,
         peak_anon_kib: sampler.peak_anon_kib,
         peak: sampler.peak,
         at_marker,
@@ -511,6 +560,10 @@ fn run() -> Result<bool> {
             opts.name,
             if path.is_empty() { "[anon]" } else { &path }
         )?;
+    }
+    if let Some(counters) = &o.kvm_at_init {
+        let fields: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(out, "bootbench-kvm name={} {}", opts.name, fields.join(" "))?;
     }
     Ok(o.to_init.is_some() && o.status.is_some_and(|s| s.success()))
 }
