@@ -88,12 +88,6 @@ pub fn mirror(host: &HostDevices, req: &TopologyMirror) -> Result<VmConfig, Mirr
             "name at least one host PCI device to mirror around",
         );
     }
-    if host.numa_nodes.is_empty() {
-        return fail(
-            "devices",
-            "the host reports no NUMA nodes (/sys/devices/system/node): nothing to mirror",
-        );
-    }
     let wanted = devices(host, req)?;
 
     // The host nodes used, ascending; guest node i mirrors the i-th.
@@ -291,6 +285,13 @@ fn devices<'a>(
             );
         }
         let node = match dev.numa_node {
+            _ if host.numa_nodes.is_empty() => {
+                return fail(
+                    field,
+                    "the host reports no NUMA nodes (/sys/devices/system/node): nothing to \
+                     mirror",
+                )
+            }
             Some(n) => n,
             // A single-node host gives its devices no node (numa_node -1): they are
             // all on the only one.
