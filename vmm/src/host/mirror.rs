@@ -12,6 +12,9 @@
 //!   nodes (the device's, the other node's), raised to 11 where that is 10 (the same
 //!   host node: one hop, and the SLIT keeps 10 for a node to itself).
 //!
+//! - Where the host has an HMAT, its values from each mirrored memory node's best CPU
+//!   initiators become the guest's (`hmat`).
+//!
 //! Everything is checked before anything is answered: unknown devices, devices without
 //! an IOMMU group or in a group VFIO cannot use, host nodes that do not exist or have no
 //! distances; the configuration made is then held to `VmConfig::validate`.
@@ -20,8 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use tessera_api::config::{
-    parse_node_set, CpuAffinity, CpusConfig, DeviceConfig, GenericInitiatorConfig, MemoryConfig,
-    MemoryZoneConfig, NodeSet, NumaConfig, NumaDistance, VmConfig,
+    parse_node_set, CpuAffinity, CpusConfig, DeviceConfig, GenericInitiatorConfig, HmatDataType,
+    HmatHierarchy, HmatLbConfig, MemoryConfig, MemoryZoneConfig, NodeSet, NumaConfig, NumaDistance,
+    VmConfig, HMAT_BANDWIDTH_UNIT,
 };
 use tessera_api::types::{
     HostDevices, HostNumaNode, HostPciDevice, TopologyMirror, MIRROR_GPU_GI_NODES,
@@ -230,8 +234,67 @@ pub fn mirror(host: &HostDevices, req: &TopologyMirror) -> Result<VmConfig, Mirr
         }
     }
 
+    config.hmat = hmat(&used, &config.numa);
+
     check(&config)?;
     Ok(config)
+}
+
+/// The host's HMAT values, where it has them, between mirrored nodes: for each mirrored
+/// node with memory, from each of its best initiators (`access0`, else `access1`) that
+/// is a mirrored node with vCPUs, the four values Linux shows (read and write latency
+/// and bandwidth). Linux shows the best initiators only, so that is all that can be
+/// mirrored; GI nodes get none (the host's own GI values are not the device's).
+fn hmat(used: &[&HostNumaNode], numa: &[NumaConfig]) -> Vec<HmatLbConfig> {
+    let guest_of = |host: u32| used.iter().position(|n| n.id == host);
+    let mut out = Vec::new();
+    for (target, h) in used.iter().enumerate() {
+        if numa.get(target).is_none_or(|n| n.memory_zones.is_empty()) {
+            continue;
+        }
+        let Some(access) = h
+            .access
+            .iter()
+            .find(|a| a.class == 0)
+            .or_else(|| h.access.iter().find(|a| a.class == 1))
+        else {
+            continue;
+        };
+        for initiator in access.initiators.iter().filter_map(|&i| guest_of(i)) {
+            if numa.get(initiator).is_none_or(|n| n.cpus.is_empty()) {
+                continue;
+            }
+            let values = [
+                (HmatDataType::ReadLatency, access.read_latency_ns, None),
+                (HmatDataType::WriteLatency, access.write_latency_ns, None),
+                (
+                    HmatDataType::ReadBandwidth,
+                    None,
+                    access.read_bandwidth_mbps,
+                ),
+                (
+                    HmatDataType::WriteBandwidth,
+                    None,
+                    access.write_bandwidth_mbps,
+                ),
+            ];
+            for (data_type, latency, bandwidth) in values {
+                if latency.is_none() && bandwidth.is_none() {
+                    continue;
+                }
+                out.push(HmatLbConfig {
+                    initiator: initiator as u32,
+                    target: target as u32,
+                    hierarchy: HmatHierarchy::Memory,
+                    data_type,
+                    latency,
+                    // Linux's MB/s are the HMAT's, MiB/s; the configuration takes bytes/s.
+                    bandwidth: bandwidth.and_then(|b| b.checked_mul(HMAT_BANDWIDTH_UNIT)),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The request's devices, found and checked, in request order.
@@ -408,8 +471,9 @@ impl Distances<'_> {
     }
 }
 
-/// Holds the configuration made to `VmConfig::validate` (with a stand-in kernel when
-/// the request gave none, since the caller adds it): a failure here is this module's.
+/// Holds the configuration made to `VmConfig::validate` and to the guest topology a boot
+/// builds (with a stand-in kernel when the request gave none, since the caller adds
+/// it): a failure here is this module's.
 fn check(config: &VmConfig) -> Result<(), MirrorError> {
     let mut probe = config.clone();
     if probe.payload.kernel.is_none() {
@@ -421,7 +485,17 @@ fn check(config: &VmConfig) -> Result<(), MirrorError> {
             "the mirrored configuration does not hold: {}: {}",
             e.field, e.message
         ),
-    })
+    })?;
+    // And to what a boot checks before touching the host: the tables can be built.
+    crate::guest_topology::guest_topology(&probe, tessera_arch::vcpu::host_phys_bits())
+        .map(drop)
+        .map_err(|e| MirrorError {
+            field: "devices".into(),
+            message: format!(
+                "the mirrored configuration does not hold: {}: {e}",
+                e.field()
+            ),
+        })
 }
 
 #[cfg(test)]
@@ -570,6 +644,43 @@ mod tests {
         assert_eq!(distances(&c, 2)[2..], [(3, 11), (4, 21), (5, 21)]);
         r.gi_nodes = Some(0);
         assert!(mirror(&h, &r).unwrap().generic_initiators.is_empty());
+    }
+
+    #[test]
+    fn the_hosts_hmat_values_from_mirrored_cpu_nodes_are_the_guests() {
+        let f = host();
+        f.hmat_access(0, 0, &[0], [10, 12, 20480, 10240]);
+        // Node 1's best initiators: node 1 and node 0 (equal), one value missing.
+        f.hmat_access(1, 0, &[0, 1], [30, 0, 10240, 5120]);
+        let mut r = req(&["41:00.0"]);
+        r.gi_nodes = Some(1);
+        let c = mirror(&discover(f.root()), &r).unwrap();
+        let got: Vec<(u32, u32, HmatDataType, Option<u64>, Option<u64>)> = c
+            .hmat
+            .iter()
+            .map(|h| (h.initiator, h.target, h.data_type, h.latency, h.bandwidth))
+            .collect();
+        use HmatDataType::*;
+        assert_eq!(
+            got,
+            [
+                (0, 0, ReadLatency, Some(10), None),
+                (0, 0, WriteLatency, Some(12), None),
+                (0, 0, ReadBandwidth, None, Some(20480 << 20)),
+                (0, 0, WriteBandwidth, None, Some(10240 << 20)),
+                (0, 1, ReadLatency, Some(30), None),
+                (0, 1, ReadBandwidth, None, Some(10240 << 20)),
+                (0, 1, WriteBandwidth, None, Some(5120 << 20)),
+                (1, 1, ReadLatency, Some(30), None),
+                (1, 1, ReadBandwidth, None, Some(10240 << 20)),
+                (1, 1, WriteBandwidth, None, Some(5120 << 20)),
+            ]
+        );
+        // A host without an HMAT gives none.
+        assert!(mirror(&discover(host().root()), &r)
+            .unwrap()
+            .hmat
+            .is_empty());
     }
 
     #[test]
