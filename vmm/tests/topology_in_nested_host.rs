@@ -6,7 +6,8 @@
 //! tessera boots with the NVMe on vfio-pci. Then:
 //!
 //! - L2 (the Linux judge) shows the host's distances between the mirrored nodes, the
-//!   NVMe's GI node at distance 11 from node 1 and 23 from node 0;
+//!   NVMe's GI node at distance 11 from node 1 and 23 from node 0, and the host's HMAT
+//!   values in each node's `access0`;
 //! - in L1's /proc, each vCPU thread's `Cpus_allowed_list` is its host node's CPU, and
 //!   `numa_maps` shows each memory zone bound to its host node (`bind:N`), with its
 //!   pages on that node only.
@@ -135,6 +136,8 @@ for i in $(seq 1 100); do [ -S $sock ] && break; sleep 0.1; done
 c() {{ in-host {ctl} --api-socket $sock "$@"; }}
 echo "=== host"
 c --json host-devices || echo "host-devices-failed"
+echo "=== table"
+c host-devices | sed -n '/^NUMA nodes:/,$p' || echo "host-devices-failed"
 echo "=== config"
 c --json topology mirror --device {NVME} --kernel {kernel} --initramfs {initramfs} \
   --cmdline '{CMDLINE}' >/run/vm.json || echo "mirror-failed"
@@ -207,6 +210,12 @@ cat /run/tessera.err
         "host nodes: {}",
         serde_json::to_string(&host["numa_nodes"]).unwrap()
     );
+    let table = section(c, "table").join("\n");
+    eprintln!("{table}");
+    assert!(
+        table.contains("  node 1 access0 from 1: read 10 ns, 20480 MB/s; write 10 ns, 20480 MB/s"),
+        "{table}"
+    );
 
     // The mirrored configuration.
     let config: VmConfig = serde_json::from_value(json_in(c, "config")).unwrap();
@@ -248,6 +257,13 @@ cat /run/tessera.err
             .to_string(),
         "2"
     );
+    // Four values (read/write latency and bandwidth) per node, from its own CPU node.
+    assert_eq!(config.hmat.len(), 8, "{:?}", config.hmat);
+    assert!(
+        config.hmat.iter().all(|h| h.initiator == h.target),
+        "{:?}",
+        config.hmat
+    );
 
     let errors = section(c, "errors").join("\n");
     assert!(
@@ -284,6 +300,21 @@ cat /run/tessera.err
     assert_eq!(report.has_cpu, [0, 1]);
     assert_eq!(report.has_memory, [0, 1]);
     assert_eq!(report.has_generic_initiator, [2]);
+    // The host's HMAT, mirrored: each node's own vCPU is its best initiator, at the
+    // host's values.
+    for node in [0u32, 1] {
+        let a = report.nodes[&node]
+            .access0
+            .clone()
+            .unwrap_or_else(|| panic!("L2 node {node} has no access0:\n{serial}"));
+        eprintln!("L2 node{node}/access0: {a:?}");
+        assert_eq!(a.initiators, [node]);
+        assert_eq!((a.read_latency, a.read_bandwidth), (Some(10), Some(20480)));
+        assert_eq!(
+            (a.write_latency, a.write_bandwidth),
+            (Some(10), Some(20480))
+        );
+    }
 
     // L1's /proc: each vCPU thread on its host node's CPU; guest RAM bound by node.
     let proc = section(c, "proc");
