@@ -115,6 +115,9 @@ impl Vcpus {
                         .spawn(move || {
                             let setup = setup_thread(pin.as_deref());
                             let _ = ready.send((index, setup.clone()));
+                            // Gone once said: a thread that dies before saying then
+                            // ends the wait instead of keeping it open.
+                            drop(ready);
                             setup?;
                             run_vcpu(index, vcpu, &pio, &mmio, &ctl, &reset)
                         })

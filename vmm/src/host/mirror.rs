@@ -74,7 +74,7 @@ pub fn mirror(host: &HostDevices, req: &TopologyMirror) -> Result<VmConfig, Mirr
         return fail("vcpus_per_node", "must be at least 1");
     }
     let memory_per_node = req.memory_per_node.unwrap_or(MIRROR_MEMORY_PER_NODE);
-    if memory_per_node == 0 || memory_per_node % (2 << 20) != 0 {
+    if memory_per_node == 0 || !memory_per_node.is_multiple_of(2 << 20) {
         return fail(
             "memory_per_node",
             format!("{memory_per_node} bytes is not a positive multiple of 2 MiB"),
@@ -655,7 +655,8 @@ mod tests {
         let mut r = req(&["41:00.0"]);
         r.gi_nodes = Some(1);
         let c = mirror(&discover(f.root()), &r).unwrap();
-        let got: Vec<(u32, u32, HmatDataType, Option<u64>, Option<u64>)> = c
+        type Value = (u32, u32, HmatDataType, Option<u64>, Option<u64>);
+        let got: Vec<Value> = c
             .hmat
             .iter()
             .map(|h| (h.initiator, h.target, h.data_type, h.latency, h.bandwidth))
