@@ -169,6 +169,10 @@ pub struct VmConfig {
     pub ivshmem: Option<OpaqueConfig>,
 }
 
+/// Host CPUs a `cpus.affinity` entry may name: 0 to 1023, what Linux's `cpu_set_t`
+/// (`CPU_SETSIZE`) holds.
+pub const MAX_HOST_CPUS: u32 = 1024;
+
 /// CH's default guest physical address width: what a PVH-booted guest can address.
 pub const DEFAULT_MAX_PHYS_BITS: u8 = 46;
 
@@ -194,7 +198,7 @@ pub struct CpusConfig {
     /// the guest gets the smaller of this and the host's, and its memory map fits it.
     #[serde(default = "default_max_phys_bits")]
     pub max_phys_bits: u8,
-    /// vCPU pinning; none accepted.
+    /// vCPU pinning (CH's): each listed vCPU's thread runs only on its host CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Vec<CpuAffinity>>,
     /// Optional CPU features; none accepted.
@@ -1123,6 +1127,7 @@ impl VmConfig {
         // Before the kernel: a CH configuration with a firmware and no kernel is refused
         // for the firmware, which is what Tessera cannot do.
         ch_fields::check(self)?;
+        self.validate_affinity()?;
         if self.payload.kernel.is_none() {
             return Err(ConfigError::new("payload.kernel", "a kernel is required"));
         }
@@ -1262,6 +1267,47 @@ impl VmConfig {
                         "{slot} is not a free device number (1..=31 on segment 0, whose 0 \
                          is the host bridge; 0..=31 elsewhere)"
                     ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `cpus.affinity` as Cloud Hypervisor checks it: each vCPU exists and is pinned
+    /// once, to at least one host CPU that a CPU set can hold. Whether the host has those
+    /// CPUs online is the VMM's check.
+    fn validate_affinity(&self) -> Result<(), ConfigError> {
+        let mut pinned: BTreeMap<u32, usize> = BTreeMap::new();
+        for (i, a) in self.cpus.affinity.iter().flatten().enumerate() {
+            let field = format!("cpus.affinity[{i}]");
+            if a.vcpu >= self.cpus.max_vcpus {
+                return Err(ConfigError::new(
+                    format!("{field}.vcpu"),
+                    format!(
+                        "vCPU {} does not exist (max_vcpus is {})",
+                        a.vcpu, self.cpus.max_vcpus
+                    ),
+                ));
+            }
+            if let Some(first) = pinned.insert(a.vcpu, i) {
+                return Err(ConfigError::new(
+                    format!("{field}.vcpu"),
+                    format!(
+                        "vCPU {} is already pinned by cpus.affinity[{first}]",
+                        a.vcpu
+                    ),
+                ));
+            }
+            if a.host_cpus.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}.host_cpus"),
+                    "must name at least one host CPU",
+                ));
+            }
+            if let Some(cpu) = a.host_cpus.iter().find(|&&c| c >= MAX_HOST_CPUS) {
+                return Err(ConfigError::new(
+                    format!("{field}.host_cpus"),
+                    format!("host CPU {cpu} is beyond the {MAX_HOST_CPUS} a CPU set holds"),
                 ));
             }
         }

@@ -12,8 +12,9 @@ use crate::error::ApiError;
 
 mod host;
 pub use host::{
-    HostDevices, HostIommuGroup, HostIommuGroupMember, HostMdevParent, HostMdevType, HostNumaNode,
-    HostNvidiaVgpu, HostPciDevice, HostVgpuType,
+    HostDevices, HostIommuGroup, HostIommuGroupMember, HostMdevParent, HostMdevType,
+    HostNumaAccess, HostNumaNode, HostNvidiaVgpu, HostPciDevice, HostVgpuType, TopologyMirror,
+    MIRROR_GPU_GI_NODES, MIRROR_MEMORY_PER_NODE, MIRROR_OTHER_GI_NODES, MIRROR_VCPUS_PER_NODE,
 };
 
 /// `GET /vmm.ping`.

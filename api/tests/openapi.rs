@@ -163,6 +163,7 @@ async fn the_servers_own_answers_are_documented() {
             "/vm.add-numa-node" | "/vm.remove-numa-node" => r#"{"guest_numa_id": 1}"#,
             "/vm.add-generic-initiator" => r#"{"device": "d", "node": 1}"#,
             "/vm.remove-generic-initiator" => r#"{"id": "g"}"#,
+            "/vmm.topology-mirror" => r#"{"devices": ["41:00.0"]}"#,
             _ => panic!("{path}: give an example body"),
         });
         let method_uc = method.to_uppercase();
@@ -447,6 +448,18 @@ fn request_schemas_match_the_types() {
         "RemoveGenericInitiator",
         json!({"id": "gi0", "device": "gpu0", "node": 1, "nodes": "2-9"}),
     );
+    check_request::<tessera_api::types::TopologyMirror>(
+        "TopologyMirror",
+        json!({
+            "devices": ["0000:41:00.0"],
+            "gi_nodes": 8,
+            "host_nodes": [0, 1],
+            "vcpus_per_node": 2,
+            "memory_per_node": 1073741824,
+            "managed": true,
+            "payload": config["payload"].clone()
+        }),
+    );
 }
 
 #[test]
@@ -668,6 +681,7 @@ fn every_action_has_a_route() {
             VmAction::RemoveGenericInitiator(_) => "/vm.remove-generic-initiator",
             VmAction::Acpi => "/vm.acpi",
             VmAction::HostDevices => "/vmm.host-devices",
+            VmAction::TopologyMirror(_) => "/vmm.topology-mirror",
         }
     }
     let config: VmConfig = serde_json::from_value(maximal_config()).unwrap();
@@ -692,6 +706,7 @@ fn every_action_has_a_route() {
         VmAction::RemoveGenericInitiator(RemoveGenericInitiator::default()),
         VmAction::Acpi,
         VmAction::HostDevices,
+        VmAction::TopologyMirror(tessera_api::types::TopologyMirror::default()),
     ];
     let routed: BTreeSet<String> = routes().map(|(_, p)| p).collect();
     let acted: BTreeSet<String> = all.iter().map(|a| format!("/api/v1{}", path(a))).collect();

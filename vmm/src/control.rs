@@ -427,6 +427,7 @@ impl Control {
                 | VmAction::Counters
                 | VmAction::Acpi
                 | VmAction::HostDevices
+                | VmAction::TopologyMirror(_)
         );
         let reply = self.apply(action);
         if !read_only {
@@ -463,6 +464,14 @@ impl Control {
             VmAction::HostDevices => {
                 let sysfs = self.managed.host().path(crate::host::SYSFS_ROOT);
                 ApiReply::json(&crate::host::discover(&sysfs))
+            }
+            // As host-devices: the host now, whatever the VM's state; only an answer.
+            VmAction::TopologyMirror(request) => {
+                let sysfs = self.managed.host().path(crate::host::SYSFS_ROOT);
+                let host = crate::host::discover(&sysfs);
+                let config = crate::host::mirror::mirror(&host, &request)
+                    .map_err(|e| ApiError::bad_request(e.to_string(), Some(e.field)))?;
+                ApiReply::json(&config)
             }
             VmAction::VmmShutdown => {
                 // Stopped before the answer, so that vmm.shutdown's answer means it.

@@ -5,8 +5,9 @@
 //! and runs one boot (`vcpu` runs its vCPUs); `console` and `serial_input` are the serial
 //! port's host side, which outlives boots; the `tessera` binary drives them through
 //! `control`. `host` reads what the host offers for passthrough (`vmm.host-devices`);
-//! `seccomp` holds each thread's syscall filter.
+//! `seccomp` holds each thread's syscall filter; `affinity` pins vCPU threads.
 
+pub mod affinity;
 pub mod cli;
 pub mod console;
 pub mod control;

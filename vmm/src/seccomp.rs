@@ -368,7 +368,8 @@ const CONTROL: &[Allow] = &[
     any(libc::SYS_clone3, "starting vCPU, serial-input and guest-RAM prefault threads (glibc 2.34+)"),
     any(libc::SYS_set_robust_list, "a new thread registers its robust futexes (under the parent's filter)"),
     any(libc::SYS_rseq, "a new thread registers restartable sequences (glibc 2.35+)"),
-    any(libc::SYS_sched_getaffinity, "std::thread::available_parallelism"),
+    any(libc::SYS_sched_getaffinity, "std::thread::available_parallelism; the host check of cpus.affinity"),
+    any(libc::SYS_sched_setaffinity, "a vCPU thread pins itself (cpus.affinity) before its own filter, under this one"),
     only(
         libc::SYS_prctl,
         0,

@@ -1260,6 +1260,7 @@ fn every_request_in_every_state_is_answered_as_documented() {
             "vm.remove-numa-node" => r#"{"guest_numa_id": 3}"#.into(),
             "vm.add-generic-initiator" => r#"{"device": "_host_bridge", "node": 3}"#.into(),
             "vm.remove-generic-initiator" => r#"{"id": "gi0"}"#.into(),
+            "vmm.topology-mirror" => r#"{"devices": ["0000:fe:1f.7"]}"#.into(),
             _ => return None,
         })
     };
@@ -1293,6 +1294,19 @@ fn every_request_in_every_state_is_answered_as_documented() {
             // A hotplug's success (200/204) needs a VFIO device and a guest that ejects:
             // hotplug_in_nested_host.rs has both. Here the request must reach the hotplug
             // path (not be refused for the state) and fail on the device alone.
+            // A mirror's 200 needs a host with NUMA nodes and a device VFIO can take:
+            // host_devices_from_a_fake_sysfs and topology_in_nested_host.rs have them. Here
+            // the request must be answered in every state, and refused for the device alone.
+            if name == "vmm.topology-mirror" {
+                assert_eq!(expected(&name).map(|s| s[column]), Some(200), "{name}");
+                assert_eq!(status, 400, "{name} in {state}: {text}");
+                assert!(
+                    text.contains("the host has no PCI device 0000:fe:1f.7"),
+                    "{text}"
+                );
+                checked += 1;
+                continue;
+            }
             if *state == "Running" && matches!(name.as_str(), "vm.add-device" | "vm.remove-device")
             {
                 let (want, refusal) = match name.as_str() {
@@ -1562,6 +1576,49 @@ fn host_devices_from_a_fake_sysfs() {
     // The host changes under the VMM: the next answer sees it.
     std::fs::remove_file(fake.root().join("bus/pci/devices/0000:03:00.1")).unwrap();
     assert_eq!(expected(&t)["pci_devices"].as_array().unwrap().len(), 3);
+
+    // vmm.topology-mirror around the vGPU VF (on node 1, which has memory and no CPUs;
+    // managed, since it is on nvidia): node 0 for the CPUs, node 1, and the GPU's eight
+    // GI nodes; vm.create takes the answer as it is.
+    let request = format!(
+        r#"{{"devices": ["0000:41:00.4"], "managed": true, "payload": {{"kernel": "{}"}}}}"#,
+        kernel()
+    );
+    let (status, config) = t.json("PUT", "vmm.topology-mirror", Some(&request));
+    assert_eq!(status, 200, "{config}");
+    let numa = config["numa"].as_array().unwrap();
+    assert_eq!(numa.len(), 10, "{config:#}");
+    assert_eq!(numa[0]["cpus"], serde_json::json!([0]));
+    assert_eq!(
+        numa[1]["distances"][0],
+        serde_json::json!({"destination": 0, "distance": 21})
+    );
+    assert_eq!(
+        config["generic_initiators"],
+        serde_json::json!([{"device": "dev0", "nodes": "2-9"}])
+    );
+    assert_eq!(
+        config["cpus"]["affinity"],
+        serde_json::json!([{"vcpu": 0, "host_cpus": [0, 1]}])
+    );
+    assert_eq!(config["devices"][0]["managed"], true);
+    assert_eq!(
+        t.api("PUT", "vm.create", Some(&config.to_string())).0,
+        204,
+        "{config}"
+    );
+    assert_eq!(t.api("PUT", "vm.delete", None).0, 204);
+    // A device numa_node -1 on a host of two nodes, by the request's field.
+    let (status, text) = t.api(
+        "PUT",
+        "vmm.topology-mirror",
+        Some(r#"{"devices": ["0000:41:00.4", "00:03.0"], "managed": true}"#),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("devices[1]: the host's firmware puts 0000:00:03.0 on no NUMA node"),
+        "{text}"
+    );
 }
 
 /// Without a PCI bus (or any sysfs) the answer is empty lists, not an error.
