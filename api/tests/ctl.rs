@@ -85,6 +85,7 @@ fn info() -> VmInfo {
             },
         ],
         slots: vec![],
+        device_memory: vec![],
     }
 }
 

@@ -419,6 +419,7 @@ fn config_refuses_every_vm_option_beside_it() {
             "initiator=0,target=0,hierarchy=memory,data-type=read-latency,latency=5",
         ),
         ("--hmat-cache", "node-id=0,size=1M,level=1"),
+        ("--device-memory", "device=a,bar=2,node=1"),
         ("--platform", "num_pci_segments=2"),
         ("--serial", "tty"),
     ] {
