@@ -247,6 +247,9 @@ pub struct VfioPciDevice {
     /// decoding then stays on whatever the guest writes to the command register, since
     /// vfio-pci revokes the BAR's mmap (and the guest's RAM with it) when it goes off.
     keeps_memory_decode: bool,
+    /// With `keeps_memory_decode`: the memory-decode bit as the guest last wrote it, which
+    /// is what it reads back and what decides whether its other BARs decode.
+    guest_memory_decode: bool,
 }
 
 impl VfioPciDevice {
@@ -361,6 +364,7 @@ impl VfioPciDevice {
             relocator: None,
             mmap_excluded: [false; 6],
             keeps_memory_decode: false,
+            guest_memory_decode: false,
         })
     }
 
@@ -404,13 +408,16 @@ impl VfioPciDevice {
         if let Some(slot) = self.bars.get_mut(index) {
             *slot = None;
         }
-        self.keeps_memory_decode = true;
         let mut command = [0u8; 2];
         self.io.region_read(
             VFIO_PCI_CONFIG_REGION_INDEX,
             REG_COMMAND as u64 * 4,
             &mut command,
         );
+        if !self.keeps_memory_decode {
+            self.guest_memory_decode = u16::from_le_bytes(command) & COMMAND_MEMORY as u16 != 0;
+        }
+        self.keeps_memory_decode = true;
         let on = u16::from_le_bytes(command) | COMMAND_MEMORY as u16;
         self.io.region_write(
             VFIO_PCI_CONFIG_REGION_INDEX,
@@ -627,6 +634,17 @@ impl VfioPciDevice {
             .region_read(VFIO_PCI_CONFIG_REGION_INDEX, offset, data);
     }
 
+    /// The command/status register as the guest sees it: the device's, but for the
+    /// memory-decode bit the VMM keeps on under a BAR taken as guest RAM.
+    fn guest_command(&self) -> u32 {
+        let command = self.read_device_register(REG_COMMAND);
+        if !self.keeps_memory_decode {
+            return command;
+        }
+        let guest = if self.guest_memory_decode { COMMAND_MEMORY } else { 0 };
+        (command & !COMMAND_MEMORY) | guest
+    }
+
     fn read_device_register(&self, reg: usize) -> u32 {
         let mut b = [0u8; 4];
         self.read_device(reg as u64 * 4, &mut b);
@@ -657,7 +675,7 @@ impl VfioPciDevice {
 
     /// After a BAR or command write: when a BAR decodes at a new address, move its mappings.
     fn follow_bars(&mut self) {
-        let command = self.read_device_register(REG_COMMAND);
+        let command = self.guest_command();
         for index in 0..self.bars.len() {
             let Some(state) = self.bars.get(index).copied().flatten() else {
                 continue;
@@ -809,6 +827,7 @@ impl PciDevice for VfioPciDevice {
             // Only function 0 is given to the guest: never claim more functions.
             REG_HEADER_TYPE => self.read_device_register(reg) & !(0x80 << 16),
             r if (REG_BAR0..REG_BAR0 + 6).contains(&r) => self.bars_shadow.read_register(r),
+            REG_COMMAND => self.guest_command(),
             // CardBus CIS pointer: not ours to show.
             10 => 0,
             REG_ROM => {
@@ -873,6 +892,7 @@ impl PciDevice for VfioPciDevice {
                 let mut data = data.to_vec();
                 if reg == REG_COMMAND && offset == 0 && self.keeps_memory_decode {
                     if let Some(low) = data.first_mut() {
+                        self.guest_memory_decode = *low & COMMAND_MEMORY as u8 != 0;
                         *low |= COMMAND_MEMORY as u8;
                     }
                 }
@@ -1106,6 +1126,10 @@ mod tests {
         assert_eq!(fake.config.lock().unwrap()[4] & COMMAND_MEMORY as u8, 2);
         d.write_config_register(REG_COMMAND, 0, &[0x04, 0]);
         assert_eq!(fake.config.lock().unwrap()[4], 0x04 | COMMAND_MEMORY as u8);
+        // The guest reads back what it wrote.
+        assert_eq!(d.read_config_register(REG_COMMAND) & 0xffff, 0x04);
+        d.write_config_register(REG_COMMAND, 0, &[0x06, 0]);
+        assert_eq!(d.read_config_register(REG_COMMAND) & 0xffff, 0x06);
         // A BAR that is not whole-mmappable is refused.
         let mut d =
             VfioPciDevice::new("test", FakeDevice::new(), Arc::new(NullRouter::default())).unwrap();

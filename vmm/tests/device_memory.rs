@@ -27,7 +27,7 @@ fn config() -> VmConfig {
         {"guest_numa_id": 2},
         {"guest_numa_id": 3}
       ],
-      "generic_initiators": [{"device": "ivs0", "node": 3}],
+      "generic_initiators": [{"device": "ivs0", "nodes": "2-3"}],
       "device_memory": [{"device": "ivs0", "bar": 2, "node": 2}]
     }"#,
     )
