@@ -641,7 +641,11 @@ impl VfioPciDevice {
         if !self.keeps_memory_decode {
             return command;
         }
-        let guest = if self.guest_memory_decode { COMMAND_MEMORY } else { 0 };
+        let guest = if self.guest_memory_decode {
+            COMMAND_MEMORY
+        } else {
+            0
+        };
         (command & !COMMAND_MEMORY) | guest
     }
 
