@@ -5,7 +5,9 @@
 # TESSERA-JUDGE-BEGIN and TESSERA-JUDGE-END on the console; with judge.devices=1 on the
 # kernel command line, then what it could do with its NVMe, edu and mtty PCI devices
 # between TESSERA-DEVICES-BEGIN and TESSERA-DEVICES-END (using /bin/pci-bar, built from
-# tests/guest/pci_bar.rs); then powers off (or reboots, with judge.action=reboot, or
+# tests/guest/pci_bar.rs); with judge.devmem=N, what node N's memory holds between
+# TESSERA-DEVMEM-BEGIN and TESSERA-DEVMEM-END (parsed by
+# vmm/tests/device_memory_in_nested_host.rs); then powers off (or reboots, with judge.action=reboot, or
 # does what the console says, with judge.action=console).
 # tests/src/linux_judge.rs parses both blocks; keep the two in step.
 export PATH=/bin
