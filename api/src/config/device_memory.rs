@@ -48,10 +48,13 @@ impl VmConfig {
             .find(|(_, m)| m.node == node)
     }
 
-    /// Whether a `device_memory` entry names device `id`: it then cannot leave a running
-    /// VM (its BAR is guest RAM).
-    pub fn backs_device_memory(&self, id: &str) -> Option<usize> {
-        self.device_memory.iter().position(|m| m.device == id)
+    /// The `device_memory` entry naming device `id`, with its index: the device then
+    /// cannot leave a running VM (its BAR is guest RAM).
+    pub fn backs_device_memory(&self, id: &str) -> Option<(usize, &DeviceMemoryConfig)> {
+        self.device_memory
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.device == id)
     }
 
     /// The `device_memory` checks that need no host: the device is configured (not a

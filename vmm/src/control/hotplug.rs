@@ -118,13 +118,13 @@ pub(super) fn removable(c: &VmConfig, id: &str) -> Result<usize, ApiError> {
         .ok_or_else(|| ApiError::new(404, format!("no device has id `{id}`"), Some("id".into())))?;
     // Its BAR is guest RAM the guest's kernel holds pages of: it cannot be given back
     // while the guest runs, and the entry names it while the VM is not running.
-    if let Some(i) = c.backs_device_memory(id) {
+    if let Some((i, m)) = c.backs_device_memory(id) {
         return Err(ApiError::new(
             409,
             format!(
                 "`{id}` backs node {}'s memory (device_memory[{i}]): device memory is guest \
                  RAM and cannot be unplugged; remove that entry while the VM is not running",
-                c.device_memory[i].node
+                m.node
             ),
             Some("id".into()),
         ));
@@ -197,7 +197,7 @@ impl Control {
                 tracing::debug!(?slot, "the guest ejected an empty slot");
                 continue;
             };
-            if let Some(i) = self
+            if let Some((i, _)) = self
                 .config
                 .as_ref()
                 .and_then(|c| c.backs_device_memory(&id))
