@@ -1,6 +1,6 @@
 //! The VM configuration: Cloud Hypervisor's `VmConfig` (API 54.0.0), every field of it,
-//! plus `generic_initiators` and `hmat`; and [`VmConfig::validate`], the checks that need
-//! no host.
+//! plus `generic_initiators`, `hmat`, `hmat_caches` and `device_memory`; and
+//! [`VmConfig::validate`], the checks that need no host.
 //!
 //! Every CH field is accepted at CH's default and serialized as CH serializes it (fields
 //! with a value always, `Option`s only when set), so CH's `vm.info` loads here and
