@@ -1,6 +1,6 @@
 //! The VM configuration: Cloud Hypervisor's `VmConfig` (API 54.0.0), every field of it,
-//! plus `generic_initiators` and `hmat`; and [`VmConfig::validate`], the checks that need
-//! no host.
+//! plus `generic_initiators`, `hmat`, `hmat_caches` and `device_memory`; and
+//! [`VmConfig::validate`], the checks that need no host.
 //!
 //! Every CH field is accepted at CH's default and serialized as CH serializes it (fields
 //! with a value always, `Option`s only when set), so CH's `vm.info` loads here and
@@ -8,6 +8,7 @@
 //! value by name ([`ch_fields`]). Unknown fields are refused by name, never ignored.
 
 mod ch_fields;
+mod device_memory;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ pub use ch_fields::{
     HotplugMethod, LandlockConfig, OpaqueConfig, PciSegmentConfig, RngConfig, VirtioConsoleConfig,
     DEBUG_CONSOLE_PORT, DEFAULT_RNG_SOURCE,
 };
+pub use device_memory::{DeviceMemoryConfig, DEFAULT_DEVICE_MEMORY_DISTANCE};
 
 /// A whole VM. The fields are in CH's order; Tessera's `generic_initiators` and `hmat`
 /// follow `numa`.
@@ -132,6 +134,14 @@ pub struct VmConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub hmat_caches: Vec<HmatCacheConfig>,
+    /// Memory BARs of passed-through devices given to the guest as the RAM of
+    /// memory-only NUMA nodes (Tessera extension).
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub device_memory: Vec<DeviceMemoryConfig>,
     /// CH's watchdog device; `false` only.
     #[serde(default)]
     pub watchdog: bool,
@@ -1233,6 +1243,7 @@ impl VmConfig {
             ));
         }
         self.validate_numa(&zones, &devices)?;
+        self.validate_device_memory()?;
         // Each HMAT value alone; which nodes may be initiators and targets is known once
         // the topology is (the acpi crate checks it, naming the same `hmat[N]` fields).
         for (i, h) in self.hmat.iter().enumerate() {

@@ -64,6 +64,25 @@ pub struct VmInfo {
     /// each (Tessera extension).
     #[serde(default)]
     pub slots: Vec<SlotInfo>,
+    /// Device memory BARs with the guest RAM each became (Tessera extension); left out
+    /// when there is none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_memory: Vec<DeviceMemoryInfo>,
+}
+
+/// A device's memory BAR as a node's RAM, in [`VmInfo::device_memory`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceMemoryInfo {
+    /// The device's id.
+    pub device: String,
+    /// The BAR.
+    pub bar: u8,
+    /// The NUMA node whose RAM it is.
+    pub node: u32,
+    /// Its guest physical address.
+    pub guest_address: u64,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// A GI-ready PCI slot in [`VmInfo::slots`].

@@ -86,6 +86,7 @@ fn info() -> VmInfo {
             },
         ],
         slots: vec![],
+        device_memory: vec![],
     }
 }
 

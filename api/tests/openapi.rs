@@ -24,16 +24,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tessera_api::config::{
-    ConsoleMode, CoreScheduling, CpuProfile, DeviceConfig, GenericInitiatorConfig,
-    HmatCacheAssociativity, HmatCacheConfig, HmatCachePolicy, HmatDataType, HmatHierarchy,
-    HmatLbConfig, HotplugMethod, NumaConfig, VmConfig,
+    ConsoleMode, CoreScheduling, CpuProfile, DeviceConfig, DeviceMemoryConfig,
+    GenericInitiatorConfig, HmatCacheAssociativity, HmatCacheConfig, HmatCachePolicy, HmatDataType,
+    HmatHierarchy, HmatLbConfig, HotplugMethod, NumaConfig, VmConfig,
 };
 use tessera_api::server::{
     openapi_json, routes, ApiError, ApiReply, ApiRequest, Snapshot, VmAction, MAX_BODY,
 };
 use tessera_api::types::{
-    AcpiInfo, AcpiTable, DeviceInfo, DeviceNode, PciDeviceInfo, RemoveGenericInitiator, SlotInfo,
-    VmInfo, VmRemoveDevice, VmRemoveNumaNode, VmState, VmmPingResponse,
+    AcpiInfo, AcpiTable, DeviceInfo, DeviceMemoryInfo, DeviceNode, PciDeviceInfo,
+    RemoveGenericInitiator, SlotInfo, VmInfo, VmRemoveDevice, VmRemoveNumaNode, VmState,
+    VmmPingResponse,
 };
 
 fn doc() -> Value {
@@ -413,6 +414,7 @@ fn maximal_config() -> Value {
                   "latency": 10, "bandwidth": 1048576}],
         "hmat_caches": [{"node": 0, "size": 1048576, "level": 1, "associativity": "direct",
                          "policy": "write_back", "line": 64}],
+        "device_memory": [{"device": "gpu0", "bar": 2, "node": 3, "distance": 40}],
         "watchdog": true,
         "rtc": {},
         "gdb": true,
@@ -442,6 +444,7 @@ fn request_schemas_match_the_types() {
     );
     check_request::<HmatLbConfig>("HmatLbConfig", config["hmat"][0].clone());
     check_request::<HmatCacheConfig>("HmatCacheConfig", config["hmat_caches"][0].clone());
+    check_request::<DeviceMemoryConfig>("DeviceMemoryConfig", config["device_memory"][0].clone());
     check_request::<VmRemoveDevice>("VmRemoveDevice", json!({"id": "gpu0"}));
     check_request::<VmRemoveNumaNode>("VmRemoveNumaNode", json!({"guest_numa_id": 3}));
     check_request::<RemoveGenericInitiator>(
@@ -501,6 +504,13 @@ fn response_schemas_match_the_types() {
                 device: None,
             },
         ],
+        device_memory: vec![DeviceMemoryInfo {
+            device: "gpu0".into(),
+            bar: 2,
+            node: 3,
+            guest_address: 1 << 32,
+            size: 128 << 20,
+        }],
     };
     let ping = VmmPingResponse {
         build_version: "b".into(),
@@ -545,6 +555,7 @@ fn response_schemas_match_the_types() {
         device_tree: None,
         devices: vec![],
         slots: vec![],
+        device_memory: vec![],
     };
     let v = serde_json::to_value(&minimal).unwrap();
     for r in d["components"]["schemas"]["VmInfo"]["required"]

@@ -49,6 +49,7 @@ fn info() -> VmInfo {
             generic_initiator_nodes: vec![2, 3],
         }],
         slots: vec![],
+        device_memory: vec![],
     }
 }
 

@@ -129,9 +129,15 @@ impl Control {
             build_version: env!("CARGO_PKG_VERSION").into(),
             version: env!("CARGO_PKG_VERSION").into(),
             pid: i64::from(std::process::id()),
-            features: ["numa", "generic_initiators", "hmat", "acpi_tables"]
-                .map(String::from)
-                .into(),
+            features: [
+                "numa",
+                "generic_initiators",
+                "hmat",
+                "device_memory",
+                "acpi_tables",
+            ]
+            .map(String::from)
+            .into(),
         });
         let control = Control {
             kvm,
@@ -719,10 +725,30 @@ impl Control {
         ApiReply::json_text(&VmInfo {
             config: config.clone(),
             state,
-            memory_actual_size: Some(topology.acpi.memory.iter().map(|m| m.size).sum()),
+            // Guest RAM the VMM allocates; device memory is the device's, listed apart.
+            memory_actual_size: Some(
+                topology
+                    .layout
+                    .zones
+                    .iter()
+                    .flatten()
+                    .map(|r| r.len())
+                    .sum(),
+            ),
             device_tree: Some(device_tree),
             devices,
             slots,
+            device_memory: topology
+                .device_memory
+                .iter()
+                .map(|m| tessera_api::types::DeviceMemoryInfo {
+                    device: m.device.clone(),
+                    bar: m.bar as u8,
+                    node: m.node,
+                    guest_address: m.range.start,
+                    size: m.range.len(),
+                })
+                .collect(),
         })
     }
 

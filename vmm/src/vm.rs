@@ -250,6 +250,7 @@ impl Vm {
             &topology.layout,
             topology.slots.clone(),
             memory_slots,
+            topology.device_memory.clone(),
             serial,
             events,
         )?;
