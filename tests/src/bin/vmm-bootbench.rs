@@ -256,13 +256,22 @@ const KVM_COUNTERS: &[&str] = &[
     "request_irq_exits",
 ];
 
-/// The VM counters of process `pid` (its first VM), if debugfs shows them.
+/// The VM counters of process `pid` (its first VM), if debugfs shows them. KVM names a
+/// VM's directory after the thread that created it (CH creates its VM on a thread of its
+/// own), so any of the process's threads counts.
 fn kvm_counters(pid: u32) -> Option<Vec<(&'static str, u64)>> {
-    let prefix = format!("{pid}-");
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| format!("{}-", e.file_name().to_string_lossy()))
+        .collect();
     let dir = std::fs::read_dir(KVM_DEBUGFS)
         .ok()?
         .filter_map(Result::ok)
-        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))?
+        .find(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            threads.iter().any(|t| name.starts_with(t.as_str()))
+        })?
         .path();
     Some(
         KVM_COUNTERS
