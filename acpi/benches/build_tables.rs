@@ -11,11 +11,17 @@ use tessera_acpi::{
     PciDevice, PciSegment, Placement, Topology, Window,
 };
 
-/// The sizes measured: (vCPUs, nodes, devices with 8 GI links each).
-const SIZES: &[(u32, u32, u8)] = &[(2, 2, 0), (16, 8, 2), (64, 32, 8), (256, 64, 16)];
+/// The sizes measured: (vCPUs, CPU nodes, GI nodes, devices with 8 GI links each); the
+/// second is the seed's shape (2 CPU nodes, 2 GPUs with 8 GI nodes each).
+const SIZES: &[(u32, u32, u32, u8)] = &[
+    (2, 2, 0, 0),
+    (16, 2, 16, 2),
+    (64, 4, 28, 8),
+    (256, 8, 56, 16),
+];
 
-fn topology(vcpus: u32, nodes: u32, devices: u8) -> Topology {
-    let cpu_nodes = nodes.min(8);
+fn topology(vcpus: u32, cpu_nodes: u32, gi_nodes: u32, devices: u8) -> Topology {
+    let nodes = cpu_nodes + gi_nodes;
     let mut t = Topology {
         nodes: (0..nodes).map(|id| NumaNode { id }).collect(),
         ..Default::default()
@@ -109,8 +115,9 @@ fn topology(vcpus: u32, nodes: u32, devices: u8) -> Topology {
 }
 
 fn bench(c: &mut Criterion) {
-    for &(vcpus, nodes, devices) in SIZES {
-        let t = topology(vcpus, nodes, devices);
+    for &(vcpus, cpu_nodes, gi_nodes, devices) in SIZES {
+        let nodes = cpu_nodes + gi_nodes;
+        let t = topology(vcpus, cpu_nodes, gi_nodes, devices);
         build(&t, Placement::default()).expect("the benchmark topology is valid");
         let links = t.generic_initiators.len();
         c.bench_function(
