@@ -205,6 +205,9 @@ struct BarState {
     region_size: u64,
     /// Where it is mapped now; `None` until assigned.
     mapped_at: Option<u64>,
+    /// The last address a move of this BAR was refused to: the guest rewriting other
+    /// registers retries the same move on every write, and it is warned about once.
+    refused_at: Option<u64>,
 }
 
 /// INTx wiring: the device signals `trigger`, which raises `gsi`; KVM writes `unmask` at
@@ -281,6 +284,7 @@ impl VfioPciDevice {
                     },
                     region_size: region.size,
                     mapped_at: None,
+                    refused_at: None,
                 });
             }
             index += if is_64 { 2 } else { 1 };
@@ -295,6 +299,7 @@ impl VfioPciDevice {
                 },
                 region_size: rom.size,
                 mapped_at: None,
+                refused_at: None,
             });
         }
 
@@ -611,17 +616,26 @@ impl VfioPciDevice {
                 Some(r) => r.relocate(state.request.bar_type, old, address, state.request.size),
                 None => Err("BARs cannot move in this VM".to_string()),
             };
+            let Some(Some(s)) = self.bars.get_mut(index) else {
+                continue;
+            };
             match moved {
                 Ok(()) => {
                     debug!(device = %self.name, index, "BAR moved from {old:#x} to {address:#x}");
-                    if let Some(Some(s)) = self.bars.get_mut(index) {
-                        s.mapped_at = Some(address);
-                    }
+                    s.mapped_at = Some(address);
+                    s.refused_at = None;
                 }
-                Err(e) => warn!(
+                Err(e) if s.refused_at == Some(address) => debug!(
                     device = %self.name,
-                    index, "the guest moved a BAR from {old:#x} to {address:#x}, which failed: {e}"
+                    index, "the BAR still cannot move from {old:#x} to {address:#x}: {e}"
                 ),
+                Err(e) => {
+                    warn!(
+                        device = %self.name,
+                        index, "the guest moved a BAR from {old:#x} to {address:#x}, which failed: {e}"
+                    );
+                    s.refused_at = Some(address);
+                }
             }
         }
     }
@@ -970,6 +984,20 @@ mod tests {
         }
     }
 
+    /// Refuses every move to `refuse`, records the others.
+    struct Refuses {
+        refuse: u64,
+        moves: Moves,
+    }
+    impl BarRelocator for Refuses {
+        fn relocate(&self, t: PciBarType, old: u64, new: u64, size: u64) -> Result<(), String> {
+            if new == self.refuse {
+                return Err("refused".into());
+            }
+            self.moves.relocate(t, old, new, size)
+        }
+    }
+
     fn device() -> (Arc<FakeDevice>, VfioPciDevice) {
         let fake = FakeDevice::new();
         let mut d =
@@ -1102,6 +1130,40 @@ mod tests {
         );
         d.write_config_register(1, 0, &COMMAND_MEMORY.to_le_bytes()[..2]);
         assert_eq!(moves.0.lock().unwrap().len(), 1);
+        assert_eq!(
+            d.bar_range(0),
+            Some((PciBarType::Memory64, 0x2000_0000, 0x4000))
+        );
+    }
+
+    #[test]
+    fn a_refused_move_keeps_the_bar_where_it_was_and_is_warned_about_once() {
+        let (_, mut d) = device();
+        let r = Arc::new(Refuses {
+            refuse: 0x3000_0000,
+            moves: Moves::default(),
+        });
+        d.set_relocator(r.clone());
+        d.write_config_register(4, 0, &0x3000_0000u32.to_le_bytes());
+        d.write_config_register(5, 0, &0u32.to_le_bytes());
+        d.write_config_register(1, 0, &COMMAND_MEMORY.to_le_bytes()[..2]);
+        // Refused: the BAR stays mapped where it was, and the refusal is remembered so
+        // that the guest's further writes retry it without a warning each.
+        assert_eq!(
+            d.bar_range(0),
+            Some((PciBarType::Memory64, 0x1_0000_0000, 0x4000))
+        );
+        let refused = |d: &VfioPciDevice| d.bars[0].and_then(|b| b.refused_at);
+        assert_eq!(refused(&d), Some(0x3000_0000));
+        d.write_config_register(1, 0, &COMMAND_MEMORY.to_le_bytes()[..2]);
+        assert_eq!(refused(&d), Some(0x3000_0000));
+        // A move that works starts from where the BAR really is.
+        d.write_config_register(4, 0, &0x2000_0000u32.to_le_bytes());
+        assert_eq!(
+            *r.moves.0.lock().unwrap(),
+            vec![(0x1_0000_0000, 0x2000_0000, 0x4000)]
+        );
+        assert_eq!(refused(&d), None);
         assert_eq!(
             d.bar_range(0),
             Some((PciBarType::Memory64, 0x2000_0000, 0x4000))
