@@ -195,7 +195,20 @@ pub struct MmapArea {
 pub trait BarRelocator: Send + Sync {
     /// The BAR of `bar_type` and `size` bytes moved from `old` to `new`.
     fn relocate(&self, bar_type: PciBarType, old: u64, new: u64, size: u64) -> Result<(), String>;
+
+    /// The guest turned the device's memory space off (`enabled` false: the command
+    /// register's memory bit cleared, or the function put in D3hot) or on again, for the
+    /// memory BAR of `size` bytes at `address`. While it is off the host refuses the
+    /// BAR's mmap (KVM_RUN would fail with EFAULT), so the guest's accesses must trap.
+    fn set_memory_enabled(&self, address: u64, size: u64, enabled: bool) -> Result<(), String>;
 }
+
+/// PCI power management capability ID.
+const PCI_CAP_ID_PM: u8 = 0x01;
+/// PMCSR (the power management capability's control/status register): its offset in the
+/// capability, and the PowerState field (0 is D0).
+const PM_CONTROL: usize = 4;
+const PM_STATE_MASK: u16 = 0x3;
 
 /// A BAR as the guest sees it.
 #[derive(Clone, Copy, Debug)]
@@ -235,6 +248,11 @@ pub struct VfioPciDevice {
     msix: Option<MsixCapability>,
     intx: Option<Intx>,
     relocator: Option<Arc<dyn BarRelocator>>,
+    /// Where the power management capability is, if the device has one.
+    pm_cap: Option<usize>,
+    /// Whether the guest turned memory space off (see [`BarRelocator::set_memory_enabled`])
+    /// and the BARs' direct mappings were taken out.
+    memory_off: bool,
     /// BARs never mmapped into the guest (CH's `x_exclude_mmap_bars`): every access to
     /// them traps, for devices whose BARs misbehave when the guest reaches them directly.
     mmap_excluded: [bool; 6],
@@ -313,6 +331,7 @@ impl VfioPciDevice {
 
         let mut msi = None;
         let mut msix = None;
+        let mut pm_cap = None;
         if read32(REG_COMMAND) & STATUS_CAPABILITIES != 0 {
             let mut offset = (read32(REG_CAPABILITIES) & 0xfc) as usize;
             // A corrupt list could loop: there is room for at most 48 capabilities.
@@ -324,6 +343,9 @@ impl VfioPciDevice {
                 let id = (header & 0xff) as u8;
                 let mut bytes = [0u8; 24];
                 io.region_read(VFIO_PCI_CONFIG_REGION_INDEX, offset as u64, &mut bytes);
+                if id == PCI_CAP_ID_PM && pm_cap.is_none() {
+                    pm_cap = Some(offset);
+                }
                 if id == PCI_CAP_ID_MSI && io.irq_count(VFIO_PCI_MSI_IRQ_INDEX) > 0 {
                     msi = Some(
                         MsiCapability::new(offset, &bytes, router.clone())
@@ -352,6 +374,8 @@ impl VfioPciDevice {
             msix,
             intx: None,
             relocator: None,
+            pm_cap,
+            memory_off: false,
             mmap_excluded: [false; 6],
         })
     }
@@ -640,6 +664,42 @@ impl VfioPciDevice {
         }
     }
 
+    /// Whether the device decodes memory now: the command register's memory bit, and
+    /// the function in D0.
+    fn memory_enabled(&self) -> bool {
+        if self.read_device_register(REG_COMMAND) & COMMAND_MEMORY == 0 {
+            return false;
+        }
+        let Some(pm) = self.pm_cap else { return true };
+        let mut pmcsr = [0u8; 2];
+        self.read_device((pm + PM_CONTROL) as u64, &mut pmcsr);
+        u16::from_le_bytes(pmcsr) & PM_STATE_MASK == 0
+    }
+
+    /// After a command or power-state write: when memory space went off or on, takes the
+    /// memory BARs' direct mappings out (accesses then trap) or puts them back.
+    fn follow_memory_enable(&mut self) {
+        let enabled = self.memory_enabled();
+        if enabled != self.memory_off {
+            return;
+        }
+        let Some(relocator) = &self.relocator else {
+            return;
+        };
+        for (index, state) in self.bars.iter().enumerate().take(6) {
+            let Some(state) = state else { continue };
+            let (PciBarType::Memory32 | PciBarType::Memory64) = state.request.bar_type else {
+                continue;
+            };
+            let Some(at) = state.mapped_at else { continue };
+            if let Err(e) = relocator.set_memory_enabled(at, state.request.size, enabled) {
+                warn!(device = %self.name, index, "turning the BAR at {at:#x} {}: {e}",
+                    if enabled { "on" } else { "off" });
+            }
+        }
+        self.memory_off = !enabled;
+    }
+
     /// A trapped guest read at `offset` of BAR `bar` (or [`ROM_BAR`]).
     pub fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
         if let Some(msix) = &self.msix {
@@ -815,6 +875,10 @@ impl PciDevice for VfioPciDevice {
                 if reg == REG_COMMAND && offset < 2 {
                     self.follow_bars();
                 }
+                let pm_control = self.pm_cap.map(|p| (p + PM_CONTROL) / 4);
+                if (reg == REG_COMMAND && offset < 2) || Some(reg) == pm_control {
+                    self.follow_memory_enable();
+                }
             }
         }
     }
@@ -976,10 +1040,15 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct Moves(Mutex<Vec<(u64, u64, u64)>>);
+    /// BAR moves, and memory turned off and on (address, size, on).
+    struct Moves(Mutex<Vec<(u64, u64, u64)>>, Mutex<Vec<(u64, u64, bool)>>);
     impl BarRelocator for Moves {
         fn relocate(&self, _: PciBarType, old: u64, new: u64, size: u64) -> Result<(), String> {
             self.0.lock().unwrap().push((old, new, size));
+            Ok(())
+        }
+        fn set_memory_enabled(&self, address: u64, size: u64, on: bool) -> Result<(), String> {
+            self.1.lock().unwrap().push((address, size, on));
             Ok(())
         }
     }
@@ -995,6 +1064,9 @@ mod tests {
                 return Err("refused".into());
             }
             self.moves.relocate(t, old, new, size)
+        }
+        fn set_memory_enabled(&self, _: u64, _: u64, _: bool) -> Result<(), String> {
+            Ok(())
         }
     }
 
@@ -1167,6 +1239,30 @@ mod tests {
         assert_eq!(
             d.bar_range(0),
             Some((PciBarType::Memory64, 0x2000_0000, 0x4000))
+        );
+    }
+
+    #[test]
+    fn memory_turned_off_takes_the_bars_direct_mappings_out_until_it_is_on_again() {
+        let (_, mut d) = device();
+        let moves = Arc::new(Moves::default());
+        d.set_relocator(moves.clone());
+        let command = |d: &mut VfioPciDevice, v: u32| {
+            d.write_config_register(1, 0, &v.to_le_bytes()[..2]);
+        };
+        // On (the device starts with its mappings in), then off, off again, on: the
+        // memory BARs go out once and back once; the I/O BAR (2) is never involved.
+        command(&mut d, COMMAND_MEMORY);
+        assert!(moves.1.lock().unwrap().is_empty());
+        command(&mut d, 0);
+        command(&mut d, COMMAND_IO);
+        command(&mut d, COMMAND_MEMORY);
+        assert_eq!(
+            *moves.1.lock().unwrap(),
+            vec![
+                (0x1_0000_0000, 0x4000, false),
+                (0x1_0000_0000, 0x4000, true)
+            ]
         );
     }
 }
