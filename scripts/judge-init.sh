@@ -7,8 +7,9 @@
 # between TESSERA-DEVICES-BEGIN and TESSERA-DEVICES-END (using /bin/pci-bar, built from
 # tests/guest/pci_bar.rs); with judge.devmem=N, what node N's memory holds between
 # TESSERA-DEVMEM-BEGIN and TESSERA-DEVMEM-END (parsed by
-# vmm/tests/device_memory_in_nested_host.rs); then powers off (or reboots, with judge.action=reboot, or
-# does what the console says, with judge.action=console).
+# vmm/tests/device_memory_in_nested_host.rs); then powers off (or reboots, with
+# judge.action=reboot, or does what the console says, with judge.action=console, or
+# plays a hostile guest to its NVMe, with judge.action=hostile).
 # tests/src/linux_judge.rs parses both blocks; keep the two in step.
 export PATH=/bin
 
@@ -268,6 +269,8 @@ console_orders() {
         reboot) reboot -f ;;
         poweroff) poweroff -f ;;
         devices) devices_report ;;
+        # Trapped port I/O as fast as the vCPU goes, until the VM is shut down.
+        hammer) pci-bar hammer ;;
         esac
         [ -n "$seq" ] && echo "judge-done: $seq"
     done
@@ -275,10 +278,32 @@ console_orders() {
     poweroff -f
 }
 
+# `judge.action=hostile judge.seed=N`: a hostile guest. It writes random bytes all over
+# every NVMe's config space and BAR0 (`pci-bar hostile`, seeded by N, its driver unbound),
+# prints `judge-hostile: BDF RESULT rc=STATUS from=UPTIME to=UPTIME`, and powers off.
+hostile() {
+    local seed=0 word dev out
+    for word in $(cat /proc/cmdline); do
+        case $word in judge.seed=*) seed=${word#judge.seed=} ;; esac
+    done
+    for dev in /sys/bus/pci/devices/*; do
+        [ "$(cat "$dev/class")" = 0x010802 ] || continue
+        # The device to itself: the kernel's nvme driver, left on a scrambled controller,
+        # would wait out its 60 s admin timeout at poweroff.
+        [ -e "$dev/driver" ] && echo "${dev##*/}" >"$dev/driver/unbind"
+        { echo 1 >"$dev/enable"; } 2>/dev/null
+        t0=$(cut -d' ' -f1 /proc/uptime)
+        out=$(pci-bar hostile "$dev/config" "$dev/resource0" "$seed" 32 2>&1)
+        echo "judge-hostile: ${dev##*/} seed=$seed $out rc=$? from=$t0 to=$(cut -d' ' -f1 /proc/uptime)"
+        case $out in *mmap*) sed 's/^/judge-hostile-iomem: /' /proc/iomem ;; esac
+    done
+}
+
 # `judge.action=reboot` on the command line: reboot instead of powering off, so a test
 # can watch a VMM boot the guest again.
 case " $(cat /proc/cmdline) " in
 *" judge.action=console "*) console_orders ;;
+*" judge.action=hostile "*) hostile; poweroff -f ;;
 *" judge.action=reboot "*) reboot -f ;;
 *) poweroff -f ;;
 esac

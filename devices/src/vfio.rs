@@ -203,7 +203,20 @@ pub struct MmapArea {
 pub trait BarRelocator: Send + Sync {
     /// The BAR of `bar_type` and `size` bytes moved from `old` to `new`.
     fn relocate(&self, bar_type: PciBarType, old: u64, new: u64, size: u64) -> Result<(), String>;
+
+    /// The guest turned the device's memory space off (`enabled` false: the command
+    /// register's memory bit cleared, or the function put in D3hot) or on again, for the
+    /// memory BAR of `size` bytes at `address`. While it is off the host refuses the
+    /// BAR's mmap (KVM_RUN would fail with EFAULT), so the guest's accesses must trap.
+    fn set_memory_enabled(&self, address: u64, size: u64, enabled: bool) -> Result<(), String>;
 }
+
+/// PCI power management capability ID.
+const PCI_CAP_ID_PM: u8 = 0x01;
+/// PMCSR (the power management capability's control/status register): its offset in the
+/// capability, and the PowerState field (0 is D0).
+const PM_CONTROL: usize = 4;
+const PM_STATE_MASK: u16 = 0x3;
 
 /// A BAR as the guest sees it.
 #[derive(Clone, Copy, Debug)]
@@ -213,6 +226,9 @@ struct BarState {
     region_size: u64,
     /// Where it is mapped now; `None` until assigned.
     mapped_at: Option<u64>,
+    /// The last address a move of this BAR was refused to: the guest rewriting other
+    /// registers retries the same move on every write, and it is warned about once.
+    refused_at: Option<u64>,
 }
 
 /// INTx wiring: the device signals `trigger`, which raises `gsi`; KVM writes `unmask` at
@@ -240,6 +256,11 @@ pub struct VfioPciDevice {
     msix: Option<MsixCapability>,
     intx: Option<Intx>,
     relocator: Option<Arc<dyn BarRelocator>>,
+    /// Where the power management capability is, if the device has one.
+    pm_cap: Option<usize>,
+    /// Whether the guest turned memory space off (see [`BarRelocator::set_memory_enabled`])
+    /// and the BARs' direct mappings were taken out.
+    memory_off: bool,
     /// BARs never mmapped into the guest (CH's `x_exclude_mmap_bars`): every access to
     /// them traps, for devices whose BARs misbehave when the guest reaches them directly.
     mmap_excluded: [bool; 6],
@@ -296,6 +317,7 @@ impl VfioPciDevice {
                     },
                     region_size: region.size,
                     mapped_at: None,
+                    refused_at: None,
                 });
             }
             index += if is_64 { 2 } else { 1 };
@@ -310,6 +332,7 @@ impl VfioPciDevice {
                 },
                 region_size: rom.size,
                 mapped_at: None,
+                refused_at: None,
             });
         }
 
@@ -323,6 +346,7 @@ impl VfioPciDevice {
 
         let mut msi = None;
         let mut msix = None;
+        let mut pm_cap = None;
         if read32(REG_COMMAND) & STATUS_CAPABILITIES != 0 {
             let mut offset = (read32(REG_CAPABILITIES) & 0xfc) as usize;
             // A corrupt list could loop: there is room for at most 48 capabilities.
@@ -334,6 +358,9 @@ impl VfioPciDevice {
                 let id = (header & 0xff) as u8;
                 let mut bytes = [0u8; 24];
                 io.region_read(VFIO_PCI_CONFIG_REGION_INDEX, offset as u64, &mut bytes);
+                if id == PCI_CAP_ID_PM && pm_cap.is_none() {
+                    pm_cap = Some(offset);
+                }
                 if id == PCI_CAP_ID_MSI && io.irq_count(VFIO_PCI_MSI_IRQ_INDEX) > 0 {
                     msi = Some(
                         MsiCapability::new(offset, &bytes, router.clone())
@@ -362,6 +389,8 @@ impl VfioPciDevice {
             msix,
             intx: None,
             relocator: None,
+            pm_cap,
+            memory_off: false,
             mmap_excluded: [false; 6],
             keeps_memory_decode: false,
             guest_memory_decode: false,
@@ -707,19 +736,64 @@ impl VfioPciDevice {
                 Some(r) => r.relocate(state.request.bar_type, old, address, state.request.size),
                 None => Err("BARs cannot move in this VM".to_string()),
             };
+            let Some(Some(s)) = self.bars.get_mut(index) else {
+                continue;
+            };
             match moved {
                 Ok(()) => {
                     debug!(device = %self.name, index, "BAR moved from {old:#x} to {address:#x}");
-                    if let Some(Some(s)) = self.bars.get_mut(index) {
-                        s.mapped_at = Some(address);
-                    }
+                    s.mapped_at = Some(address);
+                    s.refused_at = None;
                 }
-                Err(e) => warn!(
+                Err(e) if s.refused_at == Some(address) => debug!(
                     device = %self.name,
-                    index, "the guest moved a BAR from {old:#x} to {address:#x}, which failed: {e}"
+                    index, "the BAR still cannot move from {old:#x} to {address:#x}: {e}"
                 ),
+                Err(e) => {
+                    warn!(
+                        device = %self.name,
+                        index, "the guest moved a BAR from {old:#x} to {address:#x}, which failed: {e}"
+                    );
+                    s.refused_at = Some(address);
+                }
             }
         }
+    }
+
+    /// Whether the device decodes memory now: the command register's memory bit, and
+    /// the function in D0.
+    fn memory_enabled(&self) -> bool {
+        if self.read_device_register(REG_COMMAND) & COMMAND_MEMORY == 0 {
+            return false;
+        }
+        let Some(pm) = self.pm_cap else { return true };
+        let mut pmcsr = [0u8; 2];
+        self.read_device((pm + PM_CONTROL) as u64, &mut pmcsr);
+        u16::from_le_bytes(pmcsr) & PM_STATE_MASK == 0
+    }
+
+    /// After a command or power-state write: when memory space went off or on, takes the
+    /// memory BARs' direct mappings out (accesses then trap) or puts them back.
+    fn follow_memory_enable(&mut self) {
+        let enabled = self.memory_enabled();
+        if enabled != self.memory_off {
+            return;
+        }
+        let Some(relocator) = &self.relocator else {
+            return;
+        };
+        for (index, state) in self.bars.iter().enumerate().take(6) {
+            let Some(state) = state else { continue };
+            let (PciBarType::Memory32 | PciBarType::Memory64) = state.request.bar_type else {
+                continue;
+            };
+            let Some(at) = state.mapped_at else { continue };
+            if let Err(e) = relocator.set_memory_enabled(at, state.request.size, enabled) {
+                warn!(device = %self.name, index, "turning the BAR at {at:#x} {}: {e}",
+                    if enabled { "on" } else { "off" });
+            }
+        }
+        self.memory_off = !enabled;
     }
 
     /// A trapped guest read at `offset` of BAR `bar` (or [`ROM_BAR`]).
@@ -905,6 +979,10 @@ impl PciDevice for VfioPciDevice {
                 if reg == REG_COMMAND && offset < 2 {
                     self.follow_bars();
                 }
+                let pm_control = self.pm_cap.map(|p| (p + PM_CONTROL) / 4);
+                if (reg == REG_COMMAND && offset < 2) || Some(reg) == pm_control {
+                    self.follow_memory_enable();
+                }
             }
         }
     }
@@ -1079,10 +1157,32 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct Moves(Mutex<Vec<(u64, u64, u64)>>);
+    /// BAR moves, and memory turned off and on (address, size, on).
+    struct Moves(Mutex<Vec<(u64, u64, u64)>>, Mutex<Vec<(u64, u64, bool)>>);
     impl BarRelocator for Moves {
         fn relocate(&self, _: PciBarType, old: u64, new: u64, size: u64) -> Result<(), String> {
             self.0.lock().unwrap().push((old, new, size));
+            Ok(())
+        }
+        fn set_memory_enabled(&self, address: u64, size: u64, on: bool) -> Result<(), String> {
+            self.1.lock().unwrap().push((address, size, on));
+            Ok(())
+        }
+    }
+
+    /// Refuses every move to `refuse`, records the others.
+    struct Refuses {
+        refuse: u64,
+        moves: Moves,
+    }
+    impl BarRelocator for Refuses {
+        fn relocate(&self, t: PciBarType, old: u64, new: u64, size: u64) -> Result<(), String> {
+            if new == self.refuse {
+                return Err("refused".into());
+            }
+            self.moves.relocate(t, old, new, size)
+        }
+        fn set_memory_enabled(&self, _: u64, _: u64, _: bool) -> Result<(), String> {
             Ok(())
         }
     }
@@ -1266,6 +1366,64 @@ mod tests {
         assert_eq!(
             d.bar_range(0),
             Some((PciBarType::Memory64, 0x2000_0000, 0x4000))
+        );
+    }
+
+    #[test]
+    fn a_refused_move_keeps_the_bar_where_it_was_and_is_warned_about_once() {
+        let (_, mut d) = device();
+        let r = Arc::new(Refuses {
+            refuse: 0x3000_0000,
+            moves: Moves::default(),
+        });
+        d.set_relocator(r.clone());
+        d.write_config_register(4, 0, &0x3000_0000u32.to_le_bytes());
+        d.write_config_register(5, 0, &0u32.to_le_bytes());
+        d.write_config_register(1, 0, &COMMAND_MEMORY.to_le_bytes()[..2]);
+        // Refused: the BAR stays mapped where it was, and the refusal is remembered so
+        // that the guest's further writes retry it without a warning each.
+        assert_eq!(
+            d.bar_range(0),
+            Some((PciBarType::Memory64, 0x1_0000_0000, 0x4000))
+        );
+        let refused = |d: &VfioPciDevice| d.bars[0].and_then(|b| b.refused_at);
+        assert_eq!(refused(&d), Some(0x3000_0000));
+        d.write_config_register(1, 0, &COMMAND_MEMORY.to_le_bytes()[..2]);
+        assert_eq!(refused(&d), Some(0x3000_0000));
+        // A move that works starts from where the BAR really is.
+        d.write_config_register(4, 0, &0x2000_0000u32.to_le_bytes());
+        assert_eq!(
+            *r.moves.0.lock().unwrap(),
+            vec![(0x1_0000_0000, 0x2000_0000, 0x4000)]
+        );
+        assert_eq!(refused(&d), None);
+        assert_eq!(
+            d.bar_range(0),
+            Some((PciBarType::Memory64, 0x2000_0000, 0x4000))
+        );
+    }
+
+    #[test]
+    fn memory_turned_off_takes_the_bars_direct_mappings_out_until_it_is_on_again() {
+        let (_, mut d) = device();
+        let moves = Arc::new(Moves::default());
+        d.set_relocator(moves.clone());
+        let command = |d: &mut VfioPciDevice, v: u32| {
+            d.write_config_register(1, 0, &v.to_le_bytes()[..2]);
+        };
+        // On (the device starts with its mappings in), then off, off again, on: the
+        // memory BARs go out once and back once; the I/O BAR (2) is never involved.
+        command(&mut d, COMMAND_MEMORY);
+        assert!(moves.1.lock().unwrap().is_empty());
+        command(&mut d, 0);
+        command(&mut d, COMMAND_IO);
+        command(&mut d, COMMAND_MEMORY);
+        assert_eq!(
+            *moves.1.lock().unwrap(),
+            vec![
+                (0x1_0000_0000, 0x4000, false),
+                (0x1_0000_0000, 0x4000, true)
+            ]
         );
     }
 }

@@ -14,9 +14,21 @@
 //! `pages=N on_node=K readback=ok|bad phys=0xLOW-0xHIGH`; exit status 1 unless every
 //! page is on NODE and read back.
 //!
+//! Two modes play a hostile or busy guest for the fault tests
+//! (`vmm/tests/faults_in_nested_host.rs`):
+//! - `pci-bar hostile CONFIG_FILE RESOURCE_FILE SEED ROUNDS`: ROUNDS times, writes random
+//!   bytes at random offsets of the device's config space (sysfs `config`), then puts the
+//!   command register's memory bit and BAR0/BAR1 back so that BAR0 decodes where this
+//!   program mapped it, then writes random words all over BAR0. The same SEED makes the
+//!   same writes. Prints what it did as `config_writes=N config_failed=N bar_writes=N`.
+//! - `pci-bar hammer`: forever, writes PCI config space of the host bridge 00:00.0
+//!   through ports 0xCF8/0xCFC (its cache-line-size register, which no one uses) and the
+//!   first serial port's scratch register (0x3FF), reading each back: nothing but
+//!   trapped port I/O, as fast as the vCPU goes.
+//!
 //! Not a workspace crate (the workspace forbids `unsafe`): a guest tool that must map
-//! device memory, with no dependencies, so `mmap`/`munmap`/`syscall` are declared here
-//! against glibc.
+//! device memory, with no dependencies, so `mmap`/`munmap`/`syscall`/`iopl` are declared
+//! here against glibc.
 
 use std::ffi::c_void;
 use std::fs::OpenOptions;
@@ -35,6 +47,7 @@ extern "C" {
         -> *mut c_void;
     fn munmap(addr: *mut c_void, len: usize) -> i32;
     fn syscall(number: i64, ...) -> i64;
+    fn iopl(level: i32) -> i32;
 }
 
 const MAP_PRIVATE: i32 = 2;
@@ -57,7 +70,10 @@ fn node_memory(node: u64, mib: u64) -> Result<String, String> {
     // SAFETY: set_mempolicy reads one u64 of node mask (64 bits) from `mask`.
     let r = unsafe { syscall(SYS_SET_MEMPOLICY, MPOL_BIND, &mask as *const u64, 64i64) };
     if r != 0 {
-        return Err(format!("set_mempolicy: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "set_mempolicy: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     let len = (mib << 20) as usize;
     // SAFETY: a fresh private anonymous mapping, unmapped below.
@@ -134,7 +150,8 @@ fn node_memory(node: u64, mib: u64) -> Result<String, String> {
     let low = frames.iter().min().copied().unwrap_or(0) * PAGE;
     let high = frames.iter().max().map_or(0, |f| (f + 1) * PAGE);
     let readback = if bad == 0 { "ok" } else { "bad" };
-    let line = format!("pages={pages} on_node={on_node} readback={readback} phys={low:#x}-{high:#x}");
+    let line =
+        format!("pages={pages} on_node={on_node} readback={readback} phys={low:#x}-{high:#x}");
     if bad != 0 || on_node != pages {
         return Err(line);
     }
@@ -149,13 +166,159 @@ fn physical_frames(start: u64, pages: usize) -> Result<Vec<u64>, String> {
     f.seek(SeekFrom::Start(start / PAGE * 8))
         .map_err(|e| format!("pagemap: {e}"))?;
     let mut raw = vec![0u8; pages * 8];
-    f.read_exact(&mut raw).map_err(|e| format!("pagemap: {e}"))?;
+    f.read_exact(&mut raw)
+        .map_err(|e| format!("pagemap: {e}"))?;
     Ok(raw
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
         .filter(|e| e >> 63 == 1)
         .map(|e| e & ((1 << 55) - 1))
         .collect())
+}
+
+/// Config writes, and BAR0 writes, per round of `hostile`.
+const WRITES_PER_ROUND: u32 = 64;
+/// PCI command register: memory space decoding.
+const COMMAND_MEMORY: u16 = 0x2;
+
+/// xorshift64*: a reproducible stream of random numbers from a seed, without a crate.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        // Never zero: xorshift would stay at zero.
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// A shared mapping of a whole sysfs resource file, unmapped on drop.
+struct Mapping {
+    ptr: *mut c_void,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps the whole of `path` (rounded up to pages), readable and writable.
+    fn new(path: &str) -> Result<(std::fs::File, Mapping), String> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| format!("{path}: {e}"))?;
+        let size = file.metadata().map_err(|e| format!("{path}: {e}"))?.len();
+        let len = usize::try_from(size.div_ceil(PAGE) * PAGE).map_err(|e| e.to_string())?;
+        if len == 0 {
+            return Err(format!("{path} is empty"));
+        }
+        // SAFETY: a fresh shared mapping of the file, unmapped on drop; nothing else
+        // aliases it in this process.
+        let ptr = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                PROT_READ | PROT_WRITE,
+                MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == MAP_FAILED {
+            return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
+        }
+        Ok((file, Mapping { ptr, len }))
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, not used after this.
+        unsafe { munmap(self.ptr, self.len) };
+    }
+}
+
+/// `pci-bar hostile`: see the file's comment.
+fn hostile(config: &str, resource: &str, seed: u64, rounds: u32) -> Result<String, String> {
+    use std::os::unix::fs::FileExt;
+    let cfg = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(config)
+        .map_err(|e| format!("{config}: {e}"))?;
+    let cfg_len = cfg.metadata().map_err(|e| format!("{config}: {e}"))?.len();
+    let mut header = [0u8; 0x18];
+    cfg.read_exact_at(&mut header, 0)
+        .map_err(|e| format!("{config}: {e}"))?;
+    let command = u16::from_le_bytes([header[4], header[5]]) | COMMAND_MEMORY;
+    let bars = &header[0x10..0x18];
+    let (_file, bar) = Mapping::new(resource)?;
+    let size = std::fs::metadata(resource)
+        .map_err(|e| format!("{resource}: {e}"))?
+        .len();
+    let mut rng = Rng::new(seed);
+    let (mut config_writes, mut config_failed, mut bar_writes) = (0u32, 0u32, 0u32);
+    for _ in 0..rounds {
+        for _ in 0..WRITES_PER_ROUND {
+            let width = [1u64, 2, 4][(rng.next() % 3) as usize];
+            let offset = (rng.next() % cfg_len) & !(width - 1);
+            let value = rng.next().to_le_bytes();
+            let data = &value[..width as usize];
+            config_writes += 1;
+            if cfg.write_all_at(data, offset).is_err() {
+                config_failed += 1;
+            }
+        }
+        // BAR0 back where it was mapped, decoding: the BAR writes below reach the device.
+        let restored = cfg
+            .write_all_at(bars, 0x10)
+            .and_then(|()| cfg.write_all_at(&command.to_le_bytes(), 4));
+        if restored.is_err() {
+            config_failed += 1;
+        }
+        for _ in 0..WRITES_PER_ROUND {
+            let offset = (rng.next() % size) & !3;
+            let value = rng.next() as u32;
+            // SAFETY: `offset + 4 <= size <= bar.len`, 4-byte aligned, inside the mapping.
+            unsafe {
+                let reg = bar.ptr.cast::<u8>().add(offset as usize).cast::<u32>();
+                reg.write_volatile(value);
+                let _ = reg.read_volatile();
+            }
+            bar_writes += 1;
+        }
+    }
+    Ok(format!(
+        "config_writes={config_writes} config_failed={config_failed} bar_writes={bar_writes}"
+    ))
+}
+
+/// `pci-bar hammer`: see the file's comment. Returns only if port I/O is refused.
+fn hammer() -> String {
+    // SAFETY: iopl only changes this process's I/O privilege level.
+    if unsafe { iopl(3) } != 0 {
+        return format!("iopl: {}", std::io::Error::last_os_error());
+    }
+    // Enable bit, bus 0, device 0, function 0, register 0x0c (cache line size).
+    const HOST_BRIDGE_0C: u32 = 0x8000_000c;
+    let mut n: u32 = 0;
+    loop {
+        n = n.wrapping_add(1);
+        // SAFETY: port I/O to the PCI configuration ports and the serial scratch register,
+        // allowed by iopl(3); none touches this process's memory.
+        unsafe {
+            core::arch::asm!("out dx, eax", in("dx") 0xcf8u16, in("eax") HOST_BRIDGE_0C, options(nomem, nostack, preserves_flags));
+            core::arch::asm!("out dx, al", in("dx") 0xcfcu16, in("al") n as u8, options(nomem, nostack, preserves_flags));
+            core::arch::asm!("in eax, dx", in("dx") 0xcfcu16, out("eax") _, options(nomem, nostack, preserves_flags));
+            core::arch::asm!("out dx, al", in("dx") 0x3ffu16, in("al") n as u8, options(nomem, nostack, preserves_flags));
+            core::arch::asm!("in al, dx", in("dx") 0x3ffu16, out("al") _, options(nomem, nostack, preserves_flags));
+        }
+    }
 }
 
 fn parse(s: &str) -> Option<u64> {
@@ -223,8 +386,8 @@ fn run(path: &str, offset: u64, value: Option<u32>) -> Result<u32, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, mode, node, mib] = args.as_slice() {
-        if mode == "node-memory" {
+    match args.as_slice() {
+        [_, mode, node, mib] if mode == "node-memory" => {
             let (Some(node), Some(mib)) = (parse(node), parse(mib)) else {
                 eprintln!("usage: pci-bar node-memory NODE MIB");
                 return ExitCode::from(2);
@@ -240,12 +403,38 @@ fn main() -> ExitCode {
                 }
             };
         }
+        [_, mode, config, resource, seed, rounds] if mode == "hostile" => {
+            let (Some(seed), Some(rounds)) = (parse(seed), parse(rounds)) else {
+                eprintln!("pci-bar: bad seed or rounds");
+                return ExitCode::from(2);
+            };
+            let rounds = u32::try_from(rounds).unwrap_or(u32::MAX);
+            return match hostile(config, resource, seed, rounds) {
+                Ok(done) => {
+                    println!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pci-bar: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        [_, mode] if mode == "hammer" => {
+            eprintln!("pci-bar: {}", hammer());
+            return ExitCode::FAILURE;
+        }
+        _ => {}
     }
     let (path, offset, value) = match args.as_slice() {
         [_, path, offset] => (path, parse(offset), None),
         [_, path, offset, value] => (path, parse(offset), Some(parse(value))),
         _ => {
-            eprintln!("usage: pci-bar RESOURCE_FILE OFFSET [VALUE]");
+            eprintln!(
+                "usage: pci-bar RESOURCE_FILE OFFSET [VALUE] | \
+                 pci-bar node-memory NODE MIB | \
+                 pci-bar hostile CONFIG_FILE RESOURCE_FILE SEED ROUNDS | pci-bar hammer"
+            );
             return ExitCode::from(2);
         }
     };

@@ -297,6 +297,11 @@ impl Control {
                     self.stop_vm();
                     self.shut_down = true;
                     changed = true;
+                    // A VMM that ends with its VM ends now, with the error: the VM can
+                    // never power off, and nothing else would end the loop.
+                    if self.exit_on_poweroff {
+                        return Err(e);
+                    }
                 }
             }
             if changed {

@@ -539,6 +539,15 @@ const VCPU: &[Allow] = &[
                 iow(KVMIO, 0x46, size_of::<kb::kvm_userspace_memory_region>()),
                 "KVM_SET_USER_MEMORY_REGION: the guest moves a BAR",
             ),
+            (
+                vfio(13),
+                "VFIO_IOMMU_MAP_DMA: a moved BAR is mapped for peer-to-peer DMA at its new \
+                 address (a hostile guest's random config writes killed tessera without it)",
+            ),
+            (
+                vfio(14),
+                "VFIO_IOMMU_UNMAP_DMA: a moving BAR leaves the IOMMU at its old address",
+            ),
             (libc::TCGETS, "TCGETS"),
         ],
         "running the vCPU, and the interrupt changes a guest's register write makes",

@@ -268,6 +268,7 @@ impl DeviceManager {
     /// (acpiphp scans it). If the guest cannot be told, the device goes again.
     pub fn hotplug_device(&mut self, device: &DeviceConfig) -> Result<PciDeviceInfo, DeviceError> {
         let info = self.add_device(device)?;
+        crate::managed::kill_point("hot-add-before-notify");
         let told = self.hotplug().slot_added(slot_of(info.bdf));
         if let Err(e) = told {
             let _ = self.remove_device(&info.id);

@@ -26,9 +26,13 @@ use tessera_api::config::DeviceConfig;
 pub use state::{CleanupSummary, HostChange, RecordedChange, StateDir, DEFAULT_STATE_DIR};
 pub use sysfs::Host;
 
-/// Test hook: `TESSERA_TEST_KILL_AT=POINT` makes tessera SIGKILL itself at that point
-/// (`after-mdev-create`, `after-bind`, `after-vgpu-type`, `during-dma-map`), so tests can
-/// crash it at an exact moment and check that the next start cleans up. Not a setting.
+/// Test hook: `TESSERA_TEST_KILL_AT=POINT` makes tessera SIGKILL itself at that point, so
+/// tests can crash it at an exact moment and check that the next start cleans up. Not a
+/// setting. The points, at a cold start and on a hot-add alike: `after-mdev-create`,
+/// `after-bind`, `after-vgpu-type` (a managed device's host change made and recorded),
+/// `during-dma-map` (guest RAM just DMA-mapped for the first VFIO device); on a hot-add only,
+/// `hot-add-before-notify` (the device opened, its BARs and guest RAM mapped, the guest
+/// not yet told).
 pub const KILL_AT_ENV: &str = "TESSERA_TEST_KILL_AT";
 
 /// Kills this process with SIGKILL if [`KILL_AT_ENV`] names `point` (a test hook):

@@ -211,8 +211,11 @@ struct BarMapping {
     host: usize,
     /// Whether it is also in the IOMMU (peer-to-peer DMA), at `guest_address`.
     in_iommu: bool,
-    /// Device memory: guest RAM at a fixed address, never moved with a BAR.
+    /// Device memory: guest RAM at a fixed address, never moved with a BAR, and kept in
+    /// while the guest turns the device's memory off (its kernel owns that RAM).
     fixed: bool,
+    /// Whether its KVM slot is in: out while the guest has the device's memory off.
+    in_guest: bool,
 }
 
 /// One device's BARs mapped into the guest. [`BarMappings::unmap_all`] (or dropping it)
@@ -356,6 +359,10 @@ impl Drop for BarMappings {
 pub trait BarMapper: Send + Sync {
     /// Moves the mappings of the BAR of `size` bytes at `old` to `new`.
     fn move_mappings(&self, old: u64, new: u64, size: u64) -> Result<(), String>;
+
+    /// Takes the KVM slots of the BAR of `size` bytes at `address` out of the guest
+    /// (`enabled` false: the guest's accesses then trap) or puts them back.
+    fn set_enabled(&self, address: u64, size: u64, enabled: bool) -> Result<(), String>;
 }
 
 impl BarMapper for BarMappings {
@@ -386,12 +393,38 @@ impl BarMapper for BarMappings {
         }
         Err(e)
     }
+
+    fn set_enabled(&self, address: u64, size: u64, enabled: bool) -> Result<(), String> {
+        let mut list = self.lock();
+        let inside = |b: &BarMapping| {
+            !b.fixed && b.guest_address >= address && b.guest_address - address < size
+        };
+        let mut failed = None;
+        for b in list
+            .iter_mut()
+            .filter(|b| inside(b) && b.in_guest != enabled)
+        {
+            let size = if enabled { b.size } else { 0 };
+            match self.container.set_slot(b, size) {
+                Ok(()) => b.in_guest = enabled,
+                Err(e) => failed = Some(format!("KVM slot at {:#x}: {e}", b.guest_address)),
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
 }
 
 impl BarMappings {
     /// Moves one mapping's KVM slot (and IOMMU entry) to guest address `to`; when the
     /// new slot is refused, the old one is put back.
     fn move_one(&self, b: &mut BarMapping, to: u64) -> Result<(), String> {
+        if !b.in_guest {
+            // No slot while memory is off: it goes in at `to` when memory is on again.
+            self.container.unmap_p2p(b);
+            b.guest_address = to;
+            self.container.map_p2p(b, &self.name);
+            return Ok(());
+        }
         self.container.unmap_p2p(b);
         if let Err(e) = self.container.set_slot(b, 0) {
             self.container.map_p2p(b, &self.name);
@@ -454,6 +487,10 @@ impl BarRelocator for Relocator {
         })
         .map_err(|e| e.to_string())
     }
+
+    fn set_memory_enabled(&self, address: u64, size: u64, enabled: bool) -> Result<(), String> {
+        self.mapper.set_enabled(address, size, enabled)
+    }
 }
 
 /// mmaps `area` of the device file `fd`, for guest address `guest_address`.
@@ -488,6 +525,7 @@ fn map_area(
         host: host as usize,
         in_iommu: false,
         fixed: false,
+        in_guest: true,
     })
 }
 
@@ -523,6 +561,9 @@ mod tests {
                 return Err("refused".into());
             }
             self.moves.lock().unwrap().push((old, new));
+            Ok(())
+        }
+        fn set_enabled(&self, _: u64, _: u64, _: bool) -> Result<(), String> {
             Ok(())
         }
     }
