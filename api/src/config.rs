@@ -169,6 +169,11 @@ pub struct VmConfig {
     pub ivshmem: Option<OpaqueConfig>,
 }
 
+/// The most vCPUs a VM may have: the largest `KVM_MAX_VCPUS` a Linux kernel can be built
+/// with. Counts are checked against it before anything is sized by them, so a count a
+/// client sends cannot make the VMM allocate without bound (one of u32::MAX aborted it).
+pub const MAX_VCPUS: u32 = 4096;
+
 /// CH's default guest physical address width: what a PVH-booted guest can address.
 pub const DEFAULT_MAX_PHYS_BITS: u8 = 46;
 
@@ -1113,6 +1118,12 @@ impl VmConfig {
         let c = &self.cpus;
         if c.boot_vcpus == 0 {
             return Err(ConfigError::new("cpus.boot_vcpus", "must be at least 1"));
+        }
+        if c.max_vcpus > MAX_VCPUS {
+            return Err(ConfigError::new(
+                "cpus.max_vcpus",
+                format!("{} is more than the {MAX_VCPUS} vCPUs a VM may have", c.max_vcpus),
+            ));
         }
         if c.max_vcpus < c.boot_vcpus {
             return Err(ConfigError::new(
