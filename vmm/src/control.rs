@@ -493,14 +493,16 @@ impl Control {
                 State::Created => self.boot(),
             },
             VmAction::Info => self.info(),
+            // A request the VM's state does not allow is a 409, a conflict with that state;
+            // 405 is the router's, for a method the path does not take (with `Allow`).
             VmAction::Counters => match &self.state {
                 State::Running(vm) | State::Paused(vm) => Ok(ApiReply::Json(json!(vm.counters()))),
                 State::Empty => Err(err(404, "no VM has been created")),
-                State::Created => Err(err(405, "the VM is not booted")),
+                State::Created => Err(err(409, "the VM is not booted")),
             },
             VmAction::Shutdown => match self.state {
                 State::Empty => Err(err(404, "no VM has been created")),
-                State::Created => Err(err(405, "the VM is not booted")),
+                State::Created => Err(err(409, "the VM is not booted")),
                 _ => {
                     self.stop_vm();
                     self.shut_down = true;
@@ -509,7 +511,7 @@ impl Control {
             },
             VmAction::Reboot => match self.state {
                 State::Empty => Err(err(404, "no VM has been created")),
-                State::Created | State::Paused(_) => Err(err(405, "the VM is not running")),
+                State::Created | State::Paused(_) => Err(err(409, "the VM is not running")),
                 State::Running(_) => {
                     self.stop_vm();
                     self.boot()
@@ -529,7 +531,7 @@ impl Control {
                 other => {
                     let reply = match other {
                         State::Empty => err(404, "no VM has been created"),
-                        _ => err(405, "the VM is not running"),
+                        _ => err(409, "the VM is not running"),
                     };
                     self.state = other;
                     Err(reply)
@@ -544,7 +546,7 @@ impl Control {
                 other => {
                     let reply = match other {
                         State::Empty => err(404, "no VM has been created"),
-                        _ => err(405, "the VM is not paused"),
+                        _ => err(409, "the VM is not paused"),
                     };
                     self.state = other;
                     Err(reply)
@@ -566,7 +568,7 @@ impl Control {
                     .map(|()| ApiReply::NoContent)
                     .map_err(vm_err),
                 State::Empty => Err(err(404, "no VM has been created")),
-                _ => Err(err(405, "the VM is not running")),
+                _ => Err(err(409, "the VM is not running")),
             },
             VmAction::AddDevice(_) | VmAction::RemoveDevice { .. }
                 if matches!(self.state, State::Paused(_)) =>

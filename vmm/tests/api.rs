@@ -447,11 +447,11 @@ fn the_vm_lifecycle_and_its_errors() {
     assert_eq!(status, 200);
     assert!(counters["vcpu1"]["io_exits"].is_u64(), "{counters}");
 
-    assert_eq!(t.api("PUT", "vm.resume", None).0, 405);
+    assert_eq!(t.api("PUT", "vm.resume", None).0, 409);
     assert_eq!(t.api("PUT", "vm.pause", None).0, 204);
     assert_eq!(t.json("GET", "vm.info", None).1["state"], "Paused");
-    assert_eq!(t.api("PUT", "vm.pause", None).0, 405);
-    assert_eq!(t.api("PUT", "vm.power-button", None).0, 405);
+    assert_eq!(t.api("PUT", "vm.pause", None).0, 409);
+    assert_eq!(t.api("PUT", "vm.power-button", None).0, 409);
     assert_eq!(t.api("PUT", "vm.resume", None).0, 204);
     assert_eq!(t.api("PUT", "vm.power-button", None).0, 204);
     assert_eq!(t.api("PUT", "vm.reboot", None).0, 204);
@@ -459,8 +459,8 @@ fn the_vm_lifecycle_and_its_errors() {
 
     assert_eq!(t.api("PUT", "vm.shutdown", None).0, 204);
     assert_eq!(t.json("GET", "vm.info", None).1["state"], "Shutdown");
-    assert_eq!(t.api("PUT", "vm.shutdown", None).0, 405);
-    assert_eq!(t.api("GET", "vm.counters", None).0, 405);
+    assert_eq!(t.api("PUT", "vm.shutdown", None).0, 409);
+    assert_eq!(t.api("GET", "vm.counters", None).0, 409);
     assert_eq!(
         t.api("PUT", "vm.boot", None).0,
         204,
@@ -608,10 +608,10 @@ fn idle_connections_and_slow_clients_do_not_stop_the_api() {
         assert_eq!(t.api("GET", "vmm.ping", None).0, 200);
         std::thread::sleep(Duration::from_millis(50));
     }
-    // A VM that is created but not booted: vm.shutdown is answered (405, as in the state
+    // A VM that is created but not booted: vm.shutdown is answered (409, as in the state
     // table), not stalled.
     let (status, body) = t.api("PUT", "vm.shutdown", None);
-    assert_eq!(status, 405, "{body}");
+    assert_eq!(status, 409, "{body}");
     for th in slow {
         th.join().unwrap();
     }
