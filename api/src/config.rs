@@ -1122,7 +1122,10 @@ impl VmConfig {
         if c.max_vcpus > MAX_VCPUS {
             return Err(ConfigError::new(
                 "cpus.max_vcpus",
-                format!("{} is more than the {MAX_VCPUS} vCPUs a VM may have", c.max_vcpus),
+                format!(
+                    "{} is more than the {MAX_VCPUS} vCPUs a VM may have",
+                    c.max_vcpus
+                ),
             ));
         }
         if c.max_vcpus < c.boot_vcpus {
