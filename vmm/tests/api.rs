@@ -168,7 +168,7 @@ fn openapi() -> &'static Value {
 /// nullable reference takes, since OpenAPI 3.0 ignores keys beside `$ref`).
 fn resolve(schema: &Value) -> &Value {
     let schema = match schema.get("allOf").and_then(Value::as_array) {
-        Some(one) if one.len() == 1 => &one[0],
+        Some(one) if one.len() == 1 && one[0].get("$ref").is_some() => &one[0],
         _ => schema,
     };
     match schema.get("$ref").and_then(Value::as_str) {
