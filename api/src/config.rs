@@ -169,11 +169,6 @@ pub struct VmConfig {
     pub ivshmem: Option<OpaqueConfig>,
 }
 
-/// The most vCPUs a VM may have: the largest `KVM_MAX_VCPUS` a Linux kernel can be built
-/// with. Counts are checked against it before anything is sized by them, so a count a
-/// client sends cannot make the VMM allocate without bound (one of u32::MAX aborted it).
-pub const MAX_VCPUS: u32 = 4096;
-
 /// CH's default guest physical address width: what a PVH-booted guest can address.
 pub const DEFAULT_MAX_PHYS_BITS: u8 = 46;
 
@@ -1110,6 +1105,11 @@ impl GenericInitiatorConfig {
         }
     }
 }
+
+/// The most vCPUs a VM may have: the largest `KVM_MAX_VCPUS` a Linux kernel can be built
+/// with. Counts are checked against it before anything is sized by them, so a count a
+/// client sends cannot make the VMM allocate without bound (one of u32::MAX aborted it).
+pub const MAX_VCPUS: u32 = 4096;
 
 impl VmConfig {
     /// The checks that need no host: counts, references between sections, and
