@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# VFIO benchmark, tessera against QEMU (issue 5's "Measure"); run by hand, not in CI.
+# VFIO benchmark, tessera against QEMU (issues 5 and 14); run by hand, not in CI.
 #
 # In ONE boot of the nested test host (docs/nested-test-host.md), with L1's NVMe
 # (00:03.0) bound to vfio-pci:
 #  1. DMA-map time: boots the judge guest with the NVMe passed through and 512 MiB, then
-#     2 GiB, of guest RAM, twice each in the order tessera, QEMU, QEMU, tessera (means
-#     reported), under target/release/tessera and under QEMU (q35, KVM, started
-#     paused with -S and killed after 40 s), each under `strace -f -T -e trace=ioctl`,
-#     and sums the time spent in the
-#     VFIO_IOMMU_MAP_DMA ioctls (the same measure for both: the kernel pinning and
-#     mapping guest RAM, whatever each VMM does around it).
+#     2 GiB, of guest RAM, BENCH_DMA_ROUNDS (3) times each in the order tessera, QEMU,
+#     QEMU, tessera (medians reported), under target/release/tessera and under QEMU
+#     (q35, KVM, started paused with -S and killed after 40 s), each under
+#     `strace -f -T -e trace=ioctl`, and sums the time spent in the VFIO_IOMMU_MAP_DMA
+#     ioctls: the kernel pinning and mapping guest RAM. Tessera first faults guest RAM in
+#     on every CPU (the pages are pinned anyway), which moves time out of the ioctls, so
+#     its figure that compares with QEMU's is "ready": the prefault plus the maps, from
+#     its own log line (`vfio: DMA-mapped N MiB of guest RAM in X ms (...)`); both are
+#     printed. BENCH_HUGEPAGES=1 adds a pair with guest RAM in 2 MiB hugetlbfs pages
+#     (tessera `hugepages=on`, QEMU a hugetlb memfd backend), reserving them in L1.
 #  2. Boot time: BENCH_ROUNDS (3) alternating rounds of both with 512 MiB and the NVMe,
 #     through target/release/vmm-bootbench (spawn to TESSERA-INIT), no strace.
 # Output: L1's console, then `bench-vfio:` summary lines (medians, tessera/QEMU ratios)
@@ -19,6 +23,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$(pwd)
 
 rounds=${BENCH_ROUNDS:-3}
+dma_rounds=${BENCH_DMA_ROUNDS:-3}
+hugepages=${BENCH_HUGEPAGES:-0}
 log=$repo/target/bench-vfio.log
 cmdline='console=ttyS0 panic=-1 loglevel=4'
 command -v strace >/dev/null || { echo "bench-vfio: strace is not installed (scripts/setup.sh)" >&2; exit 1; }
@@ -32,12 +38,16 @@ tessera=$repo/target/release/tessera
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || rev="$rev+changes"
 
-tessera_cmd() { # RAM-MiB
+tessera_cmd() { # RAM-MiB [huge]
+    local memory="--memory size=$1M"
+    [ "${2:-}" = huge ] && memory="--memory size=0 --memory-zone id=m0,size=$1M,hugepages=on"
     echo "$tessera --kernel $kernel --initramfs $initrd --cmdline '$cmdline' \
---cpus boot=2 --memory size=$1M --device id=nvme0,path=/sys/bus/pci/devices/0000:00:03.0"
+--cpus boot=2 $memory --device id=nvme0,path=/sys/bus/pci/devices/0000:00:03.0"
 }
-qemu_cmd() { # RAM-MiB
-    echo "qemu-system-x86_64 -machine q35,accel=kvm -cpu host -smp 2 -m $1 \
+qemu_cmd() { # RAM-MiB [huge]
+    local memory=
+    [ "${2:-}" = huge ] && memory="-object memory-backend-memfd,id=ram0,size=$1M,hugetlb=on,hugetlbsize=2M -machine memory-backend=ram0"
+    echo "qemu-system-x86_64 -machine q35,accel=kvm -cpu host -smp 2 -m $1 $memory \
 -nodefaults -no-user-config -nographic -no-reboot -serial stdio \
 -kernel $kernel -initrd $initrd -append '$cmdline' -device vfio-pci,host=0000:00:03.0"
 }
@@ -58,24 +68,36 @@ dma_ms() {
         | awk -v name="\$1" '{ s += \$1; n++ } END { printf "bench-vfio: dma name=%s ms=%.1f ioctls=%d\\n", name, s * 1000, n }'
 }
 EOF
-    # Each VMM twice per size, in the order A B B A: whoever runs first finds L1's free
-    # memory most fragmented (fewer free huge pages), which alone skews one run.
-    for mib in 512 2048; do
+    # Each VMM twice per round and size, in the order A B B A: whoever runs first finds
+    # L1's free memory most fragmented (fewer free huge pages), which alone skews one run.
+    cases="512 2048"
+    if [ "$hugepages" = 1 ]; then
+        cases="$cases 512:huge"
+        # 512 MiB of 2 MiB pages for one VMM at a time, plus slack.
+        echo 'echo 272 >/proc/sys/vm/nr_hugepages; echo "bench-vfio: hugepages $(cat /proc/sys/vm/nr_hugepages)"'
+    fi
+    for round in $(seq 1 "$dma_rounds"); do
+    for case in $cases; do
+        mib=${case%%:*}
+        kind=; [ "$case" = "$mib" ] || kind=${case#*:}
+        label=$mib${kind:+-$kind}
         for vmm in tessera qemu qemu tessera; do
             if [ "$vmm" = tessera ]; then
                 cat <<EOF
-in-host strace -f -T -e trace=ioctl -o /run/tmp/tessera.strace timeout 120 $(tessera_cmd $mib) >/dev/null 2>&1
-dma_ms tessera-$mib /run/tmp/tessera.strace
+TESSERA_LOG=info in-host strace -f -T -e trace=ioctl -o /run/tmp/tessera.strace timeout 120 $(tessera_cmd "$mib" "$kind") >/dev/null 2>/run/tmp/tessera.err
+dma_ms tessera-$label /run/tmp/tessera.strace
+sed -n 's/.*vfio: DMA-mapped [0-9]* MiB of guest RAM in \([0-9.]*\) ms.*/bench-vfio: ready name=tessera-$label ms=\1/p' /run/tmp/tessera.err
 EOF
             else
                 cat <<EOF
 # -S: QEMU maps guest RAM while it sets the machine up and then waits, its vCPUs never
 # run (SeaBIOS under strace would take ages); 40 s is ample for the maps to finish.
-in-host strace -f -T -e trace=ioctl -o /run/tmp/qemu.strace timeout 40 $(qemu_cmd $mib) -S >/dev/null 2>&1
-dma_ms qemu-$mib /run/tmp/qemu.strace
+in-host strace -f -T -e trace=ioctl -o /run/tmp/qemu.strace timeout 40 $(qemu_cmd "$mib" "$kind") -S >/dev/null 2>&1
+dma_ms qemu-$label /run/tmp/qemu.strace
 EOF
             fi
         done
+    done
     done
     for i in $(seq 1 "$rounds"); do
         cat <<EOF
@@ -104,17 +126,21 @@ tr -d '\r' <"$log" | awk -v status="$status" '
         for (i = 2; i <= NF; i++) if (index($i, key "=") == 1) return substr($i, length(key) + 2)
         return ""
     }
-    /^bench-vfio: dma / { n = field("name"); dma[n] += field("ms"); runs[n]++; print }
+    /^bench-vfio: dma / { n = field("name"); dma[n] = dma[n] " " field("ms"); runs[n]++; print }
+    /^bench-vfio: ready / { n = field("name"); ready[n] = ready[n] " " field("ms"); print }
     /^bootbench name=/ {
         name = field("name"); ms = field("to_init_ms"); ex = field("exit")
         if (ms != "none" && ex == "0") times[name] = times[name] " " ms
         else failed++
     }
     END {
-        for (m = 512; m <= 2048; m *= 4) {
-            t = "tessera-" m; q = "qemu-" m
-            if (runs[t] > 0 && runs[q] > 0 && dma[q] > 0)
-                printf "bench-vfio: ratio tessera/qemu DMA-map %d MiB (means of %d and %d runs): %.1f ms / %.1f ms = %.2f\n", m, runs[t], runs[q], dma[t] / runs[t], dma[q] / runs[q], (dma[t] / runs[t]) / (dma[q] / runs[q])
+        split("512 2048 512-huge", labels, " ")
+        for (k = 1; k <= 3; k++) {
+            t = "tessera-" labels[k]; q = "qemu-" labels[k]
+            if (!(runs[t] > 0 && runs[q] > 0)) continue
+            mt = median(dma[t]); mq = median(dma[q]); mr = median(ready[t])
+            if (mq > 0) printf "bench-vfio: ratio tessera/qemu MAP_DMA ioctls %s MiB (medians of %d and %d runs): %.1f ms / %.1f ms = %.2f\n", labels[k], runs[t], runs[q], mt, mq, mt / mq
+            if (mq > 0 && mr != "") printf "bench-vfio: ratio tessera/qemu RAM ready for DMA %s MiB (tessera prefault + maps, QEMU maps): %.1f ms / %.1f ms = %.2f\n", labels[k], mr, mq, mr / mq
         }
         t = median(times["tessera"]); q = median(times["qemu-q35"])
         printf "bench-vfio: boot to /init with the NVMe, medians: tessera %s ms (%s), qemu-q35 %s ms (%s)\n", t, times["tessera"], q, times["qemu-q35"]

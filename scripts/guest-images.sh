@@ -4,11 +4,14 @@
 #   $TESSERA_CACHE/judge/config             that kernel's config-* file
 #   $TESSERA_CACHE/judge/kernel-package     "name version" of the .deb it came from
 #   $TESSERA_CACHE/judge/vmlinux            the ELF kernel inside the bzImage (PVH boots)
-#   $TESSERA_CACHE/judge/initramfs.cpio.gz  busybox-static + scripts/judge-init.sh as /init
-#                                           + /bin/pci-bar (tests/guest/pci_bar.rs, built
-#                                           here with rustc, static against glibc)
+#   $TESSERA_CACHE/judge/initramfs-KEY/     initramfs.cpio.gz: busybox-static +
+#                                           scripts/judge-init.sh as /init + /bin/pci-bar
+#                                           (tests/guest/pci_bar.rs, built here with rustc,
+#                                           static against glibc), KEY the hash of those
+#                                           sources; and links to the kernel files above
 # TESSERA_CACHE defaults to ~/.cache/tessera. Set TESSERA_JUDGE_REFRESH=1 to fetch the
-# kernel again. Logs go to stderr; the last stdout line is the judge directory.
+# kernel again. Logs go to stderr; the last stdout line is the judge directory (the
+# initramfs-KEY one, where vmlinuz, vmlinux, config and kernel-package are too).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -86,7 +89,11 @@ command -v rustc >/dev/null || { log "rustc not found: install a Rust toolchain 
 # compiled only on a rebuild, so its source and compiler stand in for the binary.
 key=$( (cat "$init_script" /bin/busybox "${BASH_SOURCE[0]}" "$pci_bar_src"; rustc -vV) \
     | sha256sum | cut -d' ' -f1)
-if [ ! -s "$out/initramfs.cpio.gz" ] || [ "$(cat "$out/initramfs.key" 2>/dev/null)" != "$key" ]; then
+# One directory per content key, so that worktrees (or branches) with different judge
+# sources each keep their own image instead of rebuilding one shared file under each
+# other's running tests; the kernel files are linked in.
+images=$out/initramfs-$key
+if [ ! -s "$images/initramfs.cpio.gz" ]; then
     log "building initramfs ($key)"
     root=$work/initramfs
     mkdir -p "$root"/{bin,dev,proc,sys,tmp}
@@ -100,12 +107,19 @@ if [ ! -s "$out/initramfs.cpio.gz" ] || [ "$(cat "$out/initramfs.key" 2>/dev/nul
     rustc --edition 2021 -O -C target-feature=+crt-static -C strip=symbols \
         -o "$root/bin/pci-bar" "$pci_bar_src" >&2
     install -m 0755 "$init_script" "$root/init"
+    mkdir -p "$images"
     (cd "$root" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \
         | cpio --null --create --format=newc --owner=0:0 --quiet --reproducible) \
-        | gzip -9n >"$out/initramfs.cpio.gz.tmp"
-    mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
-    echo "$key" >"$out/initramfs.key"
+        | gzip -9n >"$images/initramfs.cpio.gz.tmp"
+    mv "$images/initramfs.cpio.gz.tmp" "$images/initramfs.cpio.gz"
 fi
+for f in vmlinuz vmlinux config kernel-package; do
+    ln -sfn "../$f" "$images/$f"
+done
+# Relinking above touches the directory, so its mtime is its last use: images no
+# checkout has asked for in 3 days go (a running test's image was just touched).
+find "$out" -mindepth 1 -maxdepth 1 -type d -name 'initramfs-*' ! -name "initramfs-$key" \
+    -mtime +3 -exec rm -rf {} + 2>/dev/null || true
 
 log "kernel: $(cat "$out/kernel-package")"
-echo "$out"
+echo "$images"

@@ -5,7 +5,9 @@
 # TESSERA-JUDGE-BEGIN and TESSERA-JUDGE-END on the console; with judge.devices=1 on the
 # kernel command line, then what it could do with its NVMe, edu and mtty PCI devices
 # between TESSERA-DEVICES-BEGIN and TESSERA-DEVICES-END (using /bin/pci-bar, built from
-# tests/guest/pci_bar.rs); then powers off (or reboots, with judge.action=reboot, or
+# tests/guest/pci_bar.rs); with judge.devmem=N, what node N's memory holds between
+# TESSERA-DEVMEM-BEGIN and TESSERA-DEVMEM-END (parsed by
+# vmm/tests/device_memory_in_nested_host.rs); then powers off (or reboots, with judge.action=reboot, or
 # does what the console says, with judge.action=console).
 # tests/src/linux_judge.rs parses both blocks; keep the two in step.
 export PATH=/bin
@@ -19,7 +21,10 @@ exec </dev/console >/dev/console 2>&1
 # (the next boot's, or a reboot order repeated until taken) would otherwise see its lines
 # land in the middle of the report's.
 stty -echo 2>/dev/null || true
-echo TESSERA-INIT
+# The kernel's own uptime here is the guest's boot time, free of the VMM's start-up
+# (scripts/bench-boot.sh compares it between VMMs).
+read -r uptime _ </proc/uptime
+echo "TESSERA-INIT uptime=$uptime"
 # Keep kernel messages from interleaving with the report (dmesg still has them all);
 # `judge.printk=N` keeps those below level N instead (a benchmark watching for a
 # driver's message on the console).
@@ -83,6 +88,34 @@ echo "pci=$pci"
 
 dmesg | grep -iE 'srat|numa|hmat|slit|node|generic initiator|acpi: ' | sed 's/^/dmesg: /'
 echo TESSERA-JUDGE-END
+
+# --- judge.devmem=N: device memory as node N's RAM --------------------------------------
+# Prints between TESSERA-DEVMEM-BEGIN and TESSERA-DEVMEM-END: node N's MemTotal, the
+# memory blocks the kernel gave it (with the block size), the BARs of every ivshmem
+# (1af4:1110) function as its sysfs resource file lists them, and what
+# `pci-bar node-memory N 16` reports (16 MiB allocated on node N, written, read back).
+devmem_report() {
+    local node=$1 dir=$NODE/node$1 dev blocks fill fill_exit
+    echo TESSERA-DEVMEM-BEGIN
+    echo "devmem.node=$node"
+    echo "devmem.memtotal_kb=$(sed -n 's/.*MemTotal: *\([0-9][0-9]*\) kB.*/\1/p' "$dir/meminfo" 2>/dev/null)"
+    echo "devmem.block_size=$(cat /sys/devices/system/memory/block_size_bytes 2>/dev/null)"
+    blocks=$(ls "$dir" 2>/dev/null | grep '^memory[0-9][0-9]*$' | sed 's/^memory//' | sort -n | tr '\n' ',' | sed 's/,$//')
+    echo "devmem.blocks=$blocks"
+    for dev in /sys/bus/pci/devices/*; do
+        [ "$(cat "$dev/vendor" 2>/dev/null):$(cat "$dev/device" 2>/dev/null)" = 0x1af4:0x1110 ] || continue
+        echo "devmem.ivshmem.${dev##*/}.bar2=$(sed -n 3p "$dev/resource")"
+    done
+    fill=$(/bin/pci-bar node-memory "$node" 16 2>&1)
+    fill_exit=$?
+    echo "devmem.fill=$fill"
+    echo "devmem.fill_exit=$fill_exit"
+    echo TESSERA-DEVMEM-END
+}
+
+for word in $(cat /proc/cmdline); do
+    case $word in judge.devmem=*) devmem_report "${word#judge.devmem=}" ;; esac
+done
 
 # --- judge.devices=1: what the guest can do with its (passed-through) PCI devices ------
 # Prints key=value lines `KIND.BDF.what=...` and `irq.BDF=...` between
@@ -203,6 +236,12 @@ devices_report() {
 
 case " $(cat /proc/cmdline) " in
 *" judge.devices=1 "*) devices_report ;;
+esac
+
+# `judge.dmesg=1`: the whole kernel log, for comparing where two boots' time went
+# (with `initcall_debug`; scripts/boot-profile.sh reads it).
+case " $(cat /proc/cmdline) " in
+*" judge.dmesg=1 "*) dmesg | sed 's/^/dmesg-all: /' ;;
 esac
 
 # `judge.action=console`: take orders typed on the console, proving input reaches the

@@ -1,5 +1,7 @@
-//! Time to validate a topology and build every table: 256 vCPUs, 64 nodes, 16 devices
-//! each linked by Generic Initiator to 8 nodes, full distance matrix and HMAT.
+//! Time to validate a topology and build every table, from a small VM (2 vCPUs, 2
+//! nodes) up to 256 vCPUs, 64 nodes and 16 devices each linked by Generic Initiator to
+//! 8 nodes (128 links), with a full distance matrix and HMAT: the cost curve
+//! scripts/cost-curves.sh puts in docs/performance.md.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,14 +11,16 @@ use tessera_acpi::{
     PciDevice, PciSegment, Placement, Topology, Window,
 };
 
-fn large_topology() -> Topology {
-    let nodes = 64u32;
-    let cpu_nodes = 8u32;
+/// The sizes measured: (vCPUs, nodes, devices with 8 GI links each).
+const SIZES: &[(u32, u32, u8)] = &[(2, 2, 0), (16, 8, 2), (64, 32, 8), (256, 64, 16)];
+
+fn topology(vcpus: u32, nodes: u32, devices: u8) -> Topology {
+    let cpu_nodes = nodes.min(8);
     let mut t = Topology {
         nodes: (0..nodes).map(|id| NumaNode { id }).collect(),
         ..Default::default()
     };
-    t.cpus = (0..256u32)
+    t.cpus = (0..vcpus)
         .map(|i| Cpu {
             apic_id: i * 2,
             node: Some(i % cpu_nodes),
@@ -51,13 +55,13 @@ fn large_topology() -> Topology {
         intx_routes: Vec::new(),
         hotplug_slots: Vec::new(),
     }];
-    t.pci_devices = (0..16u8)
+    t.pci_devices = (0..devices)
         .map(|d| PciDevice {
             id: format!("gpu{d}"),
             bdf: Bdf::new(0, 0, d + 1, 0).unwrap(),
         })
         .collect();
-    for d in 0..16u32 {
+    for d in 0..u32::from(devices) {
         for k in 0..8u32 {
             t.generic_initiators.push(GenericInitiatorLink {
                 device: format!("gpu{d}"),
@@ -105,11 +109,15 @@ fn large_topology() -> Topology {
 }
 
 fn bench(c: &mut Criterion) {
-    let t = large_topology();
-    build(&t, Placement::default()).expect("the benchmark topology is valid");
-    c.bench_function("build 256 vCPUs, 64 nodes, 16 devices x 8 GI links", |b| {
-        b.iter(|| build(std::hint::black_box(&t), Placement::default()))
-    });
+    for &(vcpus, nodes, devices) in SIZES {
+        let t = topology(vcpus, nodes, devices);
+        build(&t, Placement::default()).expect("the benchmark topology is valid");
+        let links = t.generic_initiators.len();
+        c.bench_function(
+            &format!("acpi-build vcpus={vcpus} nodes={nodes} gi_links={links}"),
+            |b| b.iter(|| build(std::hint::black_box(&t), Placement::default())),
+        );
+    }
 }
 
 criterion_group!(benches, bench);

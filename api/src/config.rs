@@ -1,6 +1,6 @@
 //! The VM configuration: Cloud Hypervisor's `VmConfig` (API 54.0.0), every field of it,
-//! plus `generic_initiators` and `hmat`; and [`VmConfig::validate`], the checks that need
-//! no host.
+//! plus `generic_initiators`, `hmat`, `hmat_caches` and `device_memory`; and
+//! [`VmConfig::validate`], the checks that need no host.
 //!
 //! Every CH field is accepted at CH's default and serialized as CH serializes it (fields
 //! with a value always, `Option`s only when set), so CH's `vm.info` loads here and
@@ -8,6 +8,7 @@
 //! value by name ([`ch_fields`]). Unknown fields are refused by name, never ignored.
 
 mod ch_fields;
+mod device_memory;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ pub use ch_fields::{
     HotplugMethod, LandlockConfig, OpaqueConfig, PciSegmentConfig, RngConfig, VirtioConsoleConfig,
     DEBUG_CONSOLE_PORT, DEFAULT_RNG_SOURCE,
 };
+pub use device_memory::{DeviceMemoryConfig, DEFAULT_DEVICE_MEMORY_DISTANCE};
 
 /// A whole VM. The fields are in CH's order; Tessera's `generic_initiators` and `hmat`
 /// follow `numa`.
@@ -132,6 +134,14 @@ pub struct VmConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub hmat_caches: Vec<HmatCacheConfig>,
+    /// Memory BARs of passed-through devices given to the guest as the RAM of
+    /// memory-only NUMA nodes (Tessera extension).
+    #[serde(
+        default,
+        deserialize_with = "null_is_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub device_memory: Vec<DeviceMemoryConfig>,
     /// CH's watchdog device; `false` only.
     #[serde(default)]
     pub watchdog: bool,
@@ -169,6 +179,10 @@ pub struct VmConfig {
     pub ivshmem: Option<OpaqueConfig>,
 }
 
+/// Host CPUs a `cpus.affinity` entry may name: 0 to 1023, what Linux's `cpu_set_t`
+/// (`CPU_SETSIZE`) holds.
+pub const MAX_HOST_CPUS: u32 = 1024;
+
 /// CH's default guest physical address width: what a PVH-booted guest can address.
 pub const DEFAULT_MAX_PHYS_BITS: u8 = 46;
 
@@ -194,7 +208,7 @@ pub struct CpusConfig {
     /// the guest gets the smaller of this and the host's, and its memory map fits it.
     #[serde(default = "default_max_phys_bits")]
     pub max_phys_bits: u8,
-    /// vCPU pinning; none accepted.
+    /// vCPU pinning (CH's): each listed vCPU's thread runs only on its host CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Vec<CpuAffinity>>,
     /// Optional CPU features; none accepted.
@@ -1137,6 +1151,7 @@ impl VmConfig {
         // Before the kernel: a CH configuration with a firmware and no kernel is refused
         // for the firmware, which is what Tessera cannot do.
         ch_fields::check(self)?;
+        self.validate_affinity()?;
         if self.payload.kernel.is_none() {
             return Err(ConfigError::new("payload.kernel", "a kernel is required"));
         }
@@ -1242,6 +1257,7 @@ impl VmConfig {
             ));
         }
         self.validate_numa(&zones, &devices)?;
+        self.validate_device_memory()?;
         // Each HMAT value alone; which nodes may be initiators and targets is known once
         // the topology is (the acpi crate checks it, naming the same `hmat[N]` fields).
         for (i, h) in self.hmat.iter().enumerate() {
@@ -1276,6 +1292,47 @@ impl VmConfig {
                         "{slot} is not a free device number (1..=31 on segment 0, whose 0 \
                          is the host bridge; 0..=31 elsewhere)"
                     ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `cpus.affinity` as Cloud Hypervisor checks it: each vCPU exists and is pinned
+    /// once, to at least one host CPU that a CPU set can hold. Whether the host has those
+    /// CPUs online is the VMM's check.
+    fn validate_affinity(&self) -> Result<(), ConfigError> {
+        let mut pinned: BTreeMap<u32, usize> = BTreeMap::new();
+        for (i, a) in self.cpus.affinity.iter().flatten().enumerate() {
+            let field = format!("cpus.affinity[{i}]");
+            if a.vcpu >= self.cpus.max_vcpus {
+                return Err(ConfigError::new(
+                    format!("{field}.vcpu"),
+                    format!(
+                        "vCPU {} does not exist (max_vcpus is {})",
+                        a.vcpu, self.cpus.max_vcpus
+                    ),
+                ));
+            }
+            if let Some(first) = pinned.insert(a.vcpu, i) {
+                return Err(ConfigError::new(
+                    format!("{field}.vcpu"),
+                    format!(
+                        "vCPU {} is already pinned by cpus.affinity[{first}]",
+                        a.vcpu
+                    ),
+                ));
+            }
+            if a.host_cpus.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}.host_cpus"),
+                    "must name at least one host CPU",
+                ));
+            }
+            if let Some(cpu) = a.host_cpus.iter().find(|&&c| c >= MAX_HOST_CPUS) {
+                return Err(ConfigError::new(
+                    format!("{field}.host_cpus"),
+                    format!("host CPU {cpu} is beyond the {MAX_HOST_CPUS} a CPU set holds"),
                 ));
             }
         }

@@ -12,10 +12,11 @@ use std::path::PathBuf;
 
 use crate::config::{
     parse_node_set, ConfigError, ConsoleConfig, ConsoleMode, CoreScheduling, CpuAffinity,
-    CpuFeatures, CpuProfile, CpuTopology, CpusConfig, DeviceConfig, GenericInitiatorConfig,
-    HmatCacheAssociativity, HmatCacheConfig, HmatCachePolicy, HmatDataType, HmatHierarchy,
-    HmatLbConfig, HotplugMethod, MemoryConfig, MemoryZoneConfig, NodeSet, NumaConfig, NumaDistance,
-    PciSlotConfig, PlatformConfig, VirtioConsoleConfig, DEFAULT_MAX_PHYS_BITS,
+    CpuFeatures, CpuProfile, CpuTopology, CpusConfig, DeviceConfig, DeviceMemoryConfig,
+    GenericInitiatorConfig, HmatCacheAssociativity, HmatCacheConfig, HmatCachePolicy, HmatDataType,
+    HmatHierarchy, HmatLbConfig, HotplugMethod, MemoryConfig, MemoryZoneConfig, NodeSet,
+    NumaConfig, NumaDistance, PciSlotConfig, PlatformConfig, VirtioConsoleConfig,
+    DEFAULT_MAX_PHYS_BITS,
 };
 use crate::types::RemoveGenericInitiator;
 
@@ -692,6 +693,22 @@ pub fn parse_generic_initiator(s: &str) -> Result<GenericInitiatorConfig, Option
     Ok(gi)
 }
 
+/// `device=ID,bar=N,node=N[,distance=N]`: a device's memory BAR as node N's RAM
+/// (`device_memory`).
+pub fn parse_device_memory(s: &str) -> Result<DeviceMemoryConfig, OptionError> {
+    let o = Options::parse(s, &["device", "bar", "node", "distance"])?;
+    let required = |key: &str| OptionError {
+        key: Some(key.to_owned()),
+        message: format!("`{key}` is required"),
+    };
+    Ok(DeviceMemoryConfig {
+        device: o.required("device")?,
+        bar: o.number("bar")?.ok_or_else(|| required("bar"))?,
+        node: o.number("node")?.ok_or_else(|| required("node"))?,
+        distance: o.number("distance")?,
+    })
+}
+
 /// QEMU's `-numa hmat-lb` option string:
 /// `initiator=N,target=N,hierarchy=memory,data-type=TYPE,latency=NS` or `...,bandwidth=SIZE`,
 /// TYPE one of `access-latency`, `read-latency`, `write-latency`, `access-bandwidth`,
@@ -1101,6 +1118,36 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("only `memory` is supported"), "{e}");
+    }
+
+    #[test]
+    fn device_memory() {
+        let m = parse_device_memory("device=ivs0,bar=2,node=3").unwrap();
+        assert_eq!(
+            m,
+            DeviceMemoryConfig {
+                device: "ivs0".into(),
+                bar: 2,
+                node: 3,
+                distance: None,
+            }
+        );
+        assert_eq!(
+            parse_device_memory("device=g,bar=0,node=1,distance=80")
+                .unwrap()
+                .distance,
+            Some(80)
+        );
+        for (s, key) in [
+            ("bar=2,node=3", "device"),
+            ("device=a,node=3", "bar"),
+            ("device=a,bar=2", "node"),
+            ("device=a,bar=300,node=1", "bar"),
+            ("device=a,bar=2,node=1,size=1G", "size"),
+        ] {
+            let e = parse_device_memory(s).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{s}: {e}");
+        }
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub(crate) const ROUTES: &[Route] = &[
     published("/vmm.ping", |s| &s.ping, |_| Ok(VmAction::Ping)),
     vmm("/vmm.shutdown", Put, |_| Ok(VmAction::VmmShutdown)),
     vmm("/vmm.host-devices", Get, |_| Ok(VmAction::HostDevices)),
+    vmm("/vmm.topology-mirror", Put, |b| {
+        Ok(VmAction::TopologyMirror(json(b)?))
+    }),
     vmm("/vm.create", Put, |b| Ok(VmAction::Create(json(b)?))),
     vmm("/vm.boot", Put, |_| Ok(VmAction::Boot)),
     published("/vm.info", |s| &s.info, |_| Ok(VmAction::Info)),

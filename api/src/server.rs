@@ -92,6 +92,9 @@ pub enum VmAction {
     /// host's sysfs now (never published: the host changes under the VMM), in every VM
     /// state.
     HostDevices,
+    /// `PUT /vmm.topology-mirror`: answer a [`VmConfig`] mirroring the host's topology
+    /// around the devices named, made from the host's sysfs now, in every VM state.
+    TopologyMirror(crate::types::TopologyMirror),
 }
 
 /// An action and where to send its answer. The VMM must answer every request (dropping

@@ -12,8 +12,9 @@ use crate::error::ApiError;
 
 mod host;
 pub use host::{
-    HostDevices, HostIommuGroup, HostIommuGroupMember, HostMdevParent, HostMdevType, HostNumaNode,
-    HostNvidiaVgpu, HostPciDevice, HostVgpuType,
+    HostDevices, HostIommuGroup, HostIommuGroupMember, HostMdevParent, HostMdevType,
+    HostNumaAccess, HostNumaNode, HostNvidiaVgpu, HostPciDevice, HostVgpuType, TopologyMirror,
+    MIRROR_GPU_GI_NODES, MIRROR_MEMORY_PER_NODE, MIRROR_OTHER_GI_NODES, MIRROR_VCPUS_PER_NODE,
 };
 
 /// `GET /vmm.ping`.
@@ -63,6 +64,25 @@ pub struct VmInfo {
     /// each (Tessera extension).
     #[serde(default)]
     pub slots: Vec<SlotInfo>,
+    /// Device memory BARs with the guest RAM each became (Tessera extension); left out
+    /// when there is none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_memory: Vec<DeviceMemoryInfo>,
+}
+
+/// A device's memory BAR as a node's RAM, in [`VmInfo::device_memory`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceMemoryInfo {
+    /// The device's id.
+    pub device: String,
+    /// The BAR.
+    pub bar: u8,
+    /// The NUMA node whose RAM it is.
+    pub node: u32,
+    /// Its guest physical address.
+    pub guest_address: u64,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// A GI-ready PCI slot in [`VmInfo::slots`].

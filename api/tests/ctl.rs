@@ -24,11 +24,12 @@ use base64::Engine as _;
 use common::Harness;
 use serde_json::{json, Value};
 use tessera_api::config::{
-    DeviceConfig, GenericInitiatorConfig, NumaConfig, NumaDistance, VmConfig,
+    DeviceConfig, GenericInitiatorConfig, NumaConfig, NumaDistance, PayloadConfig, VmConfig,
 };
 use tessera_api::server::{ApiError, ApiReply, RemoveGenericInitiator, VmAction};
 use tessera_api::types::{
-    AcpiInfo, AcpiTable, DeviceInfo, PciDeviceInfo, VmInfo, VmState, VmmPingResponse,
+    AcpiInfo, AcpiTable, DeviceInfo, PciDeviceInfo, TopologyMirror, VmInfo, VmState,
+    VmmPingResponse,
 };
 
 const CTL: &str = env!("CARGO_BIN_EXE_tessera-ctl");
@@ -85,6 +86,7 @@ fn info() -> VmInfo {
             },
         ],
         slots: vec![],
+        device_memory: vec![],
     }
 }
 
@@ -143,6 +145,11 @@ fn script(action: &VmAction) -> Result<ApiReply, ApiError> {
         VmAction::Counters => ApiReply::json(&counters()),
         VmAction::Acpi => ApiReply::json(&acpi()),
         VmAction::HostDevices => ApiReply::json(&common::host_devices()),
+        // A stand-in answer: the VMM makes the real one from the host.
+        VmAction::TopologyMirror(r) => ApiReply::json(&VmConfig {
+            payload: r.payload.clone(),
+            ..VmConfig::default()
+        }),
         VmAction::Create(c) => c
             .validate()
             .map(|()| ApiReply::NoContent)
@@ -1040,6 +1047,91 @@ fn a_non_api_error_answer_is_reported_by_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_mirror_sends_the_options_and_prints_the_config() {
+    let h = Harness::start(script);
+    let out = expect(
+        &h,
+        &[
+            "topology",
+            "mirror",
+            "--device",
+            "0000:41:00.0",
+            "--device",
+            "03:00.0",
+            "--gi-nodes",
+            "4",
+            "--host-node",
+            "1",
+            "--vcpus-per-node",
+            "2",
+            "--memory-per-node",
+            "1G",
+            "--managed",
+            "--kernel",
+            "/k",
+            "--cmdline",
+            "console=ttyS0",
+        ],
+        VmAction::TopologyMirror(TopologyMirror {
+            devices: vec!["0000:41:00.0".into(), "03:00.0".into()],
+            gi_nodes: Some(4),
+            host_nodes: Some(vec![1]),
+            vcpus_per_node: Some(2),
+            memory_per_node: Some(1 << 30),
+            managed: true,
+            payload: PayloadConfig {
+                kernel: Some("/k".into()),
+                cmdline: Some("console=ttyS0".into()),
+                ..PayloadConfig::default()
+            },
+        }),
+    )
+    .await;
+    // Indented JSON that is a VmConfig, to be handed to `create`.
+    assert!(out.starts_with("{\n  \"cpus\""), "{out}");
+    let c: VmConfig = serde_json::from_str(&out).unwrap();
+    assert_eq!(c.payload.kernel.as_deref(), Some(Path::new("/k")));
+    // Defaults stay unset for the VMM to fill; --device-nodes-only mirrors no others.
+    let _ = expect(
+        &h,
+        &[
+            "topology",
+            "mirror",
+            "--device",
+            "41:00.0",
+            "--device-nodes-only",
+        ],
+        VmAction::TopologyMirror(TopologyMirror {
+            devices: vec!["41:00.0".into()],
+            host_nodes: Some(vec![]),
+            ..TopologyMirror::default()
+        }),
+    )
+    .await;
+    let out = ctl(
+        &h.socket,
+        &[
+            "topology",
+            "mirror",
+            "--device",
+            "41:00.0",
+            "--memory-per-node",
+            "lots",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .starts_with("tessera-ctl: topology mirror: --memory-per-node: "),
+        "{}",
+        out.stderr
+    );
+    let out = ctl(&h.socket, &["topology", "mirror"]).await;
+    assert_eq!(out.code, 1, "--device is required");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_devices_prints_a_table_or_the_json() {
     let h = Harness::start(script);
     let out = expect(&h, &["host-devices"], VmAction::HostDevices).await;
@@ -1060,7 +1152,10 @@ async fn host_devices_prints_a_table_or_the_json() {
          NUMA nodes:\n\
          NODE  CPUS  MEMORY    DISTANCES\n\
          0     0-1   2048 MiB  10 21\n\
-         1     none  1024 MiB  21 10\n"
+         1     none  1024 MiB  21 10\n\
+         HMAT (memory node, access class, best initiators):\n\
+         \x20 node 0 access1 from 0: read 80 ns, 40000 MB/s; write 90 ns, 30000 MB/s\n\
+         \x20 node 1 access0 from 0: read 120 ns, 20000 MB/s; write 130 ns, -\n"
     );
     let out = expect(&h, &["--json", "host-devices"], VmAction::HostDevices).await;
     let json: Value = serde_json::from_str(&out).unwrap();

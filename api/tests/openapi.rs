@@ -24,16 +24,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tessera_api::config::{
-    ConsoleMode, CoreScheduling, CpuProfile, DeviceConfig, GenericInitiatorConfig,
-    HmatCacheAssociativity, HmatCacheConfig, HmatCachePolicy, HmatDataType, HmatHierarchy,
-    HmatLbConfig, HotplugMethod, NumaConfig, VmConfig,
+    ConsoleMode, CoreScheduling, CpuProfile, DeviceConfig, DeviceMemoryConfig,
+    GenericInitiatorConfig, HmatCacheAssociativity, HmatCacheConfig, HmatCachePolicy, HmatDataType,
+    HmatHierarchy, HmatLbConfig, HotplugMethod, NumaConfig, VmConfig,
 };
 use tessera_api::server::{
     openapi_json, routes, ApiError, ApiReply, ApiRequest, Snapshot, VmAction, MAX_BODY,
 };
 use tessera_api::types::{
-    AcpiInfo, AcpiTable, DeviceInfo, DeviceNode, PciDeviceInfo, RemoveGenericInitiator, SlotInfo,
-    VmInfo, VmRemoveDevice, VmRemoveNumaNode, VmState, VmmPingResponse,
+    AcpiInfo, AcpiTable, DeviceInfo, DeviceMemoryInfo, DeviceNode, PciDeviceInfo,
+    RemoveGenericInitiator, SlotInfo, VmInfo, VmRemoveDevice, VmRemoveNumaNode, VmState,
+    VmmPingResponse,
 };
 
 fn doc() -> Value {
@@ -169,6 +170,7 @@ async fn the_servers_own_answers_are_documented() {
             "/vm.add-numa-node" | "/vm.remove-numa-node" => r#"{"guest_numa_id": 1}"#,
             "/vm.add-generic-initiator" => r#"{"device": "d", "node": 1}"#,
             "/vm.remove-generic-initiator" => r#"{"id": "g"}"#,
+            "/vmm.topology-mirror" => r#"{"devices": ["41:00.0"]}"#,
             _ => panic!("{path}: give an example body"),
         });
         let method_uc = method.to_uppercase();
@@ -433,6 +435,7 @@ fn maximal_config() -> Value {
                   "latency": 10, "bandwidth": 1048576}],
         "hmat_caches": [{"node": 0, "size": 1048576, "level": 1, "associativity": "direct",
                          "policy": "write_back", "line": 64}],
+        "device_memory": [{"device": "gpu0", "bar": 2, "node": 3, "distance": 40}],
         "watchdog": true,
         "rtc": {},
         "gdb": true,
@@ -469,11 +472,24 @@ fn request_schemas_match_the_types() {
     );
     check_request::<HmatLbConfig>("HmatLbConfig", config["hmat"][0].clone());
     check_request::<HmatCacheConfig>("HmatCacheConfig", config["hmat_caches"][0].clone());
+    check_request::<DeviceMemoryConfig>("DeviceMemoryConfig", config["device_memory"][0].clone());
     check_request::<VmRemoveDevice>("VmRemoveDevice", json!({"id": "gpu0"}));
     check_request::<VmRemoveNumaNode>("VmRemoveNumaNode", json!({"guest_numa_id": 3}));
     check_request::<RemoveGenericInitiator>(
         "RemoveGenericInitiator",
         json!({"id": "gi0", "device": "gpu0", "node": 1, "nodes": "2-9"}),
+    );
+    check_request::<tessera_api::types::TopologyMirror>(
+        "TopologyMirror",
+        json!({
+            "devices": ["0000:41:00.0"],
+            "gi_nodes": 8,
+            "host_nodes": [0, 1],
+            "vcpus_per_node": 2,
+            "memory_per_node": 1073741824,
+            "managed": true,
+            "payload": config["payload"].clone()
+        }),
     );
 }
 
@@ -516,6 +532,13 @@ fn response_schemas_match_the_types() {
                 device: None,
             },
         ],
+        device_memory: vec![DeviceMemoryInfo {
+            device: "gpu0".into(),
+            bar: 2,
+            node: 3,
+            guest_address: 1 << 32,
+            size: 128 << 20,
+        }],
     };
     let ping = VmmPingResponse {
         build_version: "b".into(),
@@ -560,6 +583,7 @@ fn response_schemas_match_the_types() {
         device_tree: None,
         devices: vec![],
         slots: vec![],
+        device_memory: vec![],
     };
     let v = serde_json::to_value(&minimal).unwrap();
     for r in d["components"]["schemas"]["VmInfo"]["required"]
@@ -696,6 +720,7 @@ fn every_action_has_a_route() {
             VmAction::RemoveGenericInitiator(_) => "/vm.remove-generic-initiator",
             VmAction::Acpi => "/vm.acpi",
             VmAction::HostDevices => "/vmm.host-devices",
+            VmAction::TopologyMirror(_) => "/vmm.topology-mirror",
         }
     }
     let config: VmConfig = serde_json::from_value(maximal_config()).unwrap();
@@ -720,6 +745,7 @@ fn every_action_has_a_route() {
         VmAction::RemoveGenericInitiator(RemoveGenericInitiator::default()),
         VmAction::Acpi,
         VmAction::HostDevices,
+        VmAction::TopologyMirror(tessera_api::types::TopologyMirror::default()),
     ];
     let routed: BTreeSet<String> = routes().map(|(_, p)| p).collect();
     let acted: BTreeSet<String> = all.iter().map(|a| format!("/api/v1{}", path(a))).collect();

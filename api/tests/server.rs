@@ -49,6 +49,7 @@ fn info() -> VmInfo {
             generic_initiator_nodes: vec![2, 3],
         }],
         slots: vec![],
+        device_memory: vec![],
     }
 }
 
@@ -78,6 +79,10 @@ fn script(action: &VmAction) -> Result<ApiReply, ApiError> {
         )])),
         VmAction::Acpi => ApiReply::json(&acpi()),
         VmAction::HostDevices => ApiReply::json(&common::host_devices()),
+        VmAction::TopologyMirror(r) => ApiReply::json(&tessera_api::config::VmConfig {
+            payload: r.payload.clone(),
+            ..Default::default()
+        }),
         VmAction::AddDevice(d) => ApiReply::json(&PciDeviceInfo {
             id: d.id.clone().unwrap_or_else(|| "_dev0".into()),
             bdf: "0000:00:05.0".into(),
@@ -199,6 +204,34 @@ async fn every_route_reaches_the_vmm_as_its_action() {
             VmAction::HostDevices,
             200,
             Some(serde_json::to_value(common::host_devices()).unwrap()),
+        ),
+        (
+            "PUT",
+            "/vmm.topology-mirror",
+            Some(
+                r#"{"devices": ["0000:41:00.0"], "gi_nodes": 2, "payload": {"kernel": "/k"}}"#
+                    .into(),
+            ),
+            VmAction::TopologyMirror(tessera_api::types::TopologyMirror {
+                devices: vec!["0000:41:00.0".into()],
+                gi_nodes: Some(2),
+                payload: tessera_api::config::PayloadConfig {
+                    kernel: Some("/k".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            200,
+            Some(
+                serde_json::to_value(tessera_api::config::VmConfig {
+                    payload: tessera_api::config::PayloadConfig {
+                        kernel: Some("/k".into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+                .unwrap(),
+            ),
         ),
         ("PUT", "/vm.shutdown", None, VmAction::Shutdown, 204, None),
         ("PUT", "/vm.reboot", None, VmAction::Reboot, 204, None),

@@ -9,9 +9,11 @@
 //! 0xfed0_2000                   PCI hotplug controller registers (PCIU/PCID/B0EJ/PSEG)
 //! 0xfee0_0000                   local APIC
 //! 4 GiB        .. RAM end       RAM (high)
+//! 128 MiB-aligned after RAM,    device memory: passed-through BARs as node RAM, each
+//!   at or above 4 GiB             at a 128 MiB boundary (Linux's memory section)
 //! top of low RAM (below 1 MiB's  the ACPI tables but the RSDP, an e820 ACPI area
 //! ...3 GiB, whichever is lower)    carved from the end of low RAM (`reserve_acpi`)
-//! 1 GiB-aligned after RAM       PCI 64-bit MMIO windows, one per segment, up to the
+//! 1 GiB-aligned after those     PCI 64-bit MMIO windows, one per segment, up to the
 //!                               guest's physical address width
 //! ```
 //! RAM zones are laid out in order from 0, a zone crossing 3 GiB continuing at 4 GiB,
@@ -102,6 +104,8 @@ pub enum E820Kind {
 pub struct GuestLayout {
     /// Per zone, in the order given: its RAM ranges (one, or two if it crosses 3 GiB).
     pub zones: Vec<Vec<Range>>,
+    /// Per device-memory BAR, in the order given: its guest range (RAM in the e820).
+    pub device_memory: Vec<Range>,
     /// Per PCI segment: its windows.
     pub segments: Vec<SegmentWindows>,
     /// The e820 map: RAM and the reserved areas the guest must not use.
@@ -140,6 +144,16 @@ pub enum LayoutError {
         size: u64,
         /// Low RAM there is.
         room: u64,
+    },
+    /// A device-memory BAR that is not a whole number of memory sections.
+    #[error("device memory {index}: {size:#x} bytes is not a multiple of {align:#x}")]
+    UnalignedDeviceMemory {
+        /// Index in the order given.
+        index: usize,
+        /// Its size.
+        size: u64,
+        /// [`DEVICE_MEMORY_ALIGN`].
+        align: u64,
     },
     /// RAM and 64-bit MMIO windows do not fit the guest's physical address width.
     #[error("{needed:#x} bytes of address space are needed but {phys_bits} physical address bits give {limit:#x}")]
@@ -188,10 +202,26 @@ impl GuestLayout {
     }
 }
 
+/// Where device memory starts and what it is a multiple of: Linux's x86_64 memory
+/// section (128 MiB), so no section spans RAM of two nodes.
+pub const DEVICE_MEMORY_ALIGN: u64 = 128 << 20;
+
 /// Lays out RAM zones (sizes in bytes, in order) and `segments` PCI segments for a guest
 /// with `phys_bits` physical address bits.
 pub fn lay_out(
     zone_sizes: &[u64],
+    segments: u16,
+    phys_bits: u8,
+) -> Result<GuestLayout, LayoutError> {
+    lay_out_with_device_memory(zone_sizes, &[], segments, phys_bits)
+}
+
+/// [`lay_out`] with device memory: BARs of `device_memory` bytes each (multiples of
+/// [`DEVICE_MEMORY_ALIGN`]) placed in order after RAM, at or above 4 GiB, before the
+/// 64-bit windows.
+pub fn lay_out_with_device_memory(
+    zone_sizes: &[u64],
+    device_memory: &[u64],
     segments: u16,
     phys_bits: u8,
 ) -> Result<GuestLayout, LayoutError> {
@@ -238,9 +268,26 @@ pub fn lay_out(
     }
     let ram_end = next;
 
+    let mut device_ranges = Vec::with_capacity(device_memory.len());
+    let mut next =
+        ram_end.max(MEM_32BIT_GAP_END).div_ceil(DEVICE_MEMORY_ALIGN) * DEVICE_MEMORY_ALIGN;
+    for (index, &size) in device_memory.iter().enumerate() {
+        if size == 0 || size % DEVICE_MEMORY_ALIGN != 0 {
+            return Err(LayoutError::UnalignedDeviceMemory {
+                index,
+                size,
+                align: DEVICE_MEMORY_ALIGN,
+            });
+        }
+        let end = next.checked_add(size).ok_or_else(|| too_big(u64::MAX))?;
+        device_ranges.push(Range { start: next, end });
+        next = end;
+    }
+    let used_end = device_ranges.last().map_or(ram_end, |r| r.end);
+
     let count = u64::from(segments);
     let mmio32_each = MMIO32_SIZE.checked_div(count).unwrap_or(0) & !0xfffff;
-    let mmio64_base = ram_end.max(MEM_32BIT_GAP_END).div_ceil(GIB) * GIB;
+    let mmio64_base = used_end.max(MEM_32BIT_GAP_END).div_ceil(GIB) * GIB;
     // Share what the address width leaves, up to the default size, 1 GiB aligned.
     let mmio64_each = (limit
         .saturating_sub(mmio64_base)
@@ -253,8 +300,8 @@ pub fn lay_out(
             mmio64_base.saturating_add(GIB.saturating_mul(count)),
         ));
     }
-    if ram_end > limit {
-        return Err(too_big(ram_end));
+    if used_end > limit {
+        return Err(too_big(used_end));
     }
     let segments = (0..count)
         .map(|n| SegmentWindows {
@@ -318,8 +365,12 @@ pub fn lay_out(
             E820Kind::Ram,
         ));
     }
+    for r in &device_ranges {
+        e820.push((*r, E820Kind::Ram));
+    }
     Ok(GuestLayout {
         zones,
+        device_memory: device_ranges,
         segments,
         e820,
     })
@@ -497,6 +548,41 @@ mod tests {
             ]
         );
         assert!(l.e820.windows(2).all(|w| w[0].0.end <= w[1].0.start));
+    }
+
+    #[test]
+    fn device_memory_follows_ram_above_4_gib_before_the_windows() {
+        let l = lay_out_with_device_memory(&[512 * MIB], &[128 * MIB, 256 * MIB], 1, 40).unwrap();
+        let a = Range {
+            start: 4 * GIB,
+            end: 4 * GIB + 128 * MIB,
+        };
+        let b = Range {
+            start: a.end,
+            end: a.end + 256 * MIB,
+        };
+        assert_eq!(l.device_memory, vec![a, b]);
+        assert_eq!(
+            l.e820[l.e820.len() - 2..],
+            [(a, E820Kind::Ram), (b, E820Kind::Ram)]
+        );
+        assert_eq!(l.segments[0].mmio64.start, 5 * GIB);
+        // After high RAM, at the next 128 MiB boundary.
+        let l = lay_out_with_device_memory(&[3 * GIB + 4 * MIB], &[128 * MIB], 1, 40).unwrap();
+        assert_eq!(l.device_memory[0].start, 4 * GIB + 128 * MIB);
+        assert!(l.e820.windows(2).all(|w| w[0].0.end <= w[1].0.start));
+        assert_eq!(
+            lay_out_with_device_memory(&[GIB], &[64 * MIB], 1, 40),
+            Err(LayoutError::UnalignedDeviceMemory {
+                index: 0,
+                size: 64 * MIB,
+                align: DEVICE_MEMORY_ALIGN
+            })
+        );
+        assert!(matches!(
+            lay_out_with_device_memory(&[GIB], &[128 * MIB], 1, 32),
+            Err(LayoutError::AddressSpace { .. })
+        ));
     }
 
     #[test]

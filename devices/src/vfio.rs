@@ -160,6 +160,14 @@ pub enum VfioPciError {
         #[source]
         source: PciError,
     },
+    /// A BAR cannot be guest RAM (device memory).
+    #[error("BAR {index} cannot be device memory: {reason}")]
+    MemoryBar {
+        /// The BAR.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
     /// Setting up interrupts failed.
     #[error("interrupts: {0}")]
     Interrupts(#[source] io::Error),
@@ -235,6 +243,13 @@ pub struct VfioPciDevice {
     /// BARs never mmapped into the guest (CH's `x_exclude_mmap_bars`): every access to
     /// them traps, for devices whose BARs misbehave when the guest reaches them directly.
     mmap_excluded: [bool; 6],
+    /// Whether a BAR was taken as guest RAM ([`VfioPciDevice::take_memory_bar`]): memory
+    /// decoding then stays on whatever the guest writes to the command register, since
+    /// vfio-pci revokes the BAR's mmap (and the guest's RAM with it) when it goes off.
+    keeps_memory_decode: bool,
+    /// With `keeps_memory_decode`: the memory-decode bit as the guest last wrote it, which
+    /// is what it reads back and what decides whether its other BARs decode.
+    guest_memory_decode: bool,
 }
 
 impl VfioPciDevice {
@@ -348,6 +363,72 @@ impl VfioPciDevice {
             intx: None,
             relocator: None,
             mmap_excluded: [false; 6],
+            keeps_memory_decode: false,
+            guest_memory_decode: false,
+        })
+    }
+
+    /// Takes memory BAR `index` out of the device as the guest sees it, to be guest RAM
+    /// (a device-memory NUMA node): the BAR register then reads 0 and sizes as 0 (an
+    /// unimplemented BAR), so the guest's driver neither maps it nor moves it, no guest
+    /// address space is requested for it, and no access traps. Memory decoding is
+    /// turned on now and kept on. Refused unless the BAR is `size` bytes of memory that
+    /// VFIO lets the VMM mmap whole, without MSI-X structures in it. Returns what to mmap.
+    pub fn take_memory_bar(&mut self, index: usize, size: u64) -> Result<MmapArea, VfioPciError> {
+        let refuse = |reason: String| VfioPciError::MemoryBar { index, reason };
+        let state = self
+            .bars
+            .get(index)
+            .filter(|_| index != ROM_BAR)
+            .copied()
+            .flatten()
+            .ok_or_else(|| refuse("the device has no such BAR".into()))?;
+        if state.request.bar_type == PciBarType::Io {
+            return Err(refuse("it is an I/O BAR".into()));
+        }
+        if self.msix_locations().iter().any(|l| l.bar == index) {
+            return Err(refuse("it holds the MSI-X table or PBA".into()));
+        }
+        let region = self
+            .io
+            .region(VFIO_PCI_BAR0_REGION_INDEX + index as u32)
+            .ok_or_else(|| refuse("VFIO gives no region for it".into()))?;
+        if region.size != size {
+            return Err(refuse(format!(
+                "VFIO's region is {:#x} bytes, sysfs said {size:#x}",
+                region.size
+            )));
+        }
+        if region.mmap_areas != [(0, region.size)] {
+            return Err(refuse(format!(
+                "VFIO does not let it be mmapped whole (mmappable parts: {:?})",
+                region.mmap_areas
+            )));
+        }
+        if let Some(slot) = self.bars.get_mut(index) {
+            *slot = None;
+        }
+        let mut command = [0u8; 2];
+        self.io.region_read(
+            VFIO_PCI_CONFIG_REGION_INDEX,
+            REG_COMMAND as u64 * 4,
+            &mut command,
+        );
+        if !self.keeps_memory_decode {
+            self.guest_memory_decode = u16::from_le_bytes(command) & COMMAND_MEMORY as u16 != 0;
+        }
+        self.keeps_memory_decode = true;
+        let on = u16::from_le_bytes(command) | COMMAND_MEMORY as u16;
+        self.io.region_write(
+            VFIO_PCI_CONFIG_REGION_INDEX,
+            REG_COMMAND as u64 * 4,
+            &on.to_le_bytes(),
+        );
+        Ok(MmapArea {
+            bar: index,
+            bar_offset: 0,
+            size: region.size,
+            file_offset: region.file_offset,
         })
     }
 
@@ -553,6 +634,21 @@ impl VfioPciDevice {
             .region_read(VFIO_PCI_CONFIG_REGION_INDEX, offset, data);
     }
 
+    /// The command/status register as the guest sees it: the device's, but for the
+    /// memory-decode bit the VMM keeps on under a BAR taken as guest RAM.
+    fn guest_command(&self) -> u32 {
+        let command = self.read_device_register(REG_COMMAND);
+        if !self.keeps_memory_decode {
+            return command;
+        }
+        let guest = if self.guest_memory_decode {
+            COMMAND_MEMORY
+        } else {
+            0
+        };
+        (command & !COMMAND_MEMORY) | guest
+    }
+
     fn read_device_register(&self, reg: usize) -> u32 {
         let mut b = [0u8; 4];
         self.read_device(reg as u64 * 4, &mut b);
@@ -583,7 +679,7 @@ impl VfioPciDevice {
 
     /// After a BAR or command write: when a BAR decodes at a new address, move its mappings.
     fn follow_bars(&mut self) {
-        let command = self.read_device_register(REG_COMMAND);
+        let command = self.guest_command();
         for index in 0..self.bars.len() {
             let Some(state) = self.bars.get(index).copied().flatten() else {
                 continue;
@@ -735,6 +831,7 @@ impl PciDevice for VfioPciDevice {
             // Only function 0 is given to the guest: never claim more functions.
             REG_HEADER_TYPE => self.read_device_register(reg) & !(0x80 << 16),
             r if (REG_BAR0..REG_BAR0 + 6).contains(&r) => self.bars_shadow.read_register(r),
+            REG_COMMAND => self.guest_command(),
             // CardBus CIS pointer: not ours to show.
             10 => 0,
             REG_ROM => {
@@ -796,8 +893,15 @@ impl PciDevice for VfioPciDevice {
             // Read-only or emulated: identification, CardBus, subsystem, capability pointer.
             0 | 2 | 10 | 11 | 13 | 14 => {}
             _ => {
+                let mut data = data.to_vec();
+                if reg == REG_COMMAND && offset == 0 && self.keeps_memory_decode {
+                    if let Some(low) = data.first_mut() {
+                        self.guest_memory_decode = *low & COMMAND_MEMORY as u8 != 0;
+                        *low |= COMMAND_MEMORY as u8;
+                    }
+                }
                 self.io
-                    .region_write(VFIO_PCI_CONFIG_REGION_INDEX, at as u64, data);
+                    .region_write(VFIO_PCI_CONFIG_REGION_INDEX, at as u64, &data);
                 if reg == REG_COMMAND && offset < 2 {
                     self.follow_bars();
                 }
@@ -851,6 +955,13 @@ mod tests {
 
     impl FakeDevice {
         fn new() -> Arc<Self> {
+            Self::build(false)
+        }
+        /// As [`FakeDevice::new`], plus BAR4: 128 MiB of 32-bit memory, mmappable whole.
+        fn with_memory_bar4() -> Arc<Self> {
+            Self::build(true)
+        }
+        fn build(bar4: bool) -> Arc<Self> {
             let mut c = vec![0u8; 256];
             c[0..4].copy_from_slice(&0x1234_5678u32.to_le_bytes());
             c[0x06] = 0x10; // status: capability list
@@ -871,6 +982,12 @@ mod tests {
             regions.insert(VFIO_PCI_BAR0_REGION_INDEX, region(0x4000, 0x1_0000, true));
             regions.insert(VFIO_PCI_BAR0_REGION_INDEX + 2, region(8, 0x2_0000, false));
             regions.insert(VFIO_PCI_CONFIG_REGION_INDEX, region(256, 0x7_0000, false));
+            if bar4 {
+                regions.insert(
+                    VFIO_PCI_BAR0_REGION_INDEX + 4,
+                    region(128 << 20, 0x100_0000, true),
+                );
+            }
             Arc::new(FakeDevice {
                 config: Mutex::new(c),
                 log: Mutex::new(Vec::new()),
@@ -977,6 +1094,50 @@ mod tests {
         d.assign_bar(0, 0x1_0000_0000).unwrap();
         d.assign_bar(2, 0x1000).unwrap();
         (fake, d)
+    }
+
+    #[test]
+    fn a_memory_bar_taken_as_guest_ram_is_hidden_and_keeps_decoding() {
+        let fake = FakeDevice::with_memory_bar4();
+        let mut d =
+            VfioPciDevice::new("test", fake.clone(), Arc::new(NullRouter::default())).unwrap();
+        let refused = |d: &mut VfioPciDevice, bar, size| match d.take_memory_bar(bar, size) {
+            Err(VfioPciError::MemoryBar { reason, .. }) => reason,
+            other => panic!("BAR {bar}: {other:?}"),
+        };
+        assert!(refused(&mut d, 0, 0x4000).contains("MSI-X"));
+        assert!(refused(&mut d, 2, 8).contains("I/O"));
+        assert!(refused(&mut d, 1, 0).contains("no such BAR"));
+        assert!(refused(&mut d, ROM_BAR, 0).contains("no such BAR"));
+        assert!(refused(&mut d, 4, 64 << 20).contains("sysfs said"));
+        let area = d.take_memory_bar(4, 128 << 20).unwrap();
+        assert_eq!(
+            area,
+            MmapArea {
+                bar: 4,
+                bar_offset: 0,
+                size: 128 << 20,
+                file_offset: 0x100_0000
+            }
+        );
+        // Gone from what the guest sees: no request, no mapping, the register reads 0
+        // and sizes as 0.
+        assert!(d.bar_requests().iter().all(|r| r.index != 4));
+        assert!(d.mmap_areas().iter().all(|a| a.bar != 4));
+        d.write_config_register(REG_BAR0 + 4, 0, &[0xff; 4]);
+        assert_eq!(d.read_config_register(REG_BAR0 + 4), 0);
+        // Decoding is on, and stays on when the guest turns it off.
+        assert_eq!(fake.config.lock().unwrap()[4] & COMMAND_MEMORY as u8, 2);
+        d.write_config_register(REG_COMMAND, 0, &[0x04, 0]);
+        assert_eq!(fake.config.lock().unwrap()[4], 0x04 | COMMAND_MEMORY as u8);
+        // The guest reads back what it wrote.
+        assert_eq!(d.read_config_register(REG_COMMAND) & 0xffff, 0x04);
+        d.write_config_register(REG_COMMAND, 0, &[0x06, 0]);
+        assert_eq!(d.read_config_register(REG_COMMAND) & 0xffff, 0x06);
+        // A BAR that is not whole-mmappable is refused.
+        let mut d =
+            VfioPciDevice::new("test", FakeDevice::new(), Arc::new(NullRouter::default())).unwrap();
+        assert!(refused(&mut d, 4, 128 << 20).contains("no such BAR"));
     }
 
     #[test]

@@ -1,13 +1,22 @@
 //! `pci-bar`: reads (or writes, then reads) one 32-bit register of a PCI memory BAR from
-//! inside a guest, through its sysfs resource file. Part of the Linux judge's initramfs
-//! (`/bin/pci-bar`, built by `scripts/guest-images.sh` with plain `rustc`, statically
-//! linked), used by `scripts/judge-init.sh` to check passed-through devices.
+//! inside a guest, through its sysfs resource file; or, in `node-memory` mode, proves a
+//! NUMA node's RAM holds data. Part of the Linux judge's initramfs (`/bin/pci-bar`, built
+//! by `scripts/guest-images.sh` with plain `rustc`, statically linked), used by
+//! `scripts/judge-init.sh` to check passed-through devices and device memory.
 //!
 //! Usage: `pci-bar RESOURCE_FILE OFFSET [VALUE]`; OFFSET and VALUE in decimal or `0x` hex.
 //! Prints the register's value as `0x%08x`. Exit status 1 on any error, 2 on bad usage.
 //!
+//! `pci-bar node-memory NODE MIB`: binds itself to NODE (set_mempolicy MPOL_BIND),
+//! fills MIB MiB of fresh anonymous memory with a pattern (each page starting with
+//! [`NODE_MEMORY_TAG`] and its index), reads it all back, and asks the kernel where the
+//! pages are (move_pages: their node; /proc/self/pagemap: their physical frames). Prints
+//! `pages=N on_node=K readback=ok|bad phys=0xLOW-0xHIGH`; exit status 1 unless every
+//! page is on NODE and read back.
+//!
 //! Not a workspace crate (the workspace forbids `unsafe`): a guest tool that must map
-//! device memory, with no dependencies, so `mmap`/`munmap` are declared here against glibc.
+//! device memory, with no dependencies, so `mmap`/`munmap`/`syscall` are declared here
+//! against glibc.
 
 use std::ffi::c_void;
 use std::fs::OpenOptions;
@@ -25,6 +34,128 @@ extern "C" {
     fn mmap(addr: *mut c_void, len: usize, prot: i32, flags: i32, fd: i32, off: i64)
         -> *mut c_void;
     fn munmap(addr: *mut c_void, len: usize) -> i32;
+    fn syscall(number: i64, ...) -> i64;
+}
+
+const MAP_PRIVATE: i32 = 2;
+const MAP_ANONYMOUS: i32 = 0x20;
+/// x86_64 system call numbers.
+const SYS_SET_MEMPOLICY: i64 = 238;
+const SYS_MOVE_PAGES: i64 = 279;
+/// set_mempolicy's mode: allocate only from the given nodes.
+const MPOL_BIND: i64 = 2;
+/// What starts every page `node-memory` writes (then the page's index), so the bytes can
+/// be found again in the device's memory from outside the guest.
+const NODE_MEMORY_TAG: &[u8; 16] = b"TESSERA-DEVMEM-1";
+
+/// `node-memory NODE MIB`: see the file's comment.
+fn node_memory(node: u64, mib: u64) -> Result<String, String> {
+    if node >= 64 {
+        return Err(format!("node {node}: only nodes 0..63"));
+    }
+    let mask: u64 = 1 << node;
+    // SAFETY: set_mempolicy reads one u64 of node mask (64 bits) from `mask`.
+    let r = unsafe { syscall(SYS_SET_MEMPOLICY, MPOL_BIND, &mask as *const u64, 64i64) };
+    if r != 0 {
+        return Err(format!("set_mempolicy: {}", std::io::Error::last_os_error()));
+    }
+    let len = (mib << 20) as usize;
+    // SAFETY: a fresh private anonymous mapping, unmapped below.
+    let map = unsafe {
+        mmap(
+            std::ptr::null_mut(),
+            len,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if map == MAP_FAILED {
+        return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+    }
+    let pages = len / PAGE as usize;
+    let words = PAGE as usize / 8;
+    let base = map.cast::<u64>();
+    let tag = u64::from_le_bytes(NODE_MEMORY_TAG[..8].try_into().unwrap_or_default());
+    let tag2 = u64::from_le_bytes(NODE_MEMORY_TAG[8..].try_into().unwrap_or_default());
+    let word = |page: usize, i: usize| -> u64 {
+        match i {
+            0 => tag,
+            1 => tag2,
+            2 => page as u64,
+            _ => (page as u64) << 32 | i as u64,
+        }
+    };
+    // SAFETY: every index is inside the mapping; volatile, so each write and read
+    // reaches memory.
+    unsafe {
+        for page in 0..pages {
+            for i in 0..words {
+                base.add(page * words + i).write_volatile(word(page, i));
+            }
+        }
+    }
+    let mut bad = 0usize;
+    // SAFETY: as above.
+    unsafe {
+        for page in 0..pages {
+            for i in 0..words {
+                if base.add(page * words + i).read_volatile() != word(page, i) {
+                    bad += 1;
+                }
+            }
+        }
+    }
+    let addresses: Vec<*mut c_void> = (0..pages)
+        .map(|p| map.cast::<u8>().wrapping_add(p * PAGE as usize).cast())
+        .collect();
+    let mut status = vec![-1i32; pages];
+    // SAFETY: move_pages with no target nodes only reports each page's node in `status`,
+    // which has one entry per address.
+    let r = unsafe {
+        syscall(
+            SYS_MOVE_PAGES,
+            0i64,
+            pages as i64,
+            addresses.as_ptr(),
+            std::ptr::null::<i32>(),
+            status.as_mut_ptr(),
+            0i64,
+        )
+    };
+    if r < 0 {
+        return Err(format!("move_pages: {}", std::io::Error::last_os_error()));
+    }
+    let on_node = status.iter().filter(|&&n| n as u64 == node).count();
+    let frames = physical_frames(map as u64, pages)?;
+    // SAFETY: the mapping made above, not used after this.
+    unsafe { munmap(map, len) };
+    let low = frames.iter().min().copied().unwrap_or(0) * PAGE;
+    let high = frames.iter().max().map_or(0, |f| (f + 1) * PAGE);
+    let readback = if bad == 0 { "ok" } else { "bad" };
+    let line = format!("pages={pages} on_node={on_node} readback={readback} phys={low:#x}-{high:#x}");
+    if bad != 0 || on_node != pages {
+        return Err(line);
+    }
+    Ok(line)
+}
+
+/// The physical frame of each of `pages` pages from virtual address `start`, from
+/// /proc/self/pagemap (bit 63: present; bits 0..=54: the frame, shown to root only).
+fn physical_frames(start: u64, pages: usize) -> Result<Vec<u64>, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open("/proc/self/pagemap").map_err(|e| format!("pagemap: {e}"))?;
+    f.seek(SeekFrom::Start(start / PAGE * 8))
+        .map_err(|e| format!("pagemap: {e}"))?;
+    let mut raw = vec![0u8; pages * 8];
+    f.read_exact(&mut raw).map_err(|e| format!("pagemap: {e}"))?;
+    Ok(raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .filter(|e| e >> 63 == 1)
+        .map(|e| e & ((1 << 55) - 1))
+        .collect())
 }
 
 fn parse(s: &str) -> Option<u64> {
@@ -92,6 +223,24 @@ fn run(path: &str, offset: u64, value: Option<u32>) -> Result<u32, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if let [_, mode, node, mib] = args.as_slice() {
+        if mode == "node-memory" {
+            let (Some(node), Some(mib)) = (parse(node), parse(mib)) else {
+                eprintln!("usage: pci-bar node-memory NODE MIB");
+                return ExitCode::from(2);
+            };
+            return match node_memory(node, mib) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
     let (path, offset, value) = match args.as_slice() {
         [_, path, offset] => (path, parse(offset), None),
         [_, path, offset, value] => (path, parse(offset), Some(parse(value))),

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 use tessera_api::config::{PayloadConfig, VmConfig};
 use tessera_api::options::{
-    parse_console, parse_cpus, parse_device, parse_generic_initiator, parse_hmat_cache,
-    parse_hmat_lb, parse_memory, parse_memory_zone, parse_numa, parse_pci_slot, parse_platform,
-    parse_serial, OptionError,
+    parse_console, parse_cpus, parse_device, parse_device_memory, parse_generic_initiator,
+    parse_hmat_cache, parse_hmat_lb, parse_memory, parse_memory_zone, parse_numa, parse_pci_slot,
+    parse_platform, parse_serial, OptionError,
 };
 
 /// A command-line option that could not be parsed: which option, and what is wrong.
@@ -45,7 +45,7 @@ pub struct Args {
     /// A JSON VM configuration (Cloud Hypervisor's VmConfig shape) instead of the VM options.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
         "kernel", "initramfs", "cmdline", "cpus", "memory", "memory_zones", "numa",
-        "devices", "pci_slots", "generic_initiators", "hmat_lb", "hmat_caches", "platform", "serial", "console",
+        "devices", "pci_slots", "generic_initiators", "hmat_lb", "hmat_caches", "device_memory", "platform", "serial", "console",
     ])]
     pub config: Option<PathBuf>,
     /// Write the ACPI tables the configuration gives into DIR (one SIG.dat each) and exit.
@@ -272,6 +272,11 @@ pub struct VmArgs {
     /// HMAT memory-side caches, as QEMU's `-numa hmat-cache` ...
     #[arg(long = "hmat-cache", num_args = 1.., value_name = "CACHE")]
     pub hmat_caches: Vec<String>,
+    /// device=ID,bar=N,node=N[,distance=N]: BAR N of device ID (a memory BAR of a multiple
+    /// of 128 MiB) becomes the RAM of memory-only node N, DISTANCE (default 40) from every
+    /// other node ...
+    #[arg(long = "device-memory", num_args = 1.., value_name = "MEMORY")]
+    pub device_memory: Vec<String>,
     /// path=/sys/bus/pci/devices/BDF[,id=ID,pci_segment=N,pci_device_id=N] ...
     #[arg(long = "device", num_args = 1.., value_name = "DEVICE")]
     pub devices: Vec<String>,
@@ -303,6 +308,7 @@ impl VmArgs {
             ("generic-initiator", !self.generic_initiators.is_empty()),
             ("hmat-lb", !self.hmat_lb.is_empty()),
             ("hmat-cache", !self.hmat_caches.is_empty()),
+            ("device-memory", !self.device_memory.is_empty()),
             ("device", !self.devices.is_empty()),
             ("pci-slot", !self.pci_slots.is_empty()),
             ("platform", self.platform.is_some()),
@@ -357,6 +363,11 @@ impl VmArgs {
             config
                 .hmat_caches
                 .push(parse_hmat_cache(s).map_err(at("hmat-cache"))?);
+        }
+        for s in &self.device_memory {
+            config
+                .device_memory
+                .push(parse_device_memory(s).map_err(at("device-memory"))?);
         }
         for s in &self.devices {
             config.devices.push(parse_device(s).map_err(at("device"))?);

@@ -129,9 +129,15 @@ impl Control {
             build_version: env!("CARGO_PKG_VERSION").into(),
             version: env!("CARGO_PKG_VERSION").into(),
             pid: i64::from(std::process::id()),
-            features: ["numa", "generic_initiators", "hmat", "acpi_tables"]
-                .map(String::from)
-                .into(),
+            features: [
+                "numa",
+                "generic_initiators",
+                "hmat",
+                "device_memory",
+                "acpi_tables",
+            ]
+            .map(String::from)
+            .into(),
         });
         let control = Control {
             kvm,
@@ -427,6 +433,7 @@ impl Control {
                 | VmAction::Counters
                 | VmAction::Acpi
                 | VmAction::HostDevices
+                | VmAction::TopologyMirror(_)
         );
         let reply = self.apply(action);
         if !read_only {
@@ -463,6 +470,14 @@ impl Control {
             VmAction::HostDevices => {
                 let sysfs = self.managed.host().path(crate::host::SYSFS_ROOT);
                 ApiReply::json(&crate::host::discover(&sysfs))
+            }
+            // As host-devices: the host now, whatever the VM's state; only an answer.
+            VmAction::TopologyMirror(request) => {
+                let sysfs = self.managed.host().path(crate::host::SYSFS_ROOT);
+                let host = crate::host::discover(&sysfs);
+                let config = crate::host::mirror::mirror(&host, &request)
+                    .map_err(|e| ApiError::bad_request(e.to_string(), Some(e.field)))?;
+                ApiReply::json(&config)
             }
             VmAction::VmmShutdown => {
                 // Stopped before the answer, so that vmm.shutdown's answer means it.
@@ -712,10 +727,30 @@ impl Control {
         ApiReply::json_text(&VmInfo {
             config: config.clone(),
             state,
-            memory_actual_size: Some(topology.acpi.memory.iter().map(|m| m.size).sum()),
+            // Guest RAM the VMM allocates; device memory is the device's, listed apart.
+            memory_actual_size: Some(
+                topology
+                    .layout
+                    .zones
+                    .iter()
+                    .flatten()
+                    .map(|r| r.len())
+                    .sum(),
+            ),
             device_tree: Some(device_tree),
             devices,
             slots,
+            device_memory: topology
+                .device_memory
+                .iter()
+                .map(|m| tessera_api::types::DeviceMemoryInfo {
+                    device: m.device.clone(),
+                    bar: m.bar as u8,
+                    node: m.node,
+                    guest_address: m.range.start,
+                    size: m.range.len(),
+                })
+                .collect(),
         })
     }
 

@@ -4,7 +4,8 @@
 //! the ACPI tables are built from.
 //!
 //! Deterministic: the same configuration always gives the same BDFs and so the same
-//! ACPI bytes. Touches no host resource.
+//! ACPI bytes. Touches no host resource, but for reading the sizes of `device_memory`'s
+//! BARs from sysfs ([`guest_topology_sized`] takes them given).
 
 use tessera_acpi::{
     Bdf, Cpu, GenericInitiatorLink, HmatEntry, IntxPin, IntxRoute, MemoryRange, NumaNode,
@@ -14,7 +15,9 @@ use tessera_api::config::{
     ConfigError, HmatCacheAssociativity, HmatCacheConfig, HmatCachePolicy, HmatDataType,
     HmatLbConfig, VmConfig, HOST_BRIDGE_ID,
 };
-use tessera_arch::layout::{lay_out, GuestLayout, LayoutError, Range, RSDP_START};
+use tessera_arch::layout::{
+    lay_out_with_device_memory, GuestLayout, LayoutError, Range, RSDP_START,
+};
 
 use crate::device_manager::placement::{place_devices, PciSlots, Placement};
 pub use crate::device_manager::placement::{PlacedDevice, PlacedSlot};
@@ -44,6 +47,8 @@ pub struct GuestTopology {
     pub devices: Vec<PlacedDevice>,
     /// Each GI-ready slot's guest address.
     pub pci_slots: Vec<PlacedSlot>,
+    /// Each `device_memory` entry where it landed, in configuration order.
+    pub device_memory: Vec<PlacedDeviceMemory>,
     /// The slot tables those addresses came from, which the device manager keeps.
     pub slots: PciSlots,
     /// What the ACPI tables are built from.
@@ -60,6 +65,19 @@ impl GuestTopology {
     pub fn acpi_tables(&self) -> Result<tessera_acpi::AcpiTables, tessera_acpi::Error> {
         tessera_acpi::build(&self.acpi, self.acpi_placement)
     }
+}
+
+/// A device's memory BAR as a node's RAM, where the layout put it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlacedDeviceMemory {
+    /// The device's id.
+    pub device: String,
+    /// The BAR.
+    pub bar: usize,
+    /// The node whose RAM it is.
+    pub node: u32,
+    /// Its guest physical range.
+    pub range: Range,
 }
 
 /// Why a configuration has no valid topology.
@@ -88,12 +106,37 @@ impl TopologyError {
 }
 
 /// Builds the guest's topology on a host with `host_phys_bits` physical address bits;
-/// the guest gets as many, or `cpus.max_phys_bits` if that is fewer (as in CH).
+/// the guest gets as many, or `cpus.max_phys_bits` if that is fewer (as in CH). The
+/// sizes of `device_memory`'s BARs are read from the host's sysfs (only when there are
+/// some), after the configuration's own checks.
 pub fn guest_topology(
     config: &VmConfig,
     host_phys_bits: u8,
 ) -> Result<GuestTopology, TopologyError> {
     config.validate()?;
+    let sizes = crate::device_memory::bar_sizes(config)?;
+    guest_topology_sized(config, host_phys_bits, &sizes)
+}
+
+/// [`guest_topology`] with the BAR size of each `device_memory` entry given, in order
+/// (tests give them; no host is read).
+pub fn guest_topology_sized(
+    config: &VmConfig,
+    host_phys_bits: u8,
+    device_memory_sizes: &[u64],
+) -> Result<GuestTopology, TopologyError> {
+    config.validate()?;
+    if device_memory_sizes.len() != config.device_memory.len() {
+        return Err(ConfigError {
+            field: "device_memory".into(),
+            message: format!(
+                "{} entries but {} BAR sizes",
+                config.device_memory.len(),
+                device_memory_sizes.len()
+            ),
+        }
+        .into());
+    }
     if config.cpus.max_vcpus != config.cpus.boot_vcpus {
         return Err(ConfigError {
             field: "cpus.max_vcpus".into(),
@@ -110,19 +153,26 @@ pub fn guest_topology(
     };
     let segments = config.platform.num_pci_segments;
     let phys_bits = host_phys_bits.min(config.cpus.max_phys_bits);
-    let layout = lay_out(&zone_sizes, segments, phys_bits).map_err(|e| match e {
-        // The configuration's limit is what is too small, so name it.
-        LayoutError::AddressSpace { .. } if phys_bits < host_phys_bits => {
-            TopologyError::Config(ConfigError {
-                field: "cpus.max_phys_bits".into(),
-                message: format!(
-                    "{e}: the guest's RAM and PCI windows need a wider address space \
+    let layout = lay_out_with_device_memory(&zone_sizes, device_memory_sizes, segments, phys_bits)
+        .map_err(|e| match e {
+            LayoutError::UnalignedDeviceMemory { index, .. } => {
+                TopologyError::Config(ConfigError {
+                    field: format!("device_memory[{index}].bar"),
+                    message: e.to_string(),
+                })
+            }
+            // The configuration's limit is what is too small, so name it.
+            LayoutError::AddressSpace { .. } if phys_bits < host_phys_bits => {
+                TopologyError::Config(ConfigError {
+                    field: "cpus.max_phys_bits".into(),
+                    message: format!(
+                        "{e}: the guest's RAM and PCI windows need a wider address space \
                      (this host has {host_phys_bits} bits)"
-                ),
-            })
-        }
-        e => TopologyError::Layout(e),
-    })?;
+                    ),
+                })
+            }
+            e => TopologyError::Layout(e),
+        })?;
 
     let Placement {
         slots,
@@ -150,6 +200,19 @@ pub fn guest_topology(
                 non_volatile: false,
             });
         }
+    }
+
+    // Device memory: its node's RAM, hot-pluggable as GPU memory is on hosts that have it
+    // (the guest's kernel may keep it out of the kernel's own allocations: movable_node).
+    for (m, r) in config.device_memory.iter().zip(&layout.device_memory) {
+        memory.push(MemoryRange {
+            base: r.start,
+            size: r.len(),
+            node: Some(m.node),
+            enabled: true,
+            hotpluggable: true,
+            non_volatile: false,
+        });
     }
 
     let node_of_cpu = |cpu: u32| {
@@ -276,7 +339,19 @@ pub fn guest_topology(
         });
     let mut layout = layout;
     let area = layout.reserve_acpi(tables_len)?;
+    let device_memory = config
+        .device_memory
+        .iter()
+        .zip(&layout.device_memory)
+        .map(|(m, r)| PlacedDeviceMemory {
+            device: m.device.clone(),
+            bar: usize::from(m.bar),
+            node: m.node,
+            range: *r,
+        })
+        .collect();
     Ok(GuestTopology {
+        device_memory,
         layout,
         devices,
         pci_slots,
@@ -339,8 +414,8 @@ fn window(r: Range) -> Window {
 
 /// The SLIT entry from `from` to `to`: as configured; else the distance configured from
 /// `to` back to `from`, as Cloud Hypervisor reads one-way distances (its documented
-/// `distances=[1@15]` on node 0 alone gives 15 both ways); else 10 to itself and 20
-/// elsewhere.
+/// `distances=[1@15]` on node 0 alone gives 15 both ways); else a device-memory node's
+/// distance (the larger of two); else 10 to itself and 20 elsewhere.
 fn distance(config: &VmConfig, from: u32, to: u32) -> u8 {
     if from == to {
         return 10;
@@ -353,8 +428,14 @@ fn distance(config: &VmConfig, from: u32, to: u32) -> u8 {
             .and_then(|n| n.distances.iter().find(|d| d.destination == to))
             .and_then(|d| u8::try_from(d.distance).ok())
     };
+    let device_memory = |node: u32| {
+        config
+            .device_memory_of_node(node)
+            .map(|(_, m)| m.distance())
+    };
     configured(from, to)
         .or_else(|| configured(to, from))
+        .or_else(|| device_memory(from).max(device_memory(to)))
         .unwrap_or(tessera_acpi::DEFAULT_REMOTE_DISTANCE)
 }
 

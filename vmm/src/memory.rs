@@ -336,6 +336,13 @@ pub fn allocate(config: &VmConfig, layout: &GuestLayout) -> Result<GuestRam, Mem
                         source,
                     }
                 })?;
+            } else if !z.hugepages {
+                // As Cloud Hypervisor does: with THP in `madvise` mode (or defrag only for
+                // advised ranges) the kernel backs guest RAM with huge pages only when asked.
+                // A kernel without THP refuses the advice; guest RAM then works in 4 KiB pages.
+                if let Err(e) = advise(mapping.as_ptr(), len, libc::MADV_HUGEPAGE) {
+                    tracing::warn!("{field}: madvise(MADV_HUGEPAGE) failed ({e}): no huge pages");
+                }
             }
             if z.mergeable {
                 advise(mapping.as_ptr(), len, libc::MADV_MERGEABLE).map_err(|source| {
@@ -347,11 +354,13 @@ pub fn allocate(config: &VmConfig, layout: &GuestLayout) -> Result<GuestRam, Mem
                 })?;
             }
             if z.prefault {
-                populate(mapping.as_ptr(), len).map_err(|source| MemoryError::Os {
-                    field: format!("{field}.prefault"),
-                    what: "madvise(MADV_POPULATE_WRITE)",
-                    source,
-                })?;
+                populate(mapping.as_ptr() as usize, len, populate_unit(z.hugepages)).map_err(
+                    |source| MemoryError::Os {
+                        field: format!("{field}.prefault"),
+                        what: "madvise(MADV_POPULATE_WRITE)",
+                        source,
+                    },
+                )?;
             }
             let region = GuestRegionMmap::new(mapping, GuestAddress(r.start))
                 .ok_or_else(|| MemoryError::Regions(format!("range {:#x} overflows", r.start)))?;
@@ -408,12 +417,74 @@ fn advise(addr: *mut u8, len: usize, advice: libc::c_int) -> std::io::Result<()>
     }
 }
 
-/// Faults in every page of a mapping now rather than at first guest touch.
+/// At most this many threads fault guest RAM in at once.
+const MAX_POPULATE_THREADS: usize = 16;
+
+/// The unit a prefault splits a mapping at, so no page is shared by two threads: 2 MiB
+/// (a transparent huge page), or 1 GiB for hugetlbfs, whose pages may be that large.
+fn populate_unit(hugetlbfs: bool) -> usize {
+    if hugetlbfs {
+        1 << 30
+    } else {
+        RAM_ALIGN
+    }
+}
+
+/// Faults in every page of all guest RAM now, on several threads: for VFIO, whose
+/// DMA map pins (so faults in, one page after the other on one thread) every page anyway,
+/// so faulting them in first costs no memory and divides the time by the CPUs there are.
+/// Returns how many threads the largest region used.
+pub fn populate_all(memory: &GuestMemoryMmap) -> std::io::Result<usize> {
+    use vm_memory::GuestMemoryRegion as _;
+    let mut most = 1;
+    for r in memory.iter() {
+        let len = usize::try_from(r.len()).map_err(std::io::Error::other)?;
+        let threads = populate(
+            r.as_ptr() as usize,
+            len,
+            populate_unit(r.is_hugetlbfs() == Some(true)),
+        )?;
+        most = most.max(threads);
+    }
+    Ok(most)
+}
+
+/// Faults in every page of a mapping now rather than at first guest touch, splitting it
+/// at multiples of `unit` over up to one thread per CPU: the kernel zeroes each page as
+/// it faults it in, the whole cost of prefaulting, and that scales with CPUs. Returns the
+/// number of threads used.
+fn populate(addr: usize, len: usize, unit: usize) -> std::io::Result<usize> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cpus.min(MAX_POPULATE_THREADS).min(len / unit).max(1);
+    let chunk = len.div_ceil(threads).next_multiple_of(unit);
+    if threads == 1 || chunk >= len {
+        populate_range(addr, len)?;
+        return Ok(1);
+    }
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..len)
+            .step_by(chunk)
+            .map(|offset| {
+                scope.spawn(move || populate_range(addr + offset, chunk.min(len - offset)))
+            })
+            .collect();
+        let spawned = workers.len();
+        for worker in workers {
+            worker
+                .join()
+                .map_err(|_| std::io::Error::other("a prefault thread panicked"))??;
+        }
+        Ok(spawned)
+    })
+}
+
+/// MADV_POPULATE_WRITE over one range of a mapping.
 #[allow(unsafe_code)]
-fn populate(addr: *mut u8, len: usize) -> std::io::Result<()> {
+fn populate_range(addr: usize, len: usize) -> std::io::Result<()> {
     const MADV_POPULATE_WRITE: libc::c_int = 23;
-    // SAFETY: madvise on a mapping we own; MADV_POPULATE_WRITE only faults pages in.
-    let rc = unsafe { libc::madvise(addr.cast(), len, MADV_POPULATE_WRITE) };
+    // SAFETY: madvise on (part of) a mapping we own; MADV_POPULATE_WRITE only faults
+    // pages in, never changes their contents.
+    let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, MADV_POPULATE_WRITE) };
     if rc == 0 {
         Ok(())
     } else {

@@ -283,7 +283,7 @@ const EVERY_THREAD: &[Allow] = &[
     ),
     any(
         libc::SYS_madvise,
-        "glibc frees a finished thread's stack and arena pages",
+        "glibc frees a finished thread's stack and arena pages; guest RAM: THP advice, prefault",
     ),
     any(
         libc::SYS_rt_sigprocmask,
@@ -364,11 +364,12 @@ const CONTROL: &[Allow] = &[
     any(libc::SYS_mbind, "guest RAM zones bound to a host NUMA node (host_numa_node)"),
     any(libc::SYS_get_mempolicy, "checking a zone's host NUMA binding"),
     // Threads: vCPUs and the serial-input reader start here, and filter themselves.
-    any(libc::SYS_clone, "starting vCPU and serial-input threads"),
-    any(libc::SYS_clone3, "starting vCPU and serial-input threads (glibc 2.34+)"),
+    any(libc::SYS_clone, "starting vCPU, serial-input and guest-RAM prefault threads"),
+    any(libc::SYS_clone3, "starting vCPU, serial-input and guest-RAM prefault threads (glibc 2.34+)"),
     any(libc::SYS_set_robust_list, "a new thread registers its robust futexes (under the parent's filter)"),
     any(libc::SYS_rseq, "a new thread registers restartable sequences (glibc 2.35+)"),
-    any(libc::SYS_sched_getaffinity, "std::thread::available_parallelism"),
+    any(libc::SYS_sched_getaffinity, "std::thread::available_parallelism; the host check of cpus.affinity"),
+    any(libc::SYS_sched_setaffinity, "a vCPU thread pins itself (cpus.affinity) before its own filter, under this one"),
     only(
         libc::SYS_prctl,
         0,

@@ -80,9 +80,12 @@ impl VcpuControl {
 
 impl Vcpus {
     /// Starts one thread per configured vCPU, dispatching exits to `pio` and `mmio`; a
-    /// triple fault fires the guest's reset event. Fails with none left running.
+    /// triple fault fires the guest's reset event. A vCPU in `pins` runs only on those
+    /// host CPUs, from before its first guest instruction. Returns once every thread
+    /// has pinned and filtered itself; fails with none left running.
     pub(crate) fn start(
         vcpu_fds: Vec<VcpuFd>,
+        pins: &BTreeMap<usize, Vec<u32>>,
         pio: &Arc<Bus>,
         mmio: &Arc<Bus>,
         events: &VmEvents,
@@ -93,8 +96,12 @@ impl Vcpus {
         })?;
         let control = Arc::new(VcpuControl::new(vcpu_fds.len()));
         let mut vcpus = Vec::with_capacity(vcpu_fds.len());
+        // Each thread says here whether it could pin and filter itself.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, Result<(), String>)>();
         for (index, vcpu) in vcpu_fds.into_iter().enumerate() {
             let (pio, mmio, ctl) = (pio.clone(), mmio.clone(), control.clone());
+            let pin = pins.get(&index).cloned();
+            let ready = ready_tx.clone();
             let spawned = events
                 .reset
                 .try_clone()
@@ -105,7 +112,15 @@ impl Vcpus {
                 .and_then(|reset| {
                     std::thread::Builder::new()
                         .name(format!("vcpu{index}"))
-                        .spawn(move || run_vcpu(index, vcpu, &pio, &mmio, &ctl, &reset))
+                        .spawn(move || {
+                            let setup = setup_thread(pin.as_deref());
+                            let _ = ready.send((index, setup.clone()));
+                            // Gone once said: a thread that dies before saying then
+                            // ends the wait instead of keeping it open.
+                            drop(ready);
+                            setup?;
+                            run_vcpu(index, vcpu, &pio, &mmio, &ctl, &reset)
+                        })
                         .map_err(|source| VmError::Os {
                             what: "spawning a vCPU thread",
                             source,
@@ -119,6 +134,23 @@ impl Vcpus {
                     return Err(e);
                 }
             }
+        }
+        drop(ready_tx);
+        for _ in 0..vcpus.len() {
+            let failed = match ready_rx.recv() {
+                Ok((_, Ok(()))) => continue,
+                Ok((index, Err(message))) => VmError::VcpuRun {
+                    index: index as u32,
+                    message,
+                },
+                // Every sender gone without a word: a thread died before it could say.
+                Err(_) => VmError::VcpuRun {
+                    index: 0,
+                    message: "a vCPU thread ended before it was set up".into(),
+                },
+            };
+            stop_vcpus(&control, &mut vcpus);
+            return Err(failed);
         }
         Ok(Vcpus {
             threads: vcpus,
@@ -217,6 +249,22 @@ fn stop_vcpus(control: &VcpuControl, vcpus: &mut Vec<JoinHandle<Result<(), Strin
     }
 }
 
+/// What a vCPU thread does before its first `KVM_RUN`: pin itself to its host CPUs
+/// (under the control loop's filter, which it inherited and which allows
+/// `sched_setaffinity`), then install its own filter, which does not.
+fn setup_thread(pin: Option<&[u32]>) -> Result<(), String> {
+    if let Some(cpus) = pin {
+        crate::affinity::pin_current_thread(cpus).map_err(|e| {
+            format!(
+                "pinning to host CPUs {}: {e}",
+                tessera_api::config::NodeSet::from_iter(cpus.iter().copied())
+            )
+        })?;
+    }
+    crate::seccomp::apply_to_current_thread(crate::seccomp::ThreadRole::Vcpu)
+        .map_err(|e| e.to_string())
+}
+
 fn run_vcpu(
     index: usize,
     mut vcpu: VcpuFd,
@@ -225,8 +273,6 @@ fn run_vcpu(
     control: &VcpuControl,
     reset_evt: &EventFd,
 ) -> Result<(), String> {
-    crate::seccomp::apply_to_current_thread(crate::seccomp::ThreadRole::Vcpu)
-        .map_err(|e| e.to_string())?;
     let no_counters = VcpuCounters::default();
     let counters = control.counters.get(index).unwrap_or(&no_counters);
     loop {

@@ -86,6 +86,9 @@ pub enum VmError {
     /// A managed device could not be prepared (an mdev created, a driver bound).
     #[error(transparent)]
     Managed(#[from] crate::managed::ManagedError),
+    /// A vCPU cannot run where `cpus.affinity` pins it.
+    #[error(transparent)]
+    Affinity(#[from] crate::affinity::AffinityError),
     /// A vCPU stopped with an error.
     #[error("vCPU {index}: {message}")]
     VcpuRun {
@@ -106,6 +109,7 @@ impl VmError {
             VmError::Serial(_) => Some("serial".into()),
             VmError::Vfio(e) => Some(e.field.clone()),
             VmError::Managed(e) => e.field().map(String::from),
+            VmError::Affinity(e) => Some(e.field.clone()),
             _ => None,
         }
     }
@@ -210,6 +214,7 @@ impl Vm {
         check_vgpu_uuid(config)?;
         crate::vfio::check_host(config)?;
         memory::check_host(config, &topology.layout)?;
+        crate::affinity::check_host(config)?;
 
         let kvm_err = |what| move |source| VmError::Kvm { what, source };
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("create_vm"))?);
@@ -245,6 +250,7 @@ impl Vm {
             &topology.layout,
             topology.slots.clone(),
             memory_slots,
+            topology.device_memory.clone(),
             serial,
             events,
         )?;
@@ -310,7 +316,13 @@ impl Vm {
             vcpu_fds.push(vcpu);
         }
 
-        let vcpus = Vcpus::start(vcpu_fds, devices.pio(), devices.mmio(), events)?;
+        let vcpus = Vcpus::start(
+            vcpu_fds,
+            &crate::affinity::pins(config),
+            devices.pio(),
+            devices.mmio(),
+            events,
+        )?;
         let host_changes = prepared
             .into_iter()
             .filter(|p| !p.changes.is_empty())

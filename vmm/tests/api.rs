@@ -1269,6 +1269,7 @@ fn every_request_in_every_state_is_answered_as_documented() {
             "vm.remove-numa-node" => r#"{"guest_numa_id": 3}"#.into(),
             "vm.add-generic-initiator" => r#"{"device": "_host_bridge", "node": 3}"#.into(),
             "vm.remove-generic-initiator" => r#"{"id": "gi0"}"#.into(),
+            "vmm.topology-mirror" => r#"{"devices": ["0000:fe:1f.7"]}"#.into(),
             _ => return None,
         })
     };
@@ -1302,6 +1303,19 @@ fn every_request_in_every_state_is_answered_as_documented() {
             // A hotplug's success (200/204) needs a VFIO device and a guest that ejects:
             // hotplug_in_nested_host.rs has both. Here the request must reach the hotplug
             // path (not be refused for the state) and fail on the device alone.
+            // A mirror's 200 needs a host with NUMA nodes and a device VFIO can take:
+            // host_devices_from_a_fake_sysfs and topology_in_nested_host.rs have them. Here
+            // the request must be answered in every state, and refused for the device alone.
+            if name == "vmm.topology-mirror" {
+                assert_eq!(expected(&name).map(|s| s[column]), Some(200), "{name}");
+                assert_eq!(status, 400, "{name} in {state}: {text}");
+                assert!(
+                    text.contains("the host has no PCI device 0000:fe:1f.7"),
+                    "{text}"
+                );
+                checked += 1;
+                continue;
+            }
             if *state == "Running" && matches!(name.as_str(), "vm.add-device" | "vm.remove-device")
             {
                 let (want, refusal) = match name.as_str() {
@@ -1571,6 +1585,49 @@ fn host_devices_from_a_fake_sysfs() {
     // The host changes under the VMM: the next answer sees it.
     std::fs::remove_file(fake.root().join("bus/pci/devices/0000:03:00.1")).unwrap();
     assert_eq!(expected(&t)["pci_devices"].as_array().unwrap().len(), 3);
+
+    // vmm.topology-mirror around the vGPU VF (on node 1, which has memory and no CPUs;
+    // managed, since it is on nvidia): node 0 for the CPUs, node 1, and the GPU's eight
+    // GI nodes; vm.create takes the answer as it is.
+    let request = format!(
+        r#"{{"devices": ["0000:41:00.4"], "managed": true, "payload": {{"kernel": "{}"}}}}"#,
+        kernel()
+    );
+    let (status, config) = t.json("PUT", "vmm.topology-mirror", Some(&request));
+    assert_eq!(status, 200, "{config}");
+    let numa = config["numa"].as_array().unwrap();
+    assert_eq!(numa.len(), 10, "{config:#}");
+    assert_eq!(numa[0]["cpus"], serde_json::json!([0]));
+    assert_eq!(
+        numa[1]["distances"][0],
+        serde_json::json!({"destination": 0, "distance": 21})
+    );
+    assert_eq!(
+        config["generic_initiators"],
+        serde_json::json!([{"device": "dev0", "nodes": "2-9"}])
+    );
+    assert_eq!(
+        config["cpus"]["affinity"],
+        serde_json::json!([{"vcpu": 0, "host_cpus": [0, 1]}])
+    );
+    assert_eq!(config["devices"][0]["managed"], true);
+    assert_eq!(
+        t.api("PUT", "vm.create", Some(&config.to_string())).0,
+        204,
+        "{config}"
+    );
+    assert_eq!(t.api("PUT", "vm.delete", None).0, 204);
+    // A device numa_node -1 on a host of two nodes, by the request's field.
+    let (status, text) = t.api(
+        "PUT",
+        "vmm.topology-mirror",
+        Some(r#"{"devices": ["0000:41:00.4", "00:03.0"], "managed": true}"#),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("devices[1]: the host's firmware puts 0000:00:03.0 on no NUMA node"),
+        "{text}"
+    );
 }
 
 /// Without a PCI bus (or any sysfs) the answer is empty lists, not an error.
@@ -1584,4 +1641,128 @@ fn host_devices_without_sysfs_is_empty() {
         host,
         serde_json::json!({"pci_devices": [], "mdev_parents": [], "numa_nodes": []})
     );
+}
+
+/// A VM whose node 2 is BAR 2 of the device at `path` (a fake sysfs directory), with a
+/// GI link from the device to that node.
+fn device_memory_config(path: &Path) -> String {
+    format!(
+        r#"{{"cpus": {{"boot_vcpus": 2, "max_vcpus": 2}},
+           "memory": {{"size": 0, "zones": [{{"id": "m0", "size": 134217728}}, {{"id": "m1", "size": 134217728}}]}},
+           "payload": {{"kernel": "{}", "cmdline": "console=ttyS0"}},
+           "serial": {{"mode": "Null"}},
+           "devices": [{{"id": "ivs0", "path": "{}"}}],
+           "numa": [{{"guest_numa_id": 0, "cpus": [0], "memory_zones": ["m0"]}},
+                    {{"guest_numa_id": 1, "cpus": [1], "memory_zones": ["m1"]}},
+                    {{"guest_numa_id": 2}}],
+           "generic_initiators": [{{"device": "ivs0", "node": 2}}],
+           "device_memory": [{{"device": "ivs0", "bar": 2, "node": 2}}]}}"#,
+        kernel(),
+        path.display()
+    )
+}
+
+/// A PCI function's sysfs `resource` file: BAR 0 256 bytes, BAR 2 `bar2` bytes of 64-bit
+/// memory (BAR 3 its upper half).
+fn fake_function(dir: &Path, bar2: u64) {
+    let line = |start: u64, size: u64, flags: u64| {
+        let end = if size == 0 { 0 } else { start + size - 1 };
+        format!("{start:#018x} {end:#018x} {flags:#018x}\n")
+    };
+    let text = [
+        line(0xfea0_0000, 0x100, 0x40200),
+        line(0, 0, 0),
+        line(0x8_0000_0000, bar2, 0x14220c),
+        line(0, 0, 0),
+        line(0, 0, 0),
+        line(0, 0, 0),
+        line(0, 0, 0),
+    ]
+    .concat();
+    std::fs::write(dir.join("resource"), text).unwrap();
+}
+
+#[test]
+fn device_memory_is_in_vm_info_and_vm_acpi_and_its_device_stays() {
+    let sysfs = tempfile::tempdir().unwrap();
+    fake_function(sysfs.path(), 256 << 20);
+    let t = Tessera::start();
+    let config = device_memory_config(sysfs.path());
+    assert_eq!(t.api("PUT", "vm.create", Some(&config)).0, 204);
+    let (status, info) = t.json("GET", "vm.info", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        info["device_memory"],
+        serde_json::json!([{"device": "ivs0", "bar": 2, "node": 2,
+                            "guest_address": 1u64 << 32, "size": 256u64 << 20}])
+    );
+    // Guest RAM is the zones'; the device's memory is listed apart.
+    assert_eq!(info["memory_actual_size"], 256u64 << 20);
+    let (_, acpi) = t.json("GET", "vm.acpi", None);
+    let memory: Vec<&Value> = acpi["srat"]["memory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["node"] == 2)
+        .collect();
+    assert_eq!(memory.len(), 1, "{acpi}");
+    assert_eq!(
+        (
+            &memory[0]["base"],
+            &memory[0]["size"],
+            &memory[0]["hotpluggable"]
+        ),
+        (
+            &Value::from(1u64 << 32),
+            &Value::from(256u64 << 20),
+            &Value::Bool(true)
+        ),
+        "{acpi}"
+    );
+    let distances = &acpi["slit"]["distances"];
+    assert_eq!(distances[0][2], 40, "{acpi}");
+    assert_eq!(distances[2][1], 40, "{acpi}");
+
+    // Its device cannot go while the entry names it.
+    let (status, e) = t.json("PUT", "vm.remove-device", Some(r#"{"id": "ivs0"}"#));
+    assert_eq!((status, e["field"].as_str()), (409, Some("id")), "{e}");
+    assert!(e.to_string().contains("device_memory[0]"), "{e}");
+
+    // Refusals name the entry, before anything is created.
+    let small = tempfile::tempdir().unwrap();
+    fake_function(small.path(), 64 << 20);
+    let cases = [
+        (
+            device_memory_config(small.path()),
+            "device_memory[0].bar",
+            "not a multiple of 128 MiB",
+        ),
+        (
+            config.replace(r#""bar": 2"#, r#""bar": 3"#),
+            "device_memory[0].bar",
+            "no BAR 3",
+        ),
+        (
+            config.replace(r#""bar": 2"#, r#""bar": 0"#),
+            "device_memory[0].bar",
+            "not a multiple",
+        ),
+        (
+            config.replace(r#""node": 2}]}"#, r#""node": 1}]}"#),
+            "device_memory[0].node",
+            "vCPUs or memory zones",
+        ),
+        (
+            config.replace(r#""device": "ivs0", "bar""#, r#""device": "gpu9", "bar""#),
+            "device_memory[0].device",
+            "no device has id `gpu9`",
+        ),
+    ];
+    for (body, field, says) in cases {
+        let t = Tessera::start();
+        let (status, e) = t.json("PUT", "vm.create", Some(&body));
+        assert_eq!((status, e["field"].as_str()), (400, Some(field)), "{e}");
+        assert!(e.to_string().contains(says), "{e} should say {says}");
+        assert_eq!(t.api("GET", "vm.info", None).0, 404, "no VM");
+    }
 }

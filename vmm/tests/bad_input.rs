@@ -353,3 +353,24 @@ fn several_values_after_one_flag_give_the_same_tables_as_the_flag_repeated() {
         [10, 20, 20, 30, 10, 20, 20, 20, 10]
     );
 }
+
+#[test]
+fn a_vcpu_pinned_to_a_host_cpu_that_is_not_online_or_to_none_or_twice() {
+    let k = judge_kernel();
+    // CPU 1023 fits a CPU set but no test host has it online.
+    refused(
+        &["--kernel", &k, "--cpus", "boot=2,affinity=[0@[0],1@[1023]]"],
+        "cpus.affinity[1].host_cpus",
+        "host CPU 1023 is not online",
+    );
+    refused(
+        &["--kernel", &k, "--cpus", "boot=2,affinity=[0@[0],0@[0]]"],
+        "cpus.affinity[1].vcpu",
+        "vCPU 0 is already pinned by cpus.affinity[0]",
+    );
+    refused(
+        &["--kernel", &k, "--cpus", "boot=2,affinity=[2@[0]]"],
+        "cpus.affinity[0].vcpu",
+        "vCPU 2 does not exist (max_vcpus is 2)",
+    );
+}

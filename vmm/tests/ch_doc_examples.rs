@@ -241,7 +241,10 @@ const EXAMPLES: &[Example] = &[
     Example {
         doc: "docs/cpu.md:187",
         text: "--cpus boot=3,affinity=[0@[2,3],1@[0,1]]",
-        outcome: Lacks("affinity: Tessera does not pin vCPU threads"),
+        outcome: Runs(|_, c| {
+            let a = c.unwrap().cpus.affinity.clone().unwrap();
+            assert_eq!((a[1].vcpu, a[1].host_cpus.clone()), (1, vec![0, 1]));
+        }),
     },
     Example {
         doc: "docs/cpu.md:210",

@@ -43,6 +43,7 @@ fn devices_that_cannot_come_in_leave_everything_as_it_was() {
         &topology.layout,
         topology.slots.clone(),
         MemorySlots::new(ram.num_regions() as u32, 32),
+        topology.device_memory.clone(),
         &serial,
         &events,
     )

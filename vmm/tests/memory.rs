@@ -160,6 +160,46 @@ fn vm_flags(addr: usize) -> Vec<String> {
         .collect()
 }
 
+/// The `Rss:` in KiB of the mapping holding `addr` in this process, from /proc/self/smaps.
+fn rss_kib(addr: usize) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut lines = smaps.lines().skip_while(|l| {
+        let range = l.split_whitespace().next().unwrap_or_default();
+        !range.split_once('-').is_some_and(|(a, b)| {
+            matches!((usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)),
+                (Ok(a), Ok(b)) if (a..b).contains(&addr))
+        })
+    });
+    assert!(lines.next().is_some(), "no mapping holds {addr:#x}");
+    lines
+        .find_map(|l| l.strip_prefix("Rss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn guest_ram_is_faulted_in_whole_before_a_dma_map() {
+    let c = config(vec![zone("m0", 64 * MIB)]);
+    let layout = lay_out(&[64 * MIB], 1, 40).unwrap();
+    let mem = allocate(&c, &layout).unwrap();
+    let host = mem
+        .iter()
+        .next()
+        .unwrap()
+        .get_host_address(MemoryRegionAddress(0))
+        .unwrap() as usize;
+    assert!(rss_kib(host) < 64 * 1024, "not faulted in before");
+    let threads = tessera_vmm::memory::populate_all(&mem).unwrap();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(threads, cpus.min(16), "one thread per CPU for 64 MiB");
+    assert_eq!(rss_kib(host), 64 * 1024, "every page resident after");
+    // And the contents are the guest's zeroed RAM, writable.
+    mem.write_obj(7_u64, GuestAddress(64 * MIB - 8)).unwrap();
+    assert_eq!(mem.read_obj::<u64>(GuestAddress(64 * MIB - 8)).unwrap(), 7);
+}
+
 /// The flags of each mapping of `c`'s RAM (one zone of 64 MiB, or `memory.size`).
 fn flags_of(c: &VmConfig) -> Vec<Vec<String>> {
     let layout = lay_out(&[64 * MIB], 1, 40).unwrap();
@@ -174,11 +214,11 @@ fn thp_mergeable_and_reserve_reach_the_kernel() {
     let has = |flags: &[Vec<String>], f: &str| flags.iter().all(|v| v.iter().any(|x| x == f));
     let none = |flags: &[Vec<String>], f: &str| flags.iter().all(|v| v.iter().all(|x| x != f));
 
-    // CH's defaults: THP left to the host's policy (neither advice), no KSM, no swap
-    // reservation (MAP_NORESERVE: "nr").
+    // CH's defaults: THP asked for (MADV_HUGEPAGE: "hg"), no KSM, no swap reservation
+    // (MAP_NORESERVE: "nr").
     let mut c = config(vec![zone("m0", 64 * MIB)]);
     let flags = flags_of(&c);
-    assert!(none(&flags, "nh") && none(&flags, "hg"), "{flags:?}");
+    assert!(none(&flags, "nh") && has(&flags, "hg"), "{flags:?}");
     assert!(none(&flags, "mg"), "{flags:?}");
     assert!(has(&flags, "nr"), "{flags:?}");
 

@@ -19,12 +19,13 @@ use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tessera_api::client::{self, Method};
+use tessera_api::config::PayloadConfig;
 use tessera_api::options::{
-    parse_device, parse_generic_initiator, parse_numa, parse_remove_generic_initiator,
+    parse_device, parse_generic_initiator, parse_numa, parse_remove_generic_initiator, parse_size,
 };
 use tessera_api::types::{
-    AcpiInfo, AcpiTable, HostDevices, HostMdevType, PciDeviceInfo, VmCounters, VmInfo,
-    VmRemoveDevice, VmRemoveNumaNode, VmmPingResponse,
+    AcpiInfo, AcpiTable, HostDevices, HostMdevType, PciDeviceInfo, TopologyMirror, VmCounters,
+    VmInfo, VmRemoveDevice, VmRemoveNumaNode, VmmPingResponse,
 };
 
 /// Drives a running tessera VMM over its API socket (like Cloud Hypervisor's ch-remote).
@@ -131,6 +132,50 @@ enum Command {
     /// List the host's PCI devices with their IOMMU groups, NUMA nodes, mdev and vGPU
     /// types, the non-PCI mdev parents, and the host's NUMA nodes (GET /vmm.host-devices).
     HostDevices,
+    /// Host topology tools.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TopologyCommand {
+    /// Print a VmConfig (JSON, for vm.create or `tessera --config`) whose NUMA nodes
+    /// mirror the host's around the devices given: the host's distances, each device's
+    /// GI nodes, memory bound to and vCPUs pinned on the matching host nodes
+    /// (PUT /vmm.topology-mirror).
+    Mirror {
+        /// A host PCI device to pass through (`0000:41:00.0`); repeat for more.
+        #[arg(long = "device", value_name = "BDF", required = true)]
+        devices: Vec<String>,
+        /// GI nodes per device (default: 8 for a GPU, class 0x03; 1 for other classes).
+        #[arg(long, value_name = "N")]
+        gi_nodes: Option<u32>,
+        /// A host node to mirror besides the devices' (default: every node with CPUs);
+        /// repeat for more.
+        #[arg(long = "host-node", value_name = "N")]
+        host_nodes: Vec<u32>,
+        /// Mirror only the devices' host nodes (and any --host-node).
+        #[arg(long, conflicts_with = "host_nodes")]
+        device_nodes_only: bool,
+        /// vCPUs per mirrored node with CPUs (default 1).
+        #[arg(long, value_name = "N")]
+        vcpus_per_node: Option<u32>,
+        /// Guest RAM per mirrored node with memory (default 512M).
+        #[arg(long, value_name = "SIZE")]
+        memory_per_node: Option<String>,
+        /// Let tessera bind the devices to vfio-pci for the VM (`managed: true`).
+        #[arg(long)]
+        managed: bool,
+        /// The guest kernel (payload.kernel).
+        #[arg(long, value_name = "PATH")]
+        kernel: Option<PathBuf>,
+        /// The kernel command line (payload.cmdline).
+        #[arg(long, value_name = "TEXT")]
+        cmdline: Option<String>,
+        /// The initramfs (payload.initramfs).
+        #[arg(long, value_name = "PATH")]
+        initramfs: Option<PathBuf>,
+    },
 }
 
 /// How to present a successful answer.
@@ -147,6 +192,8 @@ enum Show {
     },
     OpenApi,
     HostDevices,
+    /// A VmConfig, as indented JSON.
+    Config,
 }
 
 /// One request, fully formed before the socket is touched.
@@ -284,6 +331,40 @@ fn plan(command: &Command) -> Result<Call> {
         Command::Acpi { dump } => get("/vm.acpi", Show::Acpi { dump: dump.clone() }),
         Command::Openapi => get("/openapi.json", Show::OpenApi),
         Command::HostDevices => get("/vmm.host-devices", Show::HostDevices),
+        Command::Topology(TopologyCommand::Mirror {
+            devices,
+            gi_nodes,
+            host_nodes,
+            device_nodes_only,
+            vcpus_per_node,
+            memory_per_node,
+            managed,
+            kernel,
+            cmdline,
+            initramfs,
+        }) => {
+            let memory_per_node = memory_per_node
+                .as_deref()
+                .map(parse_size)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("topology mirror: --memory-per-node: {e}"))?;
+            let request = TopologyMirror {
+                devices: devices.clone(),
+                gi_nodes: *gi_nodes,
+                host_nodes: (*device_nodes_only || !host_nodes.is_empty())
+                    .then(|| host_nodes.clone()),
+                vcpus_per_node: *vcpus_per_node,
+                memory_per_node,
+                managed: *managed,
+                payload: PayloadConfig {
+                    kernel: kernel.clone(),
+                    cmdline: cmdline.clone(),
+                    initramfs: initramfs.clone(),
+                    ..PayloadConfig::default()
+                },
+            };
+            put_body("/vmm.topology-mirror", to_json(&request)?, Show::Config)
+        }
     })
 }
 
@@ -784,6 +865,31 @@ fn show_host_devices(host: &HostDevices) -> Result<String> {
         ]);
     }
     out.push_str(&table(&rows)?);
+    let with_hmat: Vec<_> = host
+        .numa_nodes
+        .iter()
+        .filter(|n| !n.access.is_empty())
+        .collect();
+    if !with_hmat.is_empty() {
+        writeln!(out, "HMAT (memory node, access class, best initiators):")?;
+    }
+    for n in with_hmat {
+        for a in &n.access {
+            let value =
+                |v: Option<u64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v} {unit}"));
+            writeln!(
+                out,
+                "  node {} access{} from {}: read {}, {}; write {}, {}",
+                n.id,
+                a.class,
+                node_set(&a.initiators),
+                value(a.read_latency_ns, "ns"),
+                value(a.read_bandwidth_mbps, "MB/s"),
+                value(a.write_latency_ns, "ns"),
+                value(a.write_bandwidth_mbps, "MB/s"),
+            )?;
+        }
+    }
     Ok(out)
 }
 
@@ -847,6 +953,12 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Show::OpenApi => show_openapi(&parse(endpoint, body)?)?,
         Show::HostDevices => show_host_devices(&parse(endpoint, body)?)?,
+        Show::Config => {
+            let config: tessera_api::config::VmConfig = parse(endpoint, body)?;
+            let mut text = serde_json::to_string_pretty(&config)?;
+            text.push('\n');
+            text
+        }
     };
     emit(text.as_bytes())
 }

@@ -449,11 +449,6 @@ pub(super) fn check_cpus(cpus: &CpusConfig) -> Result<(), ConfigError> {
         cpus.kvm_hyperv,
         "Tessera has no Hyper-V enlightenments: the guest sees KVM's paravirtual interface",
     )?;
-    absent(
-        "cpus.affinity",
-        cpus.affinity.as_deref(),
-        "Tessera does not pin vCPU threads; pin the whole process with taskset or a cpuset cgroup",
-    )?;
     not_true(
         "cpus.features.amx",
         cpus.features.amx,

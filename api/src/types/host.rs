@@ -130,4 +130,69 @@ pub struct HostNumaNode {
     pub memory_bytes: Option<u64>,
     /// Its distances to every node, in node order (`distance`).
     pub distances: Option<Vec<u32>>,
+    /// What the firmware's HMAT says about reaching this node's memory
+    /// (`nodeN/access0` and `access1`); empty when the host has no HMAT or the node no
+    /// memory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<HostNumaAccess>,
 }
+
+/// One access class of a memory node, from `nodeN/accessC/initiators`: the
+/// best-performing initiators Linux found in the HMAT and their values. Class 0 takes
+/// every initiator (CPU and Generic Initiator nodes), class 1 CPU nodes only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostNumaAccess {
+    /// The access class: 0 or 1.
+    pub class: u32,
+    /// The initiator nodes (the `nodeM` links of `initiators/`), ascending.
+    pub initiators: Vec<u32>,
+    /// Read latency, nanoseconds.
+    pub read_latency_ns: Option<u64>,
+    /// Write latency, nanoseconds.
+    pub write_latency_ns: Option<u64>,
+    /// Read bandwidth, MB/s.
+    pub read_bandwidth_mbps: Option<u64>,
+    /// Write bandwidth, MB/s.
+    pub write_bandwidth_mbps: Option<u64>,
+}
+
+/// `PUT /vmm.topology-mirror`: the host devices to pass through, and how large a guest
+/// to make; answered with a [`crate::config::VmConfig`] whose NUMA nodes mirror the host's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyMirror {
+    /// The host PCI devices, by address (`0000:41:00.0`, or `41:00.0` for segment 0).
+    pub devices: Vec<String>,
+    /// Generic Initiator nodes per device. Default by PCI class: 8 for a display
+    /// controller (class 0x03, a GPU: one per MIG instance it may be split into), 1 for
+    /// any other device (its locality, one initiator). 0 gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gi_nodes: Option<u32>,
+    /// Host nodes to mirror besides the devices' own. Default: every host node with CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_nodes: Option<Vec<u32>>,
+    /// vCPUs for each mirrored node that has CPUs. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus_per_node: Option<u32>,
+    /// Bytes of guest RAM for each mirrored node that has memory, bound to that host
+    /// node. Default 512 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_per_node: Option<u64>,
+    /// Give each device `managed: true` (Tessera binds it to vfio-pci for the VM). A
+    /// device on another driver is then accepted; its group's other members still
+    /// must not block VFIO.
+    #[serde(default)]
+    pub managed: bool,
+    /// The configuration's `payload` (kernel, cmdline, initramfs), copied as given.
+    #[serde(default)]
+    pub payload: crate::config::PayloadConfig,
+}
+
+/// [`TopologyMirror::vcpus_per_node`]'s default.
+pub const MIRROR_VCPUS_PER_NODE: u32 = 1;
+/// [`TopologyMirror::memory_per_node`]'s default.
+pub const MIRROR_MEMORY_PER_NODE: u64 = 512 << 20;
+/// GI nodes for a display controller (a GPU) unless [`TopologyMirror::gi_nodes`] says.
+pub const MIRROR_GPU_GI_NODES: u32 = 8;
+/// GI nodes for any other device unless [`TopologyMirror::gi_nodes`] says.
+pub const MIRROR_OTHER_GI_NODES: u32 = 1;

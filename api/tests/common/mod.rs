@@ -247,12 +247,28 @@ pub fn host_devices() -> tessera_api::types::HostDevices {
                 cpus: Some("0-1".into()),
                 memory_bytes: Some(2 << 30),
                 distances: Some(vec![10, 21]),
+                access: vec![tessera_api::types::HostNumaAccess {
+                    class: 1,
+                    initiators: vec![0],
+                    read_latency_ns: Some(80),
+                    write_latency_ns: Some(90),
+                    read_bandwidth_mbps: Some(40000),
+                    write_bandwidth_mbps: Some(30000),
+                }],
             },
             HostNumaNode {
                 id: 1,
                 cpus: Some(String::new()),
                 memory_bytes: Some(1 << 30),
                 distances: Some(vec![21, 10]),
+                access: vec![tessera_api::types::HostNumaAccess {
+                    class: 0,
+                    initiators: vec![0],
+                    read_latency_ns: Some(120),
+                    write_latency_ns: Some(130),
+                    read_bandwidth_mbps: Some(20000),
+                    write_bandwidth_mbps: None,
+                }],
             },
         ],
     }

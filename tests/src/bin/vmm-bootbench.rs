@@ -24,16 +24,27 @@
 //! Output, after the child exits:
 //!
 //! ```text
-//! bootbench name=NAME to_init_ms=X peak_rss_outside_guest_kib=Y exit=Z
+//! bootbench name=NAME to_init_ms=X peak_rss_outside_guest_kib=Y exit=Z lifetime_ms=L guest_uptime_at_init_ms=U
 //! bootbench-detail name=NAME peak_at_ms=.. peak_rss_total_kib=.. guest_rss_at_peak_kib=.. ...
 //! bootbench-excluded name=NAME size_kib=.. count=.. rss_kib=.. perms=.. path=..
+//! bootbench-kvm name=NAME exits=.. io_exits=.. mmio_exits=.. halt_exits=.. ...
 //! ```
+//!
+//! The kvm line gives the VM's exit counters when the marker was seen, from KVM's
+//! debugfs (`/sys/kernel/debug/kvm/PID-FD/`, summed over its vCPUs; left out when
+//! debugfs is not mounted): counts, unlike times, do not move with the host's load, so
+//! they show what a VMM's platform makes the guest's boot trap on.
 //!
 //! The detail line adds when the peak was sampled, the peak's total and guest RSS, the
 //! peak of the anonymous part of the RSS outside guest memory (`Anonymous:`: what is
 //! not shared-library text or other file pages), the RSS outside guest memory when the
 //! marker was seen, and what sampling cost. The excluded lines list the mappings left
 //! out as guest memory at the peak, grouped by size, permissions and path.
+//!
+//! `L` is the time from the spawn to the child's exit (the guest's whole life plus the
+//! VMM's start and teardown). `U` is the guest kernel's own uptime when `/init` ran, from
+//! the marker line (`TESSERA-INIT uptime=SECONDS`, /proc/uptime), `none` if it had none:
+//! the guest's boot time free of the VMM's own start-up.
 //!
 //! `X` is `none` if the marker never appeared; `Z` is the exit code, `signal-N` or
 //! `timeout`. Exit status: 0 if the marker was seen and the child exited with 0, else 1.
@@ -226,10 +237,57 @@ fn sample(pid: u32, limit_bytes: u64) -> Option<Sample> {
     Some(measure(mappings, limit_bytes))
 }
 
+/// KVM's debugfs, where each VM has a directory `PID-FD` of counters.
+const KVM_DEBUGFS: &str = "/sys/kernel/debug/kvm";
+/// The counters reported, in this order: every exit, and the kinds a VMM's platform
+/// decides (port and MMIO accesses it emulates, halts, interrupt windows, emulated
+/// instructions, hypercalls).
+const KVM_COUNTERS: &[&str] = &[
+    "exits",
+    "io_exits",
+    "mmio_exits",
+    "halt_exits",
+    "irq_exits",
+    "irq_window_exits",
+    "irq_injections",
+    "insn_emulation",
+    "hypercalls",
+    "signal_exits",
+    "request_irq_exits",
+];
+
+/// The VM counters of process `pid` (its first VM), if debugfs shows them. KVM names a
+/// VM's directory after the thread that created it (CH creates its VM on a thread of its
+/// own), so any of the process's threads counts.
+fn kvm_counters(pid: u32) -> Option<Vec<(&'static str, u64)>> {
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| format!("{}-", e.file_name().to_string_lossy()))
+        .collect();
+    let dir = std::fs::read_dir(KVM_DEBUGFS)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            threads.iter().any(|t| name.starts_with(t.as_str()))
+        })?
+        .path();
+    Some(
+        KVM_COUNTERS
+            .iter()
+            .filter_map(|name| {
+                let text = std::fs::read_to_string(dir.join(name)).ok()?;
+                Some((*name, text.trim().parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
 /// What the stdout reader reports.
 enum Event {
-    /// The marker was seen, at this instant.
-    Marker(Instant),
+    /// The marker was seen, at this instant, with the guest's uptime it gave, if any.
+    Marker(Instant, Option<Duration>),
 }
 
 /// Forwards the child's stdout as `NAME| LINE` and reports the first marker.
@@ -250,7 +308,7 @@ fn forward(
         if !seen && line.windows(MARKER.len()).any(|w| w == MARKER) {
             seen = true;
             // The receiver may be gone (timeout); the line is still forwarded.
-            let _ = events.send(Event::Marker(Instant::now()));
+            let _ = events.send(Event::Marker(Instant::now(), guest_uptime(&line)));
         }
         while matches!(line.last(), Some(b'\n' | b'\r')) {
             line.pop();
@@ -262,6 +320,16 @@ fn forward(
         out.write_all(b"\n")?;
         out.flush()?;
     }
+}
+
+/// The `uptime=SECONDS` (from /proc/uptime, e.g. `3.49`) of a marker line.
+fn guest_uptime(line: &[u8]) -> Option<Duration> {
+    let text = String::from_utf8_lossy(line);
+    let value = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("uptime="))?;
+    let seconds: f64 = value.parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
 }
 
 fn describe(status: Option<ExitStatus>) -> String {
@@ -279,6 +347,10 @@ fn describe(status: Option<ExitStatus>) -> String {
 struct Outcome {
     /// From the spawn to the marker, if it came.
     to_init: Option<Duration>,
+    /// The guest's uptime the marker line gave.
+    guest_uptime: Option<Duration>,
+    /// The VM's KVM exit counters when the marker was seen.
+    kvm_at_init: Option<Vec<(&'static str, u64)>>,
     /// The sample with the most RSS outside guest memory.
     peak: Sample,
     /// The most anonymous RSS outside guest memory any sample saw, KiB.
@@ -348,6 +420,8 @@ fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcom
         sampling_time: Duration::ZERO,
     };
     let mut to_init = None;
+    let mut guest_uptime = None;
+    let mut kvm_at_init = None;
     let mut at_marker = None;
     let mut next_sample = Some(start);
     let status = loop {
@@ -378,9 +452,11 @@ fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcom
             due.saturating_duration_since(Instant::now()).min(POLL)
         });
         match rx.recv_timeout(wait) {
-            Ok(Event::Marker(at)) => {
+            Ok(Event::Marker(at, uptime)) => {
                 if to_init.is_none() {
                     to_init = Some(at.duration_since(start));
+                    guest_uptime = uptime;
+                    kvm_at_init = kvm_counters(sampler.pid);
                     at_marker = sampler.take().0;
                 }
             }
@@ -406,11 +482,16 @@ fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcom
         eprintln!("vmm-bootbench: stdout still open after the child exited; not waiting");
     }
     // A marker seen just before the exit is still in the channel.
-    if let Ok(Event::Marker(at)) = rx.try_recv() {
-        to_init.get_or_insert(at.duration_since(start));
+    if let Ok(Event::Marker(at, uptime)) = rx.try_recv() {
+        if to_init.is_none() {
+            to_init = Some(at.duration_since(start));
+            guest_uptime = uptime;
+        }
     }
     Ok(Outcome {
         to_init,
+        guest_uptime,
+        kvm_at_init,
         peak_anon_kib: sampler.peak_anon_kib,
         peak: sampler.peak,
         at_marker,
@@ -437,12 +518,18 @@ fn run() -> Result<bool> {
     let to_init = o
         .to_init
         .map_or_else(|| "none".to_string(), |d| d.as_millis().to_string());
+    let uptime = o
+        .guest_uptime
+        .map_or_else(|| "none".to_string(), |d| d.as_millis().to_string());
     let exit = describe(o.status);
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "bootbench name={} to_init_ms={to_init} peak_rss_outside_guest_kib={} exit={exit}",
-        opts.name, o.peak.outside_kib
+        "bootbench name={} to_init_ms={to_init} peak_rss_outside_guest_kib={} exit={exit} \
+         lifetime_ms={} guest_uptime_at_init_ms={uptime}",
+        opts.name,
+        o.peak.outside_kib,
+        o.elapsed.as_millis()
     )?;
     let guest_kib: u64 = o.peak.excluded.iter().map(|m| m.rss_kib).sum();
     let at_marker = o
@@ -482,6 +569,10 @@ fn run() -> Result<bool> {
             opts.name,
             if path.is_empty() { "[anon]" } else { &path }
         )?;
+    }
+    if let Some(counters) = &o.kvm_at_init {
+        let fields: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(out, "bootbench-kvm name={} {}", opts.name, fields.join(" "))?;
     }
     Ok(o.to_init.is_some() && o.status.is_some_and(|s| s.success()))
 }
@@ -542,6 +633,17 @@ VmFlags: rd wr mr mw me gd ac
         assert_eq!(s.outside_anon_kib, 8);
         assert_eq!(s.total_kib, 176 + 20480 + 12 + 16);
         assert_eq!(s.excluded.len(), 1);
+    }
+
+    #[test]
+    fn the_guest_uptime_comes_from_the_marker_line() {
+        assert_eq!(
+            guest_uptime(b"TESSERA-INIT uptime=3.49\r\n"),
+            Some(Duration::from_millis(3490))
+        );
+        assert_eq!(guest_uptime(b"TESSERA-INIT\n"), None);
+        assert_eq!(guest_uptime(b"TESSERA-INIT uptime=x\n"), None);
+        assert_eq!(guest_uptime(b"TESSERA-INIT uptime=-1\n"), None);
     }
 
     #[test]

@@ -419,6 +419,7 @@ fn config_refuses_every_vm_option_beside_it() {
             "initiator=0,target=0,hierarchy=memory,data-type=read-latency,latency=5",
         ),
         ("--hmat-cache", "node-id=0,size=1M,level=1"),
+        ("--device-memory", "device=a,bar=2,node=1"),
         ("--platform", "num_pci_segments=2"),
         ("--serial", "tty"),
     ] {
@@ -459,4 +460,32 @@ fn hmat_lb_is_repeatable_and_names_its_key() {
     .unwrap_err();
     assert_eq!(e.option, "hmat-lb");
     assert!(e.message.starts_with("hierarchy: only `memory`"), "{e}");
+}
+
+#[test]
+fn device_memory_is_repeatable_and_names_its_key() {
+    let c = config(&[
+        "--kernel",
+        "/k",
+        "--device-memory",
+        "device=gpu0,bar=2,node=2",
+        "device=gpu1,bar=4,node=3,distance=80",
+    ]);
+    assert_eq!(c.device_memory.len(), 2);
+    assert_eq!((c.device_memory[1].bar, c.device_memory[1].node), (4, 3));
+    assert_eq!(c.device_memory[1].distance(), 80);
+    assert_eq!(c.device_memory[0].distance(), 40);
+    let e = Args::try_parse_from([
+        "tessera",
+        "--kernel",
+        "/k",
+        "--device-memory",
+        "device=a,node=2",
+    ])
+    .unwrap()
+    .vm
+    .to_config()
+    .unwrap_err();
+    assert_eq!(e.option, "device-memory");
+    assert!(e.message.contains("`bar` is required"), "{e}");
 }

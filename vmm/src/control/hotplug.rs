@@ -116,6 +116,19 @@ pub(super) fn removable(c: &VmConfig, id: &str) -> Result<usize, ApiError> {
         .iter()
         .position(|d| d.id.as_deref() == Some(id))
         .ok_or_else(|| ApiError::new(404, format!("no device has id `{id}`"), Some("id".into())))?;
+    // Its BAR is guest RAM the guest's kernel holds pages of: it cannot be given back
+    // while the guest runs, and the entry names it while the VM is not running.
+    if let Some((i, m)) = c.backs_device_memory(id) {
+        return Err(ApiError::new(
+            409,
+            format!(
+                "`{id}` backs node {}'s memory (device_memory[{i}]): device memory is guest \
+                 RAM and cannot be unplugged; remove that entry while the VM is not running",
+                m.node
+            ),
+            Some("id".into()),
+        ));
+    }
     let in_slot = c.pci_slots.iter().any(|s| s.id == id);
     let linked = c.generic_initiators.iter().any(|g| g.device == id)
         || c.numa.iter().any(|n| n.device_id.as_deref() == Some(id));
@@ -184,6 +197,17 @@ impl Control {
                 tracing::debug!(?slot, "the guest ejected an empty slot");
                 continue;
             };
+            if let Some((i, _)) = self
+                .config
+                .as_ref()
+                .and_then(|c| c.backs_device_memory(&id))
+            {
+                tracing::warn!(
+                    "the guest ejected `{id}`, whose BAR is its RAM (device_memory[{i}]): \
+                     the device stays"
+                );
+                continue;
+            }
             let removed = vm.devices().remove_device(&id);
             // Closed now: its mdev can go, its driver come back.
             vm.release_host_changes(&id);

@@ -30,7 +30,7 @@ use tessera_devices::vfio::{VfioBarTrap, VfioPciDevice, ROM_BAR};
 use vm_memory::GuestMemoryMmap;
 
 use crate::console::SerialSink;
-use crate::guest_topology::intx_gsi;
+use crate::guest_topology::{intx_gsi, PlacedDeviceMemory};
 use crate::irq_routing::KvmInterruptRouter;
 use crate::vfio::{check_device, BarMappings, Container, HostDevice, VfioHostError};
 use crate::vm::{VmError, VmEvents};
@@ -112,6 +112,8 @@ struct PassedDevice {
     mappings: Option<Arc<BarMappings>>,
     /// BARs trapped on the buses.
     trapped: Vec<usize>,
+    /// BARs taken as device memory, with the guest address each is RAM at.
+    memory: Vec<(tessera_devices::vfio::MmapArea, u64)>,
     in_config_space: bool,
 }
 
@@ -137,19 +139,23 @@ pub struct DeviceManager {
     container: Option<Arc<Container>>,
     /// In the order they came.
     devices: Vec<PassedDevice>,
+    /// BARs that are guest RAM of a device-memory node, by device id.
+    device_memory: Vec<PlacedDeviceMemory>,
 }
 
 impl DeviceManager {
     /// The buses with the platform devices and every segment's configuration space, no
     /// PCI device yet. `slots` is the configuration's placement (guest_topology's), so
     /// configured devices land where the ACPI tables say; `memory_slots` are the KVM slots
-    /// guest RAM left.
+    /// guest RAM left; `device_memory` says which devices' BARs become guest RAM where.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         vm: &Arc<VmFd>,
         memory: &GuestMemoryMmap,
         layout: &GuestLayout,
         slots: PciSlots,
         memory_slots: MemorySlots,
+        device_memory: Vec<PlacedDeviceMemory>,
         serial: &SerialSink,
         events: &VmEvents,
     ) -> Result<DeviceManager, VmError> {
@@ -184,6 +190,7 @@ impl DeviceManager {
             memory_slots: Arc::new(Mutex::new(memory_slots)),
             container: None,
             devices: Vec::new(),
+            device_memory,
         })
     }
 
@@ -334,6 +341,19 @@ impl DeviceManager {
             .open_device(host, &name, "path", router)
             .map_err(DeviceError::from_host)?;
         model.exclude_from_mmap(&config.x_exclude_mmap_bars);
+        let mut memory = Vec::new();
+        for m in self.device_memory.iter().filter(|m| m.device == id) {
+            match model.take_memory_bar(m.bar, m.range.len()) {
+                Ok(area) => memory.push((area, m.range.start)),
+                Err(e) => {
+                    drop(model);
+                    return Err(DeviceError::device(
+                        "path",
+                        format!("{}: {e}", host.sysfs.display()),
+                    ));
+                }
+            }
+        }
         // The first device's group brought the IOMMU: guest RAM goes in now, once.
         if let Err(e) = container.map_ram() {
             drop(model);
@@ -347,6 +367,7 @@ impl DeviceManager {
             bars: Vec::new(),
             mappings: None,
             trapped: Vec::new(),
+            memory,
             in_config_space: false,
         };
         match self.fill(&mut device, &container, &name) {
@@ -406,6 +427,9 @@ impl DeviceManager {
 
         let mappings = BarMappings::map(container, &self.memory_slots, &device.lock(), name)?;
         device.mappings = Some(mappings.clone());
+        for (area, address) in &device.memory {
+            mappings.map_memory(&device.lock(), area, *address)?;
+        }
 
         let pin = device.lock().interrupt_pin();
         if pin != 0 {

@@ -121,4 +121,26 @@ impl Fake {
         );
         self.file(&format!("{n}/distance"), distance);
     }
+
+    /// `nodeN/accessC/initiators` as Linux makes it from the HMAT: a `nodeM` link per
+    /// initiator and `[read_latency, write_latency, read_bandwidth, write_bandwidth]`.
+    pub(crate) fn hmat_access(&self, id: u32, class: u32, initiators: &[u32], values: [u64; 4]) {
+        let dir = format!("devices/system/node/node{id}/access{class}/initiators");
+        self.dir(&dir);
+        for m in initiators {
+            let target = self.dir(&format!("devices/system/node/node{m}"));
+            self.link(&format!("{dir}/node{m}"), &target);
+        }
+        for (file, v) in [
+            "read_latency",
+            "write_latency",
+            "read_bandwidth",
+            "write_bandwidth",
+        ]
+        .iter()
+        .zip(values)
+        {
+            self.file(&format!("{dir}/{file}"), &v.to_string());
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! Host discovery for `GET /vmm.host-devices`: what this host offers for passthrough,
 //! read from sysfs and nothing else (no config space beyond the header, no ioctls, no
 //! writes). `pci` reads the PCI devices and their IOMMU groups, `mdev` the mediated
-//! device types and NVIDIA's SR-IOV vGPU files, `numa` the host's NUMA nodes.
+//! device types and NVIDIA's SR-IOV vGPU files, `numa` the host's NUMA nodes (with
+//! their HMAT access classes). `mirror` turns what they found into a guest configuration
+//! whose topology mirrors the host's (`vmm.topology-mirror`).
 //!
 //! Everything takes the sysfs root (`/sys` on a host; a fake tree in tests, or
 //! `tessera --sysfs-root`). A missing or unreadable file gives a `null` field, never
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use tessera_api::types::HostDevices;
 
 pub mod mdev;
+pub mod mirror;
 pub mod numa;
 pub mod pci;
 
