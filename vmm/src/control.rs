@@ -34,6 +34,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::console::SerialSink;
 use crate::device_manager::placement::name_devices;
 use crate::guest_topology::{guest_topology, TopologyError};
+use crate::host::mirror::{MirrorError, MirrorFault};
 use crate::managed::{name_mdevs, Managed};
 use crate::vm::{Vm, VmError, VmEvents};
 
@@ -102,6 +103,17 @@ fn config_err(e: ConfigError) -> ApiError {
 
 fn topology_err(e: TopologyError) -> ApiError {
     ApiError::new(400, e.to_string(), Some(e.field()))
+}
+
+/// A well-formed mirror request about a device or node the host lacks is a 404, and
+/// one the host has but cannot give a guest a 409: neither is a malformed request.
+fn mirror_err(e: MirrorError) -> ApiError {
+    let status = match e.fault {
+        MirrorFault::Invalid => 400,
+        MirrorFault::Missing => 404,
+        MirrorFault::Unusable => 409,
+    };
+    ApiError::new(status, e.to_string(), Some(e.field))
 }
 
 fn vm_err(e: VmError) -> ApiError {
@@ -475,8 +487,7 @@ impl Control {
             VmAction::TopologyMirror(request) => {
                 let sysfs = self.managed.host().path(crate::host::SYSFS_ROOT);
                 let host = crate::host::discover(&sysfs);
-                let config = crate::host::mirror::mirror(&host, &request)
-                    .map_err(|e| ApiError::bad_request(e.to_string(), Some(e.field)))?;
+                let config = crate::host::mirror::mirror(&host, &request).map_err(mirror_err)?;
                 ApiReply::json(&config)
             }
             VmAction::VmmShutdown => {
