@@ -22,6 +22,7 @@ packages=(
     curl:curl                    # the API tests and docs/api.md's examples talk to the socket with it
     strace:strace                # scripts/bench-vfio.sh times the VMMs' DMA-map ioctls with it
     python3:/usr/bin/python3     # scripts/bench-hotplug-l1.py, run in L1 from the host's /
+    python3-venv:dpkg            # the Schemathesis venv below (a package of no command: dpkg says)
     # The nested test host builds the mtty sample driver against Debian's kernel headers,
     # whose Makefile calls gcc-12; the prebuilt objtool links libelf; the source is .tar.xz.
     gcc:gcc-12
@@ -40,9 +41,10 @@ missing=()
 for entry in "${packages[@]}"; do
     pkg=${entry%%:*}
     cmd=${entry#*:}
-    # busybox must be the static build: the initramfs has no libc.
-    if [ "$pkg" = busybox-static ]; then
-        dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" \
+    # busybox must be the static build (the initramfs has no libc), and a package
+    # marked `dpkg` provides no command: for these, dpkg says whether it is installed.
+    if [ "$pkg" = busybox-static ] || [ "$cmd" = dpkg ]; then
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" \
             || missing+=("$pkg")
     elif [ "${cmd#/}" != "$cmd" ]; then
         [ -e "$cmd" ] || missing+=("$pkg")
@@ -66,6 +68,18 @@ rustc_minor=$(rustc --version | sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p')
 if [ -z "$rustc_minor" ] || [ "$rustc_minor" -lt 85 ]; then
     log "rustc $(rustc --version) is too old: Tessera needs 1.85 or newer"
     exit 1
+fi
+
+# Schemathesis, the API's outside judge (vmm/tests/schemathesis.rs), from PyPI into a
+# venv of its own, pinned so that a run is the same everywhere. Skipped when that
+# version already answers.
+schemathesis_version=4.32.5
+venv="${TESSERA_CACHE:-$HOME/.cache/tessera}/schemathesis-venv"
+if [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $schemathesis_version" ]; then
+    log "installing schemathesis $schemathesis_version in $venv"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version" >&2
 fi
 
 # Guest images, cached under ${TESSERA_CACHE:-~/.cache/tessera}: the Linux judge's

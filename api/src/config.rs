@@ -1120,6 +1120,11 @@ impl GenericInitiatorConfig {
     }
 }
 
+/// The most vCPUs a VM may have: the largest `KVM_MAX_VCPUS` a Linux kernel can be built
+/// with. Counts are checked against it before anything is sized by them, so a count a
+/// client sends cannot make the VMM allocate without bound (one of u32::MAX aborted it).
+pub const MAX_VCPUS: u32 = 4096;
+
 impl VmConfig {
     /// The checks that need no host: counts, references between sections, and
     /// uniqueness. Host checks (files, memory, devices) are the VMM's.
@@ -1127,6 +1132,15 @@ impl VmConfig {
         let c = &self.cpus;
         if c.boot_vcpus == 0 {
             return Err(ConfigError::new("cpus.boot_vcpus", "must be at least 1"));
+        }
+        if c.max_vcpus > MAX_VCPUS {
+            return Err(ConfigError::new(
+                "cpus.max_vcpus",
+                format!(
+                    "{} is more than the {MAX_VCPUS} vCPUs a VM may have",
+                    c.max_vcpus
+                ),
+            ));
         }
         if c.max_vcpus < c.boot_vcpus {
             return Err(ConfigError::new(

@@ -16,7 +16,7 @@ use crate::config::ConfigError;
 /// [`ERROR_FIELD_HEADER`] header.
 ///
 /// The API layer makes these for requests it cannot parse (400, 404, 405, 413) or cannot
-/// deliver (503); the VMM makes them for requests it refuses (404, 405, 409, 500, ...).
+/// deliver (503); the VMM makes them for requests it refuses (404, 409, 500, ...).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{error}")]
 pub struct ApiError {

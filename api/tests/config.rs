@@ -78,6 +78,18 @@ fn vcpu_counts() {
     let (field, message) = refused(&c);
     assert_eq!(field, "cpus.max_vcpus");
     assert_eq!(message, "1 is below boot_vcpus 2");
+    // A count beyond any KVM's is refused before anything is sized by it.
+    let mut c = seed();
+    c.cpus.boot_vcpus = u32::MAX;
+    c.cpus.max_vcpus = u32::MAX;
+    let (field, message) = refused(&c);
+    assert_eq!(field, "cpus.max_vcpus");
+    assert!(message.contains("4096"), "{message}");
+    let mut c = seed();
+    c.cpus.boot_vcpus = tessera_api::config::MAX_VCPUS;
+    c.cpus.max_vcpus = tessera_api::config::MAX_VCPUS;
+    let field = c.validate().err().map(|e| e.field);
+    assert_ne!(field.as_deref(), Some("cpus.max_vcpus"));
 }
 
 #[test]

@@ -34,6 +34,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::console::SerialSink;
 use crate::device_manager::placement::name_devices;
 use crate::guest_topology::{guest_topology, TopologyError};
+use crate::host::mirror::{MirrorError, MirrorFault};
 use crate::managed::{name_mdevs, Managed};
 use crate::vm::{Vm, VmError, VmEvents};
 
@@ -102,6 +103,17 @@ fn config_err(e: ConfigError) -> ApiError {
 
 fn topology_err(e: TopologyError) -> ApiError {
     ApiError::new(400, e.to_string(), Some(e.field()))
+}
+
+/// A well-formed mirror request about a device or node the host lacks is a 404, and
+/// one the host has but cannot give a guest a 409: neither is a malformed request.
+fn mirror_err(e: MirrorError) -> ApiError {
+    let status = match e.fault {
+        MirrorFault::Invalid => 400,
+        MirrorFault::Missing => 404,
+        MirrorFault::Unusable => 409,
+    };
+    ApiError::new(status, e.to_string(), Some(e.field))
 }
 
 fn vm_err(e: VmError) -> ApiError {
@@ -480,8 +492,7 @@ impl Control {
             VmAction::TopologyMirror(request) => {
                 let sysfs = self.managed.host().path(crate::host::SYSFS_ROOT);
                 let host = crate::host::discover(&sysfs);
-                let config = crate::host::mirror::mirror(&host, &request)
-                    .map_err(|e| ApiError::bad_request(e.to_string(), Some(e.field)))?;
+                let config = crate::host::mirror::mirror(&host, &request).map_err(mirror_err)?;
                 ApiReply::json(&config)
             }
             VmAction::VmmShutdown => {
@@ -513,14 +524,16 @@ impl Control {
                 State::Created => self.boot(),
             },
             VmAction::Info => self.info(),
+            // A request the VM's state does not allow is a 409, a conflict with that state;
+            // 405 is the router's, for a method the path does not take (with `Allow`).
             VmAction::Counters => match &self.state {
                 State::Running(vm) | State::Paused(vm) => Ok(ApiReply::Json(json!(vm.counters()))),
                 State::Empty => Err(err(404, "no VM has been created")),
-                State::Created => Err(err(405, "the VM is not booted")),
+                State::Created => Err(err(409, "the VM is not booted")),
             },
             VmAction::Shutdown => match self.state {
                 State::Empty => Err(err(404, "no VM has been created")),
-                State::Created => Err(err(405, "the VM is not booted")),
+                State::Created => Err(err(409, "the VM is not booted")),
                 _ => {
                     self.stop_vm();
                     self.shut_down = true;
@@ -529,7 +542,7 @@ impl Control {
             },
             VmAction::Reboot => match self.state {
                 State::Empty => Err(err(404, "no VM has been created")),
-                State::Created | State::Paused(_) => Err(err(405, "the VM is not running")),
+                State::Created | State::Paused(_) => Err(err(409, "the VM is not running")),
                 State::Running(_) => {
                     self.stop_vm();
                     self.boot()
@@ -549,7 +562,7 @@ impl Control {
                 other => {
                     let reply = match other {
                         State::Empty => err(404, "no VM has been created"),
-                        _ => err(405, "the VM is not running"),
+                        _ => err(409, "the VM is not running"),
                     };
                     self.state = other;
                     Err(reply)
@@ -564,7 +577,7 @@ impl Control {
                 other => {
                     let reply = match other {
                         State::Empty => err(404, "no VM has been created"),
-                        _ => err(405, "the VM is not paused"),
+                        _ => err(409, "the VM is not paused"),
                     };
                     self.state = other;
                     Err(reply)
@@ -586,7 +599,7 @@ impl Control {
                     .map(|()| ApiReply::NoContent)
                     .map_err(vm_err),
                 State::Empty => Err(err(404, "no VM has been created")),
-                _ => Err(err(405, "the VM is not running")),
+                _ => Err(err(409, "the VM is not running")),
             },
             VmAction::AddDevice(_) | VmAction::RemoveDevice { .. }
                 if matches!(self.state, State::Paused(_)) =>

@@ -15,9 +15,11 @@
 //! - Where the host has an HMAT, its values from each mirrored memory node's best CPU
 //!   initiators become the guest's (`hmat`).
 //!
-//! Everything is checked before anything is answered: unknown devices, devices without
-//! an IOMMU group or in a group VFIO cannot use, host nodes that do not exist or have no
-//! distances; the configuration made is then held to `VmConfig::validate`.
+//! Everything is checked before anything is answered: first the request alone (sizes,
+//! addresses, duplicates), then against the host: unknown devices and nodes, devices
+//! without an IOMMU group or in a group VFIO cannot use, host nodes without distances;
+//! the configuration made is then held to `VmConfig::validate`. Each failure says which
+//! of these it is ([`MirrorFault`]), so the API can answer 400, 404 or 409.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -25,7 +27,7 @@ use std::path::PathBuf;
 use tessera_api::config::{
     parse_node_set, CpuAffinity, CpusConfig, DeviceConfig, GenericInitiatorConfig, HmatDataType,
     HmatHierarchy, HmatLbConfig, MemoryConfig, MemoryZoneConfig, NodeSet, NumaConfig, NumaDistance,
-    VmConfig, HMAT_BANDWIDTH_UNIT,
+    VmConfig, HMAT_BANDWIDTH_UNIT, MAX_VCPUS,
 };
 use tessera_api::types::{
     HostDevices, HostNumaNode, HostPciDevice, TopologyMirror, MIRROR_GPU_GI_NODES,
@@ -34,21 +36,55 @@ use tessera_api::types::{
 
 use super::pci::blockers;
 
+/// Whose fault a [`MirrorError`] is: the request's, or the host's as it is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MirrorFault {
+    /// The request is wrong on any host: a size out of range, not a PCI address, a
+    /// device named twice, more GI nodes than a SLIT holds (the API's 400).
+    Invalid,
+    /// A host PCI device or NUMA node the request names does not exist (404).
+    Missing,
+    /// What the request names exists, but the host cannot pass it through or mirror it
+    /// as it is now: no IOMMU group, a group VFIO cannot use, another driver, a node
+    /// without CPUs, memory or distances (409).
+    Unusable,
+}
+
 /// Why no configuration could be made; `field` is a JSON path into the request.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct MirrorError {
+    /// Whose fault it is.
+    pub fault: MirrorFault,
     /// The request field at fault (`devices[1]`, `host_nodes[0]`, `memory_per_node`).
     pub field: String,
     /// What is wrong.
     pub message: String,
 }
 
-fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, MirrorError> {
-    Err(MirrorError {
-        field: field.into(),
-        message: message.into(),
-    })
+impl MirrorError {
+    fn new(fault: MirrorFault, field: impl Into<String>, message: impl Into<String>) -> Self {
+        MirrorError {
+            fault,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The request is wrong whatever the host.
+fn invalid<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, MirrorError> {
+    Err(MirrorError::new(MirrorFault::Invalid, field, message))
+}
+
+/// The host has no such device or node.
+fn missing<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, MirrorError> {
+    Err(MirrorError::new(MirrorFault::Missing, field, message))
+}
+
+/// The host has it, but cannot give it to a guest as it is.
+fn unusable<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, MirrorError> {
+    Err(MirrorError::new(MirrorFault::Unusable, field, message))
 }
 
 /// The largest GI node count per device: the SLIT has 256 domains at most.
@@ -71,28 +107,35 @@ struct Wanted<'a> {
 pub fn mirror(host: &HostDevices, req: &TopologyMirror) -> Result<VmConfig, MirrorError> {
     let vcpus_per_node = req.vcpus_per_node.unwrap_or(MIRROR_VCPUS_PER_NODE);
     if vcpus_per_node == 0 {
-        return fail("vcpus_per_node", "must be at least 1");
+        return invalid("vcpus_per_node", "must be at least 1");
+    }
+    if vcpus_per_node > MAX_VCPUS {
+        return invalid(
+            "vcpus_per_node",
+            format!("{vcpus_per_node} is more than the {MAX_VCPUS} vCPUs a VM may have"),
+        );
     }
     let memory_per_node = req.memory_per_node.unwrap_or(MIRROR_MEMORY_PER_NODE);
     if memory_per_node == 0 || !memory_per_node.is_multiple_of(2 << 20) {
-        return fail(
+        return invalid(
             "memory_per_node",
             format!("{memory_per_node} bytes is not a positive multiple of 2 MiB"),
         );
     }
     if let Some(n) = req.gi_nodes.filter(|&n| n > MAX_GI_NODES) {
-        return fail(
+        return invalid(
             "gi_nodes",
             format!("{n} GI nodes per device is more than {MAX_GI_NODES}"),
         );
     }
     if req.devices.is_empty() {
-        return fail(
+        return invalid(
             "devices",
             "name at least one host PCI device to mirror around",
         );
     }
-    let wanted = devices(host, req)?;
+    let addresses = addresses(req)?;
+    let wanted = devices(host, req, &addresses)?;
 
     // The host nodes used, ascending; guest node i mirrors the i-th.
     let mut used: BTreeSet<u32> = wanted.iter().map(|w| w.node).collect();
@@ -100,7 +143,7 @@ pub fn mirror(host: &HostDevices, req: &TopologyMirror) -> Result<VmConfig, Mirr
         Some(list) => {
             for (i, &n) in list.iter().enumerate() {
                 if !host.numa_nodes.iter().any(|h| h.id == n) {
-                    return fail(
+                    return missing(
                         format!("host_nodes[{i}]"),
                         format!("the host has no NUMA node {n}"),
                     );
@@ -121,6 +164,21 @@ pub fn mirror(host: &HostDevices, req: &TopologyMirror) -> Result<VmConfig, Mirr
         .collect();
     let distance = Distances { host };
 
+    // Bounded before anything is sized by it: a VM has MAX_VCPUS at most.
+    let cpu_nodes = used
+        .iter()
+        .filter(|n| !cpus_of(n).unwrap_or_default().is_empty())
+        .count() as u64;
+    if u64::from(vcpus_per_node) * cpu_nodes > u64::from(MAX_VCPUS) {
+        return invalid(
+            "vcpus_per_node",
+            format!(
+                "{vcpus_per_node} vCPUs on each of the {cpu_nodes} mirrored nodes with CPUs is \
+                 more than the {MAX_VCPUS} vCPUs a VM may have"
+            ),
+        );
+    }
+
     let mut config = VmConfig {
         cpus: CpusConfig::default(),
         memory: MemoryConfig {
@@ -136,9 +194,12 @@ pub fn mirror(host: &HostDevices, req: &TopologyMirror) -> Result<VmConfig, Mirr
     let mut vcpu = 0u32;
     for (guest, h) in used.iter().enumerate() {
         let guest = guest as u32;
-        let host_cpus = cpus_of(h).map_err(|m| MirrorError {
-            field: "devices".into(),
-            message: format!("host node {}: {m}", h.id),
+        let host_cpus = cpus_of(h).map_err(|m| {
+            MirrorError::new(
+                MirrorFault::Unusable,
+                "devices",
+                format!("host node {}: {m}", h.id),
+            )
         })?;
         let mut node = NumaConfig {
             guest_numa_id: guest,
@@ -168,13 +229,13 @@ pub fn mirror(host: &HostDevices, req: &TopologyMirror) -> Result<VmConfig, Mirr
         placed.push((guest, h.id));
     }
     if vcpu == 0 {
-        return fail(
+        return unusable(
             "host_nodes",
             "none of the host nodes mirrored has CPUs: name one that has with host_nodes",
         );
     }
     if config.memory.zones.is_empty() {
-        return fail(
+        return unusable(
             "host_nodes",
             "none of the host nodes mirrored has memory: name one that has with host_nodes",
         );
@@ -297,38 +358,54 @@ fn hmat(used: &[&HostNumaNode], numa: &[NumaConfig]) -> Vec<HmatLbConfig> {
     out
 }
 
-/// The request's devices, found and checked, in request order.
-fn devices<'a>(
-    host: &'a HostDevices,
-    req: &TopologyMirror,
-) -> Result<Vec<Wanted<'a>>, MirrorError> {
+/// The request's device addresses in full (`0000:41:00.0`), in request order: each a
+/// PCI address, none twice. Checked before the host is looked at, so a malformed list is
+/// refused as such whatever the host has.
+fn addresses(req: &TopologyMirror) -> Result<Vec<String>, MirrorError> {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = Vec::new();
     for (i, given) in req.devices.iter().enumerate() {
         let field = format!("devices[{i}]");
-        let bdf = full_bdf(given).ok_or_else(|| MirrorError {
-            field: field.clone(),
-            message: format!("`{given}` is not a PCI address (SSSS:BB:DD.F or BB:DD.F)"),
-        })?;
+        let Some(bdf) = full_bdf(given) else {
+            return invalid(
+                field,
+                format!("`{given}` is not a PCI address (SSSS:BB:DD.F or BB:DD.F)"),
+            );
+        };
         if let Some(first) = seen.insert(bdf.clone(), i) {
-            return fail(field, format!("{bdf} is already devices[{first}]"));
+            return invalid(field, format!("{bdf} is already devices[{first}]"));
         }
-        let Some(dev) = host.pci_devices.iter().find(|d| d.bdf == bdf) else {
-            return fail(field, format!("the host has no PCI device {bdf}"));
+        out.push(bdf);
+    }
+    Ok(out)
+}
+
+/// The request's devices (`addresses`, from [`addresses`]), found on the host and
+/// checked, in request order.
+fn devices<'a>(
+    host: &'a HostDevices,
+    req: &TopologyMirror,
+    addresses: &[String],
+) -> Result<Vec<Wanted<'a>>, MirrorError> {
+    let mut out = Vec::new();
+    for (i, bdf) in addresses.iter().enumerate() {
+        let field = format!("devices[{i}]");
+        let Some(dev) = host.pci_devices.iter().find(|d| &d.bdf == bdf) else {
+            return missing(field, format!("the host has no PCI device {bdf}"));
         };
         let Some(group) = &dev.iommu_group else {
-            return fail(
+            return unusable(
                 field,
                 format!("{bdf} has no IOMMU group: is the IOMMU on (intel_iommu=on)?"),
             );
         };
-        let others = blockers(group, &bdf);
+        let others = blockers(group, bdf);
         if !others.is_empty() {
             let list: Vec<String> = others
                 .iter()
                 .map(|(name, driver)| format!("{name} ({driver})"))
                 .collect();
-            return fail(
+            return unusable(
                 field,
                 format!(
                     "IOMMU group {} of {bdf} is not viable: {} must be unbound or bound to \
@@ -338,8 +415,8 @@ fn devices<'a>(
                 ),
             );
         }
-        if !req.managed && group.blocking.contains(&bdf) {
-            return fail(
+        if !req.managed && group.blocking.contains(bdf) {
+            return unusable(
                 field,
                 format!(
                     "{bdf} is bound to {}: bind it to vfio-pci, or ask for managed devices",
@@ -349,7 +426,7 @@ fn devices<'a>(
         }
         let node = match dev.numa_node {
             _ if host.numa_nodes.is_empty() => {
-                return fail(
+                return unusable(
                     field,
                     "the host reports no NUMA nodes (/sys/devices/system/node): nothing to \
                      mirror",
@@ -360,7 +437,7 @@ fn devices<'a>(
             // all on the only one.
             None if host.numa_nodes.len() == 1 => host.numa_nodes.first().map_or(0, |n| n.id),
             None => {
-                return fail(
+                return unusable(
                     field,
                     format!(
                         "the host's firmware puts {bdf} on no NUMA node (numa_node is -1) on \
@@ -371,7 +448,7 @@ fn devices<'a>(
             }
         };
         if !host.numa_nodes.iter().any(|n| n.id == node) {
-            return fail(
+            return unusable(
                 field,
                 format!("{bdf} is on host node {node}, which the host does not list"),
             );
@@ -393,9 +470,13 @@ fn devices<'a>(
         let last = out
             .last()
             .map_or_else(|| "devices".into(), |w| w.field.clone());
-        return fail(
+        return invalid(
             last,
-            format!("{total} GI nodes do not fit the SLIT's 256 nodes"),
+            format!(
+                "{total} GI nodes and the host's {} nodes do not fit the SLIT's 256 nodes: \
+                 ask for fewer gi_nodes or devices",
+                host.numa_nodes.len()
+            ),
         );
     }
     Ok(out)
@@ -446,20 +527,23 @@ impl Distances<'_> {
             .iter()
             .find(|n| n.id == a)
             .and_then(|n| n.distances.as_ref())
-            .ok_or_else(|| MirrorError {
-                field: "devices".into(),
-                message: format!("host node {a} reports no distances"),
+            .ok_or_else(|| {
+                MirrorError::new(
+                    MirrorFault::Unusable,
+                    "devices",
+                    format!("host node {a} reports no distances"),
+                )
             })?;
         let column = nodes.iter().position(|n| n.id == b);
-        let d = column
-            .and_then(|c| row.get(c))
-            .copied()
-            .ok_or_else(|| MirrorError {
-                field: "devices".into(),
-                message: format!("host node {a}'s distances name no node {b}"),
-            })?;
+        let d = column.and_then(|c| row.get(c)).copied().ok_or_else(|| {
+            MirrorError::new(
+                MirrorFault::Unusable,
+                "devices",
+                format!("host node {a}'s distances name no node {b}"),
+            )
+        })?;
         if a != b && !(11..=254).contains(&d) {
-            return fail(
+            return unusable(
                 "devices",
                 format!(
                     "the host's distance from node {a} to node {b} is {d}, which a guest's \
@@ -479,22 +563,29 @@ fn check(config: &VmConfig) -> Result<(), MirrorError> {
     if probe.payload.kernel.is_none() {
         probe.payload.kernel = Some(PathBuf::from("/kernel"));
     }
-    probe.validate().map_err(|e| MirrorError {
-        field: "devices".into(),
-        message: format!(
-            "the mirrored configuration does not hold: {}: {}",
-            e.field, e.message
-        ),
+    // The request's sizes made it (the host's facts were checked above): its fault.
+    probe.validate().map_err(|e| {
+        MirrorError::new(
+            MirrorFault::Invalid,
+            "devices",
+            format!(
+                "the mirrored configuration does not hold: {}: {}",
+                e.field, e.message
+            ),
+        )
     })?;
     // And to what a boot checks before touching the host: the tables can be built.
     crate::guest_topology::guest_topology(&probe, tessera_arch::vcpu::host_phys_bits())
         .map(drop)
-        .map_err(|e| MirrorError {
-            field: "devices".into(),
-            message: format!(
-                "the mirrored configuration does not hold: {}: {e}",
-                e.field()
-            ),
+        .map_err(|e| {
+            MirrorError::new(
+                MirrorFault::Invalid,
+                "devices",
+                format!(
+                    "the mirrored configuration does not hold: {}: {e}",
+                    e.field()
+                ),
+            )
         })
 }
 
@@ -698,35 +789,56 @@ mod tests {
         let e = mirror(&discover(f.root()), &r).unwrap_err();
         assert_eq!(e.field, "host_nodes[1]");
         assert_eq!(e.message, "the host has no NUMA node 3");
+        assert_eq!(e.fault, MirrorFault::Missing);
     }
 
     #[test]
-    fn bad_requests_name_the_field() {
+    fn bad_requests_name_the_field_and_whose_fault_it_is() {
+        use MirrorFault::*;
         let f = host();
         let h = discover(f.root());
-        let cases: Vec<(TopologyMirror, &str, &str)> = vec![
+        let cases: Vec<(TopologyMirror, MirrorFault, &str, &str)> = vec![
             (
                 req(&[]),
+                Invalid,
                 "devices",
                 "name at least one host PCI device to mirror around",
             ),
             (
                 req(&["0000:42:00.0"]),
+                Missing,
                 "devices[0]",
                 "the host has no PCI device 0000:42:00.0",
             ),
             (
                 req(&["41:00"]),
+                Invalid,
                 "devices[0]",
                 "`41:00` is not a PCI address (SSSS:BB:DD.F or BB:DD.F)",
             ),
             (
                 req(&["41:00.0", "0000:41:00.0"]),
+                Invalid,
                 "devices[1]",
                 "0000:41:00.0 is already devices[0]",
             ),
+            // The list is checked before the host: a device the host lacks does not
+            // hide a malformed one after it.
+            (
+                req(&["42:00.0", "42:00.0"]),
+                Invalid,
+                "devices[1]",
+                "0000:42:00.0 is already devices[0]",
+            ),
+            (
+                req(&["42:00.0", "nvme0"]),
+                Invalid,
+                "devices[1]",
+                "`nvme0` is not a PCI address (SSSS:BB:DD.F or BB:DD.F)",
+            ),
             (
                 req(&["05:00.0"]),
+                Unusable,
                 "devices[0]",
                 "0000:05:00.0 is bound to igb: bind it to vfio-pci, or ask for managed devices",
             ),
@@ -735,6 +847,7 @@ mod tests {
                     memory_per_node: Some(3 << 20),
                     ..req(&["41:00.0"])
                 },
+                Invalid,
                 "memory_per_node",
                 "3145728 bytes is not a positive multiple of 2 MiB",
             ),
@@ -743,15 +856,36 @@ mod tests {
                     vcpus_per_node: Some(0),
                     ..req(&["41:00.0"])
                 },
+                Invalid,
                 "vcpus_per_node",
                 "must be at least 1",
             ),
+            (
+                TopologyMirror {
+                    vcpus_per_node: Some(u32::MAX),
+                    ..req(&["41:00.0"])
+                },
+                Invalid,
+                "vcpus_per_node",
+                "4294967295 is more than the 4096 vCPUs a VM may have",
+            ),
+            // Two CPU nodes: 2 x 2049 is too many, though each count alone is not.
+            (
+                TopologyMirror {
+                    vcpus_per_node: Some(2049),
+                    ..req(&["41:00.0"])
+                },
+                Invalid,
+                "vcpus_per_node",
+                "2049 vCPUs on each of the 2 mirrored nodes with CPUs is more than the 4096 \
+                 vCPUs a VM may have",
+            ),
         ];
-        for (r, field, message) in cases {
+        for (r, fault, field, message) in cases {
             let e = mirror(&h, &r).unwrap_err();
             assert_eq!(
-                (e.field.as_str(), e.message.as_str()),
-                (field, message),
+                (e.fault, e.field.as_str(), e.message.as_str()),
+                (fault, field, message),
                 "{r:?}"
             );
         }
@@ -794,11 +928,13 @@ mod tests {
             "IOMMU group 40 of 0000:41:00.0 is not viable: 0000:41:00.1 (snd_hda_intel) must \
              be unbound or bound to vfio-pci first"
         );
+        assert_eq!(e.fault, MirrorFault::Unusable);
         let e = mirror(&h, &req(&["06:00.0"])).unwrap_err();
         assert_eq!(
             e.message,
             "0000:06:00.0 has no IOMMU group: is the IOMMU on (intel_iommu=on)?"
         );
+        assert_eq!(e.fault, MirrorFault::Unusable);
     }
 
     #[test]
@@ -811,6 +947,7 @@ mod tests {
         let e = mirror(&h, &req(&["03:00.0"])).unwrap_err();
         assert_eq!(e.field, "devices[0]");
         assert!(e.message.contains("numa_node is -1"), "{}", e.message);
+        assert_eq!(e.fault, MirrorFault::Unusable);
         f.file(&format!("{}/numa_node", Fake::pci_dir("0000:03:00.0")), "1");
         let e = mirror(&discover(f.root()), &req(&["03:00.0"])).unwrap_err();
         assert_eq!(
@@ -818,6 +955,7 @@ mod tests {
             "the host's distance from node 0 to node 1 is 255, which a guest's SLIT cannot \
              hold (11..=254)"
         );
+        assert_eq!(e.fault, MirrorFault::Unusable);
     }
 
     #[test]
