@@ -14,6 +14,8 @@
 #     its own log line (`vfio: DMA-mapped N MiB of guest RAM in X ms (...)`); both are
 #     printed. BENCH_HUGEPAGES=1 adds a pair with guest RAM in 2 MiB hugetlbfs pages
 #     (tessera `hugepages=on`, QEMU a hugetlb memfd backend), reserving them in L1.
+#     BENCH_TESSERA_BEFORE=PATH adds another tessera binary (an older build, to measure
+#     a change) as VMM "before", in the order tessera, before, QEMU, QEMU, before, tessera.
 #  2. Boot time: BENCH_ROUNDS (3) alternating rounds of both with 512 MiB and the NVMe,
 #     through target/release/vmm-bootbench (spawn to TESSERA-INIT), no strace.
 # Output: L1's console, then `bench-vfio:` summary lines (medians, tessera/QEMU ratios)
@@ -38,10 +40,12 @@ tessera=$repo/target/release/tessera
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || rev="$rev+changes"
 
-tessera_cmd() { # RAM-MiB [huge]
+before=${BENCH_TESSERA_BEFORE:-}
+[ -z "$before" ] || before=$(realpath "$before")
+tessera_cmd() { # RAM-MiB [huge] [BINARY]
     local memory="--memory size=$1M"
     [ "${2:-}" = huge ] && memory="--memory size=0 --memory-zone id=m0,size=$1M,hugepages=on"
-    echo "$tessera --kernel $kernel --initramfs $initrd --cmdline '$cmdline' \
+    echo "${3:-$tessera} --kernel $kernel --initramfs $initrd --cmdline '$cmdline' \
 --cpus boot=2 $memory --device id=nvme0,path=/sys/bus/pci/devices/0000:00:03.0"
 }
 qemu_cmd() { # RAM-MiB [huge]
@@ -81,12 +85,16 @@ EOF
         mib=${case%%:*}
         kind=; [ "$case" = "$mib" ] || kind=${case#*:}
         label=$mib${kind:+-$kind}
-        for vmm in tessera qemu qemu tessera; do
-            if [ "$vmm" = tessera ]; then
+        order="tessera qemu qemu tessera"
+        [ -z "$before" ] || order="tessera before qemu qemu before tessera"
+        for vmm in $order; do
+            if [ "$vmm" != qemu ]; then
+                binary=$tessera
+                [ "$vmm" = tessera ] || binary=$before
                 cat <<EOF
-TESSERA_LOG=info in-host strace -f -T -e trace=ioctl -o /run/tmp/tessera.strace timeout 120 $(tessera_cmd "$mib" "$kind") >/dev/null 2>/run/tmp/tessera.err
-dma_ms tessera-$label /run/tmp/tessera.strace
-sed -n 's/.*vfio: DMA-mapped [0-9]* MiB of guest RAM in \([0-9.]*\) ms.*/bench-vfio: ready name=tessera-$label ms=\1/p' /run/tmp/tessera.err
+TESSERA_LOG=info in-host strace -f -T -e trace=ioctl -o /run/tmp/tessera.strace timeout 120 $(tessera_cmd "$mib" "$kind" "$binary") >/dev/null 2>/run/tmp/tessera.err
+dma_ms $vmm-$label /run/tmp/tessera.strace
+sed -n 's/.*vfio: DMA-mapped [0-9]* MiB of guest RAM in \([0-9.]*\) ms.*/bench-vfio: ready name=$vmm-$label ms=\1/p' /run/tmp/tessera.err
 EOF
             else
                 cat <<EOF
@@ -141,6 +149,8 @@ tr -d '\r' <"$log" | awk -v status="$status" '
             mt = median(dma[t]); mq = median(dma[q]); mr = median(ready[t])
             if (mq > 0) printf "bench-vfio: ratio tessera/qemu MAP_DMA ioctls %s MiB (medians of %d and %d runs): %.1f ms / %.1f ms = %.2f\n", labels[k], runs[t], runs[q], mt, mq, mt / mq
             if (mq > 0 && mr != "") printf "bench-vfio: ratio tessera/qemu RAM ready for DMA %s MiB (tessera prefault + maps, QEMU maps): %.1f ms / %.1f ms = %.2f\n", labels[k], mr, mq, mr / mq
+            b = "before-" labels[k]; mb = median(ready[b])
+            if (mq > 0 && mb != "") printf "bench-vfio: ratio before/qemu RAM ready for DMA %s MiB: %.1f ms / %.1f ms = %.2f\n", labels[k], mb, mq, mb / mq
         }
         t = median(times["tessera"]); q = median(times["qemu-q35"])
         printf "bench-vfio: boot to /init with the NVMe, medians: tessera %s ms (%s), qemu-q35 %s ms (%s)\n", t, times["tessera"], q, times["qemu-q35"]
