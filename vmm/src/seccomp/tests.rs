@@ -125,10 +125,11 @@ fn decimal_writes_numbers_without_allocating() {
     assert_eq!(decimal(libc::c_int::MIN, &mut [0; 12]), b"-2147483648");
 }
 
-/// Prints each role's syscall count (`cargo test -p tessera-vmm seccomp -- --nocapture`),
-/// the figures docs/security.md gives.
+/// docs/security.md's table gives each role's syscall and ioctl-request counts: they
+/// must be the filters' own (`cargo test -p tessera-vmm seccomp -- --nocapture` prints them).
 #[test]
-fn syscall_counts() {
+fn the_documented_syscall_counts_are_the_filters() {
+    let doc = include_str!("../../../docs/security.md");
     for role in ThreadRole::ALL {
         let ioctls: usize = role
             .rules()
@@ -138,9 +139,17 @@ fn syscall_counts() {
                 Only::Any => 0,
             })
             .sum();
-        println!(
-            "{role}: {} syscalls, {ioctls} ioctl requests",
-            role.syscalls().len()
+        let syscalls = role.syscalls().len();
+        println!("{role}: {syscalls} syscalls, {ioctls} ioctl requests");
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} |", role.name())))
+            .unwrap_or_else(|| panic!("docs/security.md has no row for {role}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(
+            cells.get(3..5),
+            Some(&[syscalls.to_string().as_str(), ioctls.to_string().as_str()][..]),
+            "docs/security.md's row for {role}: {row}"
         );
     }
 }
