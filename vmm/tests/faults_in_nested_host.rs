@@ -274,6 +274,16 @@ fn bench_line<'a>(console: &'a str, tag: &str, path: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{tag}: no api-bench line for {path}:\n{console}"))
 }
 
+/// Whether the VM was reset during the run: KVM's directory for it changed (tessera makes
+/// a new VM on a reset) or the guest came up twice.
+fn vm_was_reset(console: &str) -> bool {
+    let boots = console
+        .lines()
+        .filter(|l| l.trim().starts_with("judge-boot-id="))
+        .count();
+    boots > 1 || value(console, "vm-dir-before") != value(console, "vm-dir-after")
+}
+
 #[test]
 fn a_guest_hammering_emulated_registers_does_not_starve_the_api() {
     let bench = api_bench();
@@ -289,6 +299,8 @@ exec 3>/run/tmp/in
 wait_for /run/tmp/hm.out judge-boot-id= || {{ echo no-boot; cat /run/tmp/hm.out; exit 1; }}
 boot=$(sed -n 's/^judge-boot-id=\([0-9a-f-]*\).*/\1/p' /run/tmp/hm.out | head -1)
 [ -d /sys/kernel/debug/kvm ] || mount -t debugfs debugfs /sys/kernel/debug
+vm_dir() {{ echo $(ls -d /sys/kernel/debug/kvm/*-* 2>/dev/null); }}
+echo "vm-dir-before=$(vm_dir)"
 io_exits() {{ cat /sys/kernel/debug/kvm/*-*/io_exits; }}
 bench() {{
   echo "$1-begin"
@@ -303,6 +315,7 @@ echo "$boot hammer" >&3
 wait_for /run/tmp/hm.out 'judge-order: hammer' || echo no-hammer-order
 sleep 1
 bench hammered
+echo "vm-dir-after=$(vm_dir)"
 put() {{ echo "$1: $(in-host curl -s -m 60 -w '%{{http_code}}' --unix-socket /run/api.sock -X PUT http://localhost/api/v1/$1)"; }}
 put vm.shutdown
 put vmm.shutdown
@@ -312,16 +325,29 @@ while kill -0 $pid 2>/dev/null && [ $n -lt 300 ]; do sleep 0.2; n=$((n + 1)); do
 kill -0 $pid 2>/dev/null && {{ echo "tessera-hung: still running"; kill -9 $pid; }}
 wait $pid
 echo "tessera-exit=$?"
-grep -e '^judge-order' -e 'pci-bar' /run/tmp/hm.out
+grep -e '^judge-order' -e '^judge-boot-id' -e 'pci-bar' /run/tmp/hm.out
 echo '=== tessera'
-grep -v '^judge' /run/tmp/hm.out | tail -20
+grep -v -e '^judge' -e '^dmesg:' /run/tmp/hm.out | tail -60
 "#,
         helpers = helpers(),
         bench = bench.display(),
     );
-    let out = nested::run(&script, &[]).unwrap();
+    // Under the emulated SVM the hammering L2 has been seen to reset on its own (a triple
+    // fault, or a reboot with nothing in its log), in about one run in three; L1's kernel
+    // has even overflowed its stack in its KVM. A reset restarts KVM's counters, so such a
+    // run proves nothing either way: it is retried once, loudly. tessera living through
+    // the reset is still checked.
+    let mut out = nested::run(&script, &[]).unwrap();
+    if vm_was_reset(&out.console) {
+        eprintln!(
+            "the hammering guest was reset under the emulated SVM; retrying once. Console:\n{}",
+            out.console
+        );
+        out = nested::run(&script, &[]).unwrap();
+    }
     let c = &out.console;
     assert_eq!(out.status, 0, "{c}");
+    assert!(!vm_was_reset(c), "the guest was reset twice:\n{c}");
     assert!(c.contains("judge-order: hammer"), "{c}");
     assert!(!c.contains("pci-bar:"), "the hammer loop failed:\n{c}");
     for tag in ["idle", "hammered"] {
