@@ -186,6 +186,14 @@ tr -d '\r' <"$log" | awk -v status="$status" '
         }
         else failed++
     }
+    /^bootbench-phases name=/ {
+        name = field("name")
+        for (i = 3; i <= NF; i++) {
+            split($i, kv, "="); key = kv[1]
+            if (!(key in pseen)) { pseen[key] = 1; porder[++pkeys] = key }
+            if (kv[2] != "none") phase[name, key] = phase[name, key] " " kv[2]
+        }
+    }
     /^bootbench-kvm name=/ {
         name = field("name")
         for (i = 3; i <= NF; i++) {
@@ -216,6 +224,17 @@ tr -d '\r' <"$log" | awk -v status="$status" '
             for (k = 1; k <= names; k++) {
                 n = order[k]; line = sprintf("bench-boot: %-19s", n)
                 for (j = 1; j <= keys; j++) line = line sprintf(" %10s", median(kvm[n, korder[j]]))
+                print line
+            }
+        }
+        if (pkeys > 0) {
+            print "bench-boot: before the guest runs (medians, ms from the spawn; KVM debugfs, and /init time minus the guest uptime)"
+            line = sprintf("bench-boot: %-19s", "vmm")
+            for (j = 1; j <= pkeys; j++) line = line sprintf(" %21s", porder[j])
+            print line
+            for (k = 1; k <= names; k++) {
+                n = order[k]; line = sprintf("bench-boot: %-19s", n)
+                for (j = 1; j <= pkeys; j++) line = line sprintf(" %21s", median(phase[n, porder[j]]))
                 print line
             }
         }

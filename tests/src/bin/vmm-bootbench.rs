@@ -28,12 +28,20 @@
 //! bootbench-detail name=NAME peak_at_ms=.. peak_rss_total_kib=.. guest_rss_at_peak_kib=.. ...
 //! bootbench-excluded name=NAME size_kib=.. count=.. rss_kib=.. perms=.. path=..
 //! bootbench-kvm name=NAME exits=.. io_exits=.. mmio_exits=.. halt_exits=.. ...
+//! bootbench-phases name=NAME vm_created_ms=.. first_exit_ms=.. guest_clock_start_ms=..
 //! ```
 //!
 //! The kvm line gives the VM's exit counters when the marker was seen, from KVM's
 //! debugfs (`/sys/kernel/debug/kvm/PID-FD/`, summed over its vCPUs; left out when
 //! debugfs is not mounted): counts, unlike times, do not move with the host's load, so
 //! they show what a VMM's platform makes the guest's boot trap on.
+//!
+//! The phases line splits the time before the guest runs, the same way for every VMM:
+//! when KVM's debugfs showed the VM's directory appear (`KVM_CREATE_VM`, seen with
+//! inotify), when the VM's first exit was counted (its first `KVM_RUN`, within a
+//! millisecond: the counter is polled until then), and when the guest's clock started
+//! (`X - U`: the VMM's start plus the guest's earliest boot). Each is `none` when it
+//! cannot be known (no debugfs, or the marker never came).
 //!
 //! The detail line adds when the peak was sampled, the peak's total and guest RSS, the
 //! peak of the anonymous part of the RSS outside guest memory (`Anonymous:`: what is
@@ -284,6 +292,65 @@ fn kvm_counters(pid: u32) -> Option<Vec<(&'static str, u64)>> {
     )
 }
 
+/// When KVM's debugfs showed the VM appear, and when its first exit was counted: the VM
+/// is watched for with inotify from before the spawn, so the first VM created is the
+/// child's (one VMM runs at a time); then its `exits` counter is read every millisecond
+/// until it moves.
+#[derive(Default, Clone, Copy)]
+struct KvmPhases {
+    vm_created: Option<Instant>,
+    first_exit: Option<Instant>,
+}
+
+/// Starts the watcher; `None` if debugfs or inotify is not there. The thread reports on
+/// the returned channel and is left blocked reading when the child never makes a VM.
+fn watch_kvm_debugfs() -> Option<mpsc::Receiver<KvmPhases>> {
+    use inotify::{Inotify, WatchMask};
+    let root = std::path::Path::new(KVM_DEBUGFS);
+    let mut inotify = Inotify::init().ok()?;
+    inotify.watches().add(root, WatchMask::CREATE).ok()?;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let vm = loop {
+            let Ok(mut events) = inotify.read_events_blocking(&mut buf) else {
+                return;
+            };
+            let created = events.find_map(|e| {
+                let name = e.name?.to_string_lossy().into_owned();
+                name.contains('-').then(|| root.join(name))
+            });
+            if let Some(dir) = created {
+                break dir;
+            }
+        };
+        let mut phases = KvmPhases {
+            vm_created: Some(Instant::now()),
+            first_exit: None,
+        };
+        if tx.send(phases).is_err() {
+            return;
+        }
+        let exits = vm.join("exits");
+        // Until the VM is gone (the child exited) or the counter moves.
+        while let Ok(text) = std::fs::read_to_string(&exits) {
+            if text.trim().parse::<u64>().is_ok_and(|n| n > 0) {
+                phases.first_exit = Some(Instant::now());
+                let _ = tx.send(phases);
+                return;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+    });
+    Some(rx)
+}
+
+/// The last phases the watcher reported.
+fn kvm_phases(rx: Option<&mpsc::Receiver<KvmPhases>>) -> KvmPhases {
+    rx.map(|rx| rx.try_iter().last().unwrap_or_default())
+        .unwrap_or_default()
+}
+
 /// What the stdout reader reports.
 enum Event {
     /// The marker was seen, at this instant, with the guest's uptime it gave, if any.
@@ -505,6 +572,7 @@ fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcom
 fn run() -> Result<bool> {
     let opts = parse_options(std::env::args().skip(1))?;
     let (program, args) = opts.command.split_first().context("no command after --")?;
+    let phases = watch_kvm_debugfs();
     let start = Instant::now();
     let mut child = Command::new(program)
         .args(args)
@@ -574,6 +642,25 @@ fn run() -> Result<bool> {
         let fields: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(out, "bootbench-kvm name={} {}", opts.name, fields.join(" "))?;
     }
+    let since_start = |at: Option<Instant>| {
+        at.map_or_else(
+            || "none".to_string(),
+            |t| t.saturating_duration_since(start).as_millis().to_string(),
+        )
+    };
+    let phases = kvm_phases(phases.as_ref());
+    let clock_start = match (o.to_init, o.guest_uptime) {
+        (Some(init), Some(up)) => init.saturating_sub(up).as_millis().to_string(),
+        _ => "none".to_string(),
+    };
+    writeln!(
+        out,
+        "bootbench-phases name={} vm_created_ms={} first_exit_ms={} \
+         guest_clock_start_ms={clock_start}",
+        opts.name,
+        since_start(phases.vm_created),
+        since_start(phases.first_exit),
+    )?;
     Ok(o.to_init.is_some() && o.status.is_some_and(|s| s.success()))
 }
 
