@@ -374,3 +374,28 @@ fn a_vcpu_pinned_to_a_host_cpu_that_is_not_online_or_to_none_or_twice() {
         "vCPU 2 does not exist (max_vcpus is 2)",
     );
 }
+
+#[test]
+fn a_log_filter_that_does_not_parse() {
+    let out = Command::new(TESSERA)
+        .args(["--api-socket", "/nonexistent/dir/tessera.sock"])
+        .env("TESSERA_LOG", "tessera_vmm=loud")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(r#"TESSERA_LOG="tessera_vmm=loud" is not a log filter"#),
+        "{err}"
+    );
+    // A good one is taken: the run gets as far as the socket, and its error is that.
+    let out = Command::new(TESSERA)
+        .args(["--api-socket", "/nonexistent/dir/tessera.sock"])
+        .env("TESSERA_LOG", "tessera_vmm=debug,warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("TESSERA_LOG"), "{err}");
+    assert!(err.contains("/nonexistent/dir/tessera.sock"), "{err}");
+}
