@@ -230,11 +230,11 @@ tr -d '\r' <"$log" | awk -v status="$status" '
         if (pkeys > 0) {
             print "bench-boot: before the guest runs (medians, ms from the spawn; KVM debugfs, and /init time minus the guest uptime)"
             line = sprintf("bench-boot: %-19s", "vmm")
-            for (j = 1; j <= pkeys; j++) line = line sprintf(" %21s", porder[j])
+            for (j = 1; j <= pkeys; j++) line = line sprintf(" %24s", porder[j])
             print line
             for (k = 1; k <= names; k++) {
                 n = order[k]; line = sprintf("bench-boot: %-19s", n)
-                for (j = 1; j <= pkeys; j++) line = line sprintf(" %21s", median(phase[n, porder[j]]))
+                for (j = 1; j <= pkeys; j++) line = line sprintf(" %24s", median(phase[n, porder[j]]))
                 print line
             }
         }

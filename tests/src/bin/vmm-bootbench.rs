@@ -28,7 +28,7 @@
 //! bootbench-detail name=NAME peak_at_ms=.. peak_rss_total_kib=.. guest_rss_at_peak_kib=.. ...
 //! bootbench-excluded name=NAME size_kib=.. count=.. rss_kib=.. perms=.. path=..
 //! bootbench-kvm name=NAME exits=.. io_exits=.. mmio_exits=.. halt_exits=.. ...
-//! bootbench-phases name=NAME vm_created_ms=.. first_exit_ms=.. guest_clock_start_ms=..
+//! bootbench-phases name=NAME vm_created_ms=.. first_exit_ms=.. guest_clock_start_ms=.. exit_after_last_line_ms=..
 //! ```
 //!
 //! The kvm line gives the VM's exit counters when the marker was seen, from KVM's
@@ -40,8 +40,10 @@
 //! when KVM's debugfs showed the VM's directory appear (`KVM_CREATE_VM`, seen with
 //! inotify), when the VM's first exit was counted (its first `KVM_RUN`, within a
 //! millisecond: the counter is polled until then), and when the guest's clock started
-//! (`X - U`: the VMM's start plus the guest's earliest boot). Each is `none` when it
-//! cannot be known (no debugfs, or the marker never came).
+//! (`X - U`: the VMM's start plus the guest's earliest boot); and, at the other end, the
+//! time from the guest's last line of output to the VMM's exit (the guest's poweroff
+//! and the VMM's teardown). Each is `none` when it cannot be known (no debugfs, or the
+//! marker never came).
 //!
 //! The detail line adds when the peak was sampled, the peak's total and guest RSS, the
 //! peak of the anonymous part of the RSS outside guest memory (`Anonymous:`: what is
@@ -357,21 +359,24 @@ enum Event {
     Marker(Instant, Option<Duration>),
 }
 
-/// Forwards the child's stdout as `NAME| LINE` and reports the first marker.
+/// Forwards the child's stdout as `NAME| LINE` and reports the first marker; returns
+/// when the last line came.
 fn forward(
     stdout: impl std::io::Read,
     name: &str,
     events: &mpsc::Sender<Event>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<Instant>> {
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
     let mut seen = false;
+    let mut last = None;
     let out = std::io::stdout();
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
+            return Ok(last);
         }
+        last = Some(Instant::now());
         if !seen && line.windows(MARKER.len()).any(|w| w == MARKER) {
             seen = true;
             // The receiver may be gone (timeout); the line is still forwarded.
@@ -431,6 +436,8 @@ struct Outcome {
     status: Option<ExitStatus>,
     /// From the spawn to the child's exit.
     elapsed: Duration,
+    /// When the child's last line of output came.
+    last_output: Option<Instant>,
 }
 
 /// Samples smaps while the child runs, and notes when the marker comes.
@@ -539,9 +546,10 @@ fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcom
     while !reader.is_finished() && Instant::now() < give_up {
         thread::sleep(Duration::from_millis(10));
     }
+    let mut last_output = None;
     if reader.is_finished() {
         match reader.join() {
-            Ok(Ok(())) => {}
+            Ok(Ok(last)) => last_output = last,
             Ok(Err(e)) => eprintln!("vmm-bootbench: forwarding stdout: {e}"),
             Err(_) => eprintln!("vmm-bootbench: the stdout reader failed"),
         }
@@ -566,6 +574,7 @@ fn supervise(opts: &Options, child: &mut Child, start: Instant) -> Result<Outcom
         sampling_time: sampler.sampling_time,
         status,
         elapsed,
+        last_output,
     })
 }
 
@@ -656,10 +665,18 @@ fn run() -> Result<bool> {
     writeln!(
         out,
         "bootbench-phases name={} vm_created_ms={} first_exit_ms={} \
-         guest_clock_start_ms={clock_start}",
+         guest_clock_start_ms={clock_start} exit_after_last_line_ms={}",
         opts.name,
         since_start(phases.vm_created),
         since_start(phases.first_exit),
+        o.last_output.map_or_else(
+            || "none".to_string(),
+            |t| o
+                .elapsed
+                .saturating_sub(t.saturating_duration_since(start))
+                .as_millis()
+                .to_string()
+        ),
     )?;
     Ok(o.to_init.is_some() && o.status.is_some_and(|s| s.success()))
 }
