@@ -375,27 +375,31 @@ fn a_vcpu_pinned_to_a_host_cpu_that_is_not_online_or_to_none_or_twice() {
     );
 }
 
-#[test]
-fn a_log_filter_that_does_not_parse() {
+/// tessera's status and stderr with TESSERA_LOG=`filter` and an API socket it cannot
+/// create (so a run that takes the filter stops there, touching nothing).
+fn with_log_filter(filter: &str) -> (Option<i32>, String) {
     let out = Command::new(TESSERA)
         .args(["--api-socket", "/nonexistent/dir/tessera.sock"])
-        .env("TESSERA_LOG", "tessera_vmm=loud")
+        .env("TESSERA_LOG", filter)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_log_filter_that_does_not_parse() {
+    let (status, err) = with_log_filter("tessera_vmm=loud");
+    assert_eq!(status, Some(1), "{err}");
     assert!(
         err.contains(r#"TESSERA_LOG="tessera_vmm=loud" is not a log filter"#),
         "{err}"
     );
     // A good one is taken: the run gets as far as the socket, and its error is that.
-    let out = Command::new(TESSERA)
-        .args(["--api-socket", "/nonexistent/dir/tessera.sock"])
-        .env("TESSERA_LOG", "tessera_vmm=debug,warn")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (status, err) = with_log_filter("tessera_vmm=debug,warn");
+    assert_eq!(status, Some(1), "{err}");
     assert!(!err.contains("TESSERA_LOG"), "{err}");
     assert!(err.contains("/nonexistent/dir/tessera.sock"), "{err}");
 }
