@@ -354,28 +354,18 @@ grep -v -e '^judge' -e '^dmesg:' /run/tmp/hm.out | tail -60
         helpers = helpers(),
         bench = bench.display(),
     );
-    // Under the emulated SVM the hammering L2 has been seen to reset on its own (a triple
-    // fault, or a reset it asked for with nothing in its log), in up to half the runs on
-    // a busy machine; L1's kernel has even overflowed its stack in its KVM. A run with a
-    // reset hammered for less time than it was given, so it is retried once, loudly,
-    // after checking that tessera lived through it. The exit count is a sum of rises, so
-    // it stays meaningful across a reset, and the API's answers are checked either way.
-    let mut out = nested::run(&script, &[]).unwrap();
-    if vm_was_reset(&out.console) {
-        eprintln!(
-            "the hammering guest was reset under the emulated SVM; retrying once. Console:\n{}",
-            out.console
-        );
-        let c = &out.console;
-        assert_eq!(out.status, 0, "{c}");
-        assert!(!c.contains("tessera-hung"), "{c}");
-        assert_eq!(value(c, "tessera-exit"), "0", "{c}");
-        out = nested::run(&script, &[]).unwrap();
-    }
+    // Under the emulated SVM the hammering L2, with the API loaded at the same time, is
+    // reset on its own in up to half the runs (a triple fault, or a reset it asked for
+    // with nothing in its log), and L1's own kernel has overflowed its stack in its KVM
+    // in about a third; neither the guest alone nor with busy loops in L1 ever did, under
+    // tessera or QEMU. So L1 failing is retried up to twice, and a reset is this test's to
+    // judge: tessera must live through it, and the exit count, a sum of the counter's
+    // rises from the hammer order on, still shows the hammering before it.
+    let out = nested::run_expecting_l2_resets(&script, &[]).unwrap();
     let c = &out.console;
     assert_eq!(out.status, 0, "{c}");
     if vm_was_reset(c) {
-        eprintln!("the retry's guest was reset too; its exits are summed across the reset");
+        eprintln!("the hammering guest was reset (emulated SVM); tessera rebooted it:\n{c}");
     }
     assert!(c.contains("judge-order: hammer"), "{c}");
     assert!(!c.contains("pci-bar:"), "the hammer loop failed:\n{c}");
