@@ -186,22 +186,30 @@ tr -d '\r' <"$log" | awk -v status="$status" '
         }
         else failed++
     }
-    /^bootbench-phases name=/ {
+    # A row of NAME=VALUE columns for table T: the columns in first-seen order,
+    # each cell the list of values ("none" left out) whose median the table prints.
+    function collect(t,    i, kv, key) {
         name = field("name")
         for (i = 3; i <= NF; i++) {
             split($i, kv, "="); key = kv[1]
-            if (!(key in pseen)) { pseen[key] = 1; porder[++pkeys] = key }
-            if (kv[2] != "none") phase[name, key] = phase[name, key] " " kv[2]
+            if (!((t, key) in cseen)) { cseen[t, key] = 1; ckey[t, ++ncols[t]] = key }
+            if (kv[2] != "none") cell[t, name, key] = cell[t, name, key] " " kv[2]
         }
     }
-    /^bootbench-kvm name=/ {
-        name = field("name")
-        for (i = 3; i <= NF; i++) {
-            split($i, kv, "="); key = kv[1]
-            if (!(key in kseen)) { kseen[key] = 1; korder[++keys] = key }
-            kvm[name, key] = kvm[name, key] " " kv[2]
+    function table(t, title, w,    j, k, n, line) {
+        if (ncols[t] == 0) return
+        print "bench-boot: " title
+        line = sprintf("bench-boot: %-19s", "vmm")
+        for (j = 1; j <= ncols[t]; j++) line = line sprintf(" %" w "s", substr(ckey[t, j], 1, w))
+        print line
+        for (k = 1; k <= names; k++) {
+            n = order[k]; line = sprintf("bench-boot: %-19s", n)
+            for (j = 1; j <= ncols[t]; j++) line = line sprintf(" %" w "s", median(cell[t, n, ckey[t, j]]))
+            print line
         }
     }
+    /^bootbench-kvm name=/ { collect("kvm") }
+    /^bootbench-phases name=/ { collect("phases") }
     END {
         printf "%s", raw
         print "bench-boot: summary (medians over the runs that reached /init and exited 0; one L1 boot)"
@@ -216,28 +224,8 @@ tr -d '\r' <"$log" | awk -v status="$status" '
             if (index(n, "tessera-") == 1) { a = n; b = "tessera" } else { a = "tessera"; b = n }
             printf "bench-boot: ratio %s/%s to_init %.2f  guest_uptime_at_init %s  lifetime %s  peak_rss_outside_guest %.2f\n", a, b, mt[a] / mt[b], ratio(mu[a], mu[b]), ratio(ml[a], ml[b]), mr[a] / mr[b]
         }
-        if (keys > 0) {
-            print "bench-boot: KVM exits until /init (medians, L1 debugfs)"
-            line = sprintf("bench-boot: %-19s", "vmm")
-            for (j = 1; j <= keys; j++) line = line sprintf(" %10s", substr(korder[j], 1, 10))
-            print line
-            for (k = 1; k <= names; k++) {
-                n = order[k]; line = sprintf("bench-boot: %-19s", n)
-                for (j = 1; j <= keys; j++) line = line sprintf(" %10s", median(kvm[n, korder[j]]))
-                print line
-            }
-        }
-        if (pkeys > 0) {
-            print "bench-boot: before the guest runs (medians, ms from the spawn; KVM debugfs, and /init time minus the guest uptime)"
-            line = sprintf("bench-boot: %-19s", "vmm")
-            for (j = 1; j <= pkeys; j++) line = line sprintf(" %24s", porder[j])
-            print line
-            for (k = 1; k <= names; k++) {
-                n = order[k]; line = sprintf("bench-boot: %-19s", n)
-                for (j = 1; j <= pkeys; j++) line = line sprintf(" %24s", median(phase[n, porder[j]]))
-                print line
-            }
-        }
+        table("kvm", "KVM exits until /init (medians, L1 debugfs)", 10)
+        table("phases", "start-up and teardown phases (medians, ms from the spawn; KVM debugfs, /init time minus the guest uptime, last output line to exit)", 24)
         if (names == 0) print "bench-boot: no bootbench results (L1 status " status ")"
         exit (failed > 0 || names == 0) ? 1 : 0
     }' | tee -a "$log" || { [ "$status" != 0 ] || status=1; }
