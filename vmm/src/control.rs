@@ -39,7 +39,9 @@ use crate::managed::{name_mdevs, Managed};
 use crate::vm::{Vm, VmError, VmEvents};
 
 mod hotplug;
+mod topology_memo;
 use hotplug::{check_new_device, removable, PendingRemoval, PAUSED_HOTPLUG};
+use topology_memo::TopologyMemo;
 
 /// Where the VM is in its life.
 enum State {
@@ -91,18 +93,8 @@ pub struct Control {
     pending: Option<PendingRemoval>,
     /// Where managed devices' host changes are made and recorded.
     managed: Managed,
-    /// The last guest topology computed and the configuration it came from.
-    topology: std::cell::RefCell<Option<TopologyMemo>>,
-}
-
-/// A guest topology, its ACPI tables once asked for, and the configuration they are a
-/// pure function of. Every edit's check, `vm.info` and `vm.acpi` ask for the topology of
-/// the same configuration, and building it (the tables twice: once to size them) was
-/// most of what the VMM did before the guest's first instruction.
-struct TopologyMemo {
-    config: VmConfig,
-    topology: Arc<crate::guest_topology::GuestTopology>,
-    tables: std::cell::OnceCell<Result<Arc<tessera_acpi::AcpiTables>, ApiError>>,
+    /// The guest topology and tables of the configuration, computed once per configuration.
+    topology: TopologyMemo,
 }
 
 fn err(status: u16, error: impl Into<String>) -> ApiError {
@@ -176,51 +168,10 @@ impl Control {
             eject_timeout: DEFAULT_EJECT_TIMEOUT,
             pending: None,
             managed: Managed::real(),
-            topology: std::cell::RefCell::new(None),
+            topology: TopologyMemo::default(),
         };
         control.publish();
         Ok(control)
-    }
-
-    /// `config`'s guest topology, computed once per configuration. Not remembered when
-    /// the configuration has `device_memory`: its BAR sizes are read from the host.
-    fn topology_of(
-        &self,
-        config: &VmConfig,
-    ) -> Result<Arc<crate::guest_topology::GuestTopology>, ApiError> {
-        if let Some(memo) = self.topology.borrow().as_ref() {
-            if memo.config == *config {
-                return Ok(Arc::clone(&memo.topology));
-            }
-        }
-        let topology = Arc::new(
-            guest_topology(config, tessera_arch::vcpu::host_phys_bits()).map_err(topology_err)?,
-        );
-        if config.device_memory.is_empty() {
-            *self.topology.borrow_mut() = Some(TopologyMemo {
-                config: config.clone(),
-                topology: Arc::clone(&topology),
-                tables: std::cell::OnceCell::new(),
-            });
-        }
-        Ok(topology)
-    }
-
-    /// The ACPI tables of `config`'s guest, built once per configuration.
-    fn tables_of(&self, config: &VmConfig) -> Result<Arc<tessera_acpi::AcpiTables>, ApiError> {
-        let topology = self.topology_of(config)?;
-        let build = || {
-            topology
-                .acpi_tables()
-                .map(Arc::new)
-                .map_err(|e| ApiError::new(400, e.to_string(), Some(e.field())))
-        };
-        match self.topology.borrow().as_ref() {
-            Some(memo) if Arc::ptr_eq(&memo.topology, &topology) => {
-                memo.tables.get_or_init(build).clone()
-            }
-            _ => build(),
-        }
     }
 
     /// The read-only answers this VMM publishes, for [`tessera_api::server::serve`].
@@ -490,7 +441,7 @@ impl Control {
         edit(&mut config)?;
         name_devices(&mut config);
         name_mdevs(&mut config.devices);
-        self.topology_of(&config)?;
+        self.topology.topology(&config)?;
         self.config = Some(config);
         Ok(())
     }
@@ -734,7 +685,7 @@ impl Control {
             .config
             .as_ref()
             .ok_or_else(|| err(404, "no VM has been created"))?;
-        let topology = self.topology_of(config)?;
+        let topology = self.topology.topology(config)?;
         let gi_nodes = |id: &str| -> Vec<u32> {
             topology
                 .acpi
@@ -829,7 +780,7 @@ impl Control {
             .config
             .as_ref()
             .ok_or_else(|| err(404, "no VM has been created"))?;
-        let tables = self.tables_of(config)?;
+        let tables = self.topology.tables(config)?;
         let list: Vec<AcpiTable> = tables
             .iter()
             .map(|t| AcpiTable {
